@@ -1,1 +1,16 @@
-pub mod x {}
+//! Pure policy for jellyfin-ha.
+//!
+//! Everything here is a function of its inputs: no Kubernetes client, no async runtime, no
+//! sockets. The binary in `webhook/server` translates wire types into these inputs and performs
+//! whatever side effect a decision calls for.
+
+pub mod annotations;
+pub mod config;
+pub mod mutation;
+pub mod record;
+pub mod taints;
+pub mod workload;
+
+pub use config::Policy;
+pub use mutation::{Change, MutationError};
+pub use workload::{Mutation, mutate_deployment_strategy, mutate_manifest, mutate_pod};

@@ -1,0 +1,416 @@
+//! The mutation of one opted-in pod template. Each step is idempotent and reports a [`Change`]
+//! only when it altered something, so a second pass yields no changes and no patch.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, HostPathVolumeSource, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
+    PodTemplateSpec, ResourceRequirements, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::annotations::{self, MANAGED, OverrideError, Overrides};
+use crate::config::{GpuMode, NodeAffinityPolicy, Policy};
+use crate::record;
+use crate::taints::{self, NO_EXECUTE, NO_SCHEDULE, NOT_READY, UNREACHABLE};
+
+/// Name of the hostPath volume added in `hostpath` mode.
+pub const DRI_VOLUME: &str = "jellyfin-ha-dri";
+pub const DRI_PATH: &str = "/dev/dri";
+/// The container picked when no annotation names one.
+pub const DEFAULT_GPU_CONTAINER: &str = "jellyfin";
+
+/// One thing the webhook changed; recorded in the `jellyfin-ha.io/mutations` annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    GpuResource(String),
+    DriHostPath,
+    RenderGroups(Vec<i64>),
+    QuickSyncAffinity(String),
+    FailoverTolerations(i64),
+    TerminationGrace(i64),
+    SchedulingMarker,
+    RecreateStrategy,
+}
+
+impl Change {
+    pub fn record_key(&self) -> &'static str {
+        match self {
+            Change::GpuResource(_) | Change::DriHostPath => "igpu",
+            Change::RenderGroups(_) => "render-groups",
+            Change::QuickSyncAffinity(_) => "node-affinity",
+            Change::FailoverTolerations(_) => "failover-tolerations",
+            Change::TerminationGrace(_) => "termination-grace",
+            Change::SchedulingMarker => "scheduling-marker",
+            Change::RecreateStrategy => "strategy",
+        }
+    }
+
+    pub fn record_value(&self) -> String {
+        match self {
+            Change::GpuResource(resource) => resource.clone(),
+            Change::DriHostPath => format!("hostPath {DRI_PATH}"),
+            Change::RenderGroups(gids) => gids
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            Change::QuickSyncAffinity(expression) => expression.clone(),
+            Change::FailoverTolerations(seconds) | Change::TerminationGrace(seconds) => {
+                format!("{seconds}s")
+            }
+            Change::SchedulingMarker => MANAGED.to_string(),
+            Change::RecreateStrategy => "Recreate".to_string(),
+        }
+    }
+}
+
+/// Why an opted-in object cannot be mutated. The webhook denies the request with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum MutationError {
+    #[error(transparent)]
+    Override(#[from] OverrideError),
+    #[error("annotation {}: container {name:?} does not exist; containers: {}", annotations::CONTAINER, available.join(", "))]
+    UnknownContainer {
+        name: String,
+        available: Vec<String>,
+    },
+    #[error("{field}: an opted-in pod needs at least one container")]
+    NoContainers { field: String },
+    #[error("{field}: {message}")]
+    Malformed { field: String, message: String },
+    #[error("the object is not a JSON object")]
+    NotAnObject,
+    #[error("items[{index}]: {source}")]
+    InListItem {
+        index: usize,
+        source: Box<MutationError>,
+    },
+}
+
+/// What a mutation did, besides the object itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub changes: Vec<Change>,
+    pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    fn note(&mut self, change: Option<Change>) {
+        self.changes.extend(change);
+    }
+}
+
+/// Mutates a pod template (or a Pod's metadata and spec) that opted in; anything else is left
+/// untouched. `field` names the template's place in its object for error messages.
+pub fn mutate_pod_template(
+    template: &mut PodTemplateSpec,
+    policy: &Policy,
+    field: &str,
+) -> Result<Outcome, MutationError> {
+    let PodTemplateSpec { metadata, spec } = template;
+    let Some(metadata) = metadata
+        .as_mut()
+        .filter(|m| annotations::opted_in(m.annotations.as_ref()))
+    else {
+        return Ok(Outcome::default());
+    };
+    let overrides = Overrides::parse(metadata.annotations.as_ref())?;
+    let spec = spec.as_mut().ok_or_else(|| MutationError::NoContainers {
+        field: field.to_string(),
+    })?;
+    let gpu_index = gpu_container_index(spec, overrides.container.as_deref(), field)?;
+
+    let mut outcome = Outcome::default();
+    match overrides.gpu_mode.unwrap_or(policy.gpu.mode) {
+        GpuMode::DevicePlugin => outcome.note(ensure_gpu_resource(
+            gpu_container(spec, gpu_index)?,
+            &policy.gpu.resource_name,
+        )),
+        GpuMode::Hostpath => {
+            let change = ensure_dri_hostpath(spec, gpu_index, &mut outcome.warnings)?;
+            outcome.note(change)
+        }
+        GpuMode::None => {}
+    }
+    outcome.note(ensure_render_groups(spec, &policy.render_groups));
+    let affinity = ensure_quicksync_affinity(spec, &policy.node_affinity, &mut outcome.warnings);
+    outcome.note(affinity);
+    let failover_seconds = overrides
+        .failover_seconds
+        .unwrap_or(policy.failover_seconds);
+    outcome.note(ensure_failover_tolerations(spec, failover_seconds));
+    warn_out_of_service_tolerations(spec, &mut outcome.warnings);
+    outcome.note(cap_termination_grace(
+        spec,
+        policy.termination_grace_seconds,
+    ));
+    outcome.note(mark_managed(metadata, gpu_container(spec, gpu_index)?));
+
+    if !outcome.changes.is_empty() {
+        let annotations = metadata.annotations.get_or_insert_default();
+        let merged = record::merge(
+            annotations.get(annotations::MUTATIONS).map(String::as_str),
+            &outcome.changes,
+        );
+        annotations.insert(annotations::MUTATIONS.to_string(), merged);
+    }
+    Ok(outcome)
+}
+
+fn gpu_container_index(
+    spec: &PodSpec,
+    requested: Option<&str>,
+    field: &str,
+) -> Result<usize, MutationError> {
+    if spec.containers.is_empty() {
+        return Err(MutationError::NoContainers {
+            field: field.to_string(),
+        });
+    }
+    let position = |name: &str| spec.containers.iter().position(|c| c.name == name);
+    match requested {
+        Some(name) => position(name).ok_or_else(|| MutationError::UnknownContainer {
+            name: name.to_string(),
+            available: spec.containers.iter().map(|c| c.name.clone()).collect(),
+        }),
+        None => Ok(position(DEFAULT_GPU_CONTAINER).unwrap_or(0)),
+    }
+}
+
+fn gpu_container(spec: &mut PodSpec, index: usize) -> Result<&mut Container, MutationError> {
+    spec.containers
+        .get_mut(index)
+        .ok_or_else(|| MutationError::Malformed {
+            field: format!("spec.containers[{index}]"),
+            message: "container disappeared during mutation".to_string(),
+        })
+}
+
+/// Device-plugin mode: one share of the iGPU, unless the container already asks for it.
+fn ensure_gpu_resource(container: &mut Container, resource: &str) -> Option<Change> {
+    let asks = |list: &Option<BTreeMap<String, Quantity>>| {
+        list.as_ref().is_some_and(|l| l.contains_key(resource))
+    };
+    if container
+        .resources
+        .as_ref()
+        .is_some_and(|r| asks(&r.limits) || asks(&r.requests))
+    {
+        return None;
+    }
+    // Requests default to limits for extended resources, so the limit alone is enough.
+    let limits = container
+        .resources
+        .get_or_insert_default()
+        .limits
+        .get_or_insert_default();
+    limits.insert(resource.to_string(), Quantity("1".to_string()));
+    Some(Change::GpuResource(resource.to_string()))
+}
+
+/// Hostpath mode: the host's `/dev/dri`, reusing a volume or mount the user already has.
+fn ensure_dri_hostpath(
+    spec: &mut PodSpec,
+    index: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Change>, MutationError> {
+    let mut changed = false;
+    let volumes = spec.volumes.get_or_insert_default();
+    let existing = volumes
+        .iter()
+        .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == DRI_PATH));
+    let volume_name = match existing {
+        Some(volume) => volume.name.clone(),
+        None => {
+            volumes.push(Volume {
+                name: DRI_VOLUME.to_string(),
+                host_path: Some(HostPathVolumeSource {
+                    path: DRI_PATH.to_string(),
+                    type_: Some("Directory".to_string()),
+                }),
+                ..Volume::default()
+            });
+            changed = true;
+            DRI_VOLUME.to_string()
+        }
+    };
+    let container = gpu_container(spec, index)?;
+    let mounts = container.volume_mounts.get_or_insert_default();
+    if !mounts.iter().any(|m| m.mount_path == DRI_PATH) {
+        mounts.push(VolumeMount {
+            name: volume_name,
+            mount_path: DRI_PATH.to_string(),
+            ..VolumeMount::default()
+        });
+        changed = true;
+    }
+    let privileged = container
+        .security_context
+        .as_ref()
+        .and_then(|s| s.privileged)
+        == Some(true);
+    if !privileged {
+        warnings.push(format!(
+            "container {:?} is not privileged: the device cgroup will refuse {DRI_PATH}; \
+             set securityContext.privileged or use gpu mode device-plugin",
+            container.name
+        ));
+    }
+    Ok(changed.then_some(Change::DriHostPath))
+}
+
+/// Adds the render-group GIDs the pod lacks, after the user's own.
+fn ensure_render_groups(spec: &mut PodSpec, gids: &[i64]) -> Option<Change> {
+    let present = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.supplemental_groups.as_ref());
+    let missing: Vec<i64> = gids
+        .iter()
+        .copied()
+        .filter(|g| !present.is_some_and(|p| p.contains(g)))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let groups = spec
+        .security_context
+        .get_or_insert_default()
+        .supplemental_groups
+        .get_or_insert_default();
+    groups.extend(&missing);
+    Some(Change::RenderGroups(missing))
+}
+
+/// Adds `key In values` to every required node-selector term: terms are ORed, so an
+/// expression in a term of its own would let the pod land anywhere another term allows.
+fn ensure_quicksync_affinity(
+    spec: &mut PodSpec,
+    wanted: &NodeAffinityPolicy,
+    warnings: &mut Vec<String>,
+) -> Option<Change> {
+    let requirement = NodeSelectorRequirement {
+        key: wanted.key.clone(),
+        operator: "In".to_string(),
+        values: Some(wanted.values.clone()),
+    };
+    let required = spec
+        .affinity
+        .get_or_insert_default()
+        .node_affinity
+        .get_or_insert_default()
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_default();
+    if required.node_selector_terms.is_empty() {
+        required
+            .node_selector_terms
+            .push(NodeSelectorTerm::default());
+    }
+    let mut changed = false;
+    for (i, term) in required.node_selector_terms.iter_mut().enumerate() {
+        let expressions = term.match_expressions.get_or_insert_default();
+        match expressions.iter().find(|e| e.key == wanted.key) {
+            Some(existing) if *existing == requirement => {}
+            Some(_) => warnings.push(format!(
+                "required node affinity term {i} already constrains {}; it is kept as written",
+                wanted.key
+            )),
+            None => {
+                expressions.push(requirement.clone());
+                changed = true;
+            }
+        }
+    }
+    changed.then(|| {
+        Change::QuickSyncAffinity(format!("{} In [{}]", wanted.key, wanted.values.join(",")))
+    })
+}
+
+fn is_failover_key(t: &Toleration) -> bool {
+    matches!(t.key.as_deref(), Some(NOT_READY | UNREACHABLE))
+}
+
+fn failover_toleration(key: &str, seconds: i64) -> Toleration {
+    Toleration {
+        key: Some(key.to_string()),
+        operator: Some("Exists".to_string()),
+        effect: Some(NO_EXECUTE.to_string()),
+        toleration_seconds: Some(seconds),
+        value: None,
+    }
+}
+
+/// Exactly one short not-ready and one short unreachable NoExecute toleration. Replaces the
+/// 300 s ones DefaultTolerationSeconds added before the webhook ran; a user toleration for
+/// those keys with no effect keeps only its NoSchedule half.
+fn ensure_failover_tolerations(spec: &mut PodSpec, seconds: i64) -> Option<Change> {
+    let before = spec.tolerations.take().unwrap_or_default();
+    let mut after: Vec<Toleration> = Vec::with_capacity(before.len() + 2);
+    for toleration in &before {
+        match toleration.effect.as_deref().unwrap_or_default() {
+            NO_EXECUTE if is_failover_key(toleration) => {}
+            "" if is_failover_key(toleration) => after.push(Toleration {
+                effect: Some(NO_SCHEDULE.to_string()),
+                toleration_seconds: None,
+                ..toleration.clone()
+            }),
+            _ => after.push(toleration.clone()),
+        }
+    }
+    after.push(failover_toleration(NOT_READY, seconds));
+    after.push(failover_toleration(UNREACHABLE, seconds));
+    let changed = after != before;
+    spec.tolerations = Some(after);
+    changed.then_some(Change::FailoverTolerations(seconds))
+}
+
+fn warn_out_of_service_tolerations(spec: &PodSpec, warnings: &mut Vec<String>) {
+    let taint = taints::out_of_service();
+    for (i, t) in spec.tolerations.iter().flatten().enumerate() {
+        if taints::tolerates(t, &taint) {
+            warnings.push(format!(
+                "toleration {i} (key {:?}, operator {:?}, effect {:?}) tolerates {}: \
+                 fencing cannot evict this pod from a dead node",
+                t.key.as_deref().unwrap_or_default(),
+                t.operator.as_deref().unwrap_or("Equal"),
+                t.effect.as_deref().unwrap_or_default(),
+                taints::OUT_OF_SERVICE,
+            ));
+        }
+    }
+}
+
+/// Lowers `terminationGracePeriodSeconds` to the cap; never raises a shorter one.
+fn cap_termination_grace(spec: &mut PodSpec, cap: i64) -> Option<Change> {
+    match spec.termination_grace_period_seconds {
+        Some(current) if current <= cap => None,
+        _ => {
+            spec.termination_grace_period_seconds = Some(cap);
+            Some(Change::TerminationGrace(cap))
+        }
+    }
+}
+
+/// The label and the extended resource that let the scheduler extender see only managed pods.
+fn mark_managed(metadata: &mut ObjectMeta, container: &mut Container) -> Option<Change> {
+    let mut changed = false;
+    let labels = metadata.labels.get_or_insert_default();
+    if labels.get(MANAGED).map(String::as_str) != Some("true") {
+        labels.insert(MANAGED.to_string(), "true".to_string());
+        changed = true;
+    }
+    let one = Quantity("1".to_string());
+    let ResourceRequirements {
+        limits, requests, ..
+    } = container.resources.get_or_insert_default();
+    for list in [requests, limits] {
+        let list = list.get_or_insert_default();
+        if list.get(MANAGED) != Some(&one) {
+            list.insert(MANAGED.to_string(), one.clone());
+            changed = true;
+        }
+    }
+    changed.then_some(Change::SchedulingMarker)
+}

@@ -1,0 +1,234 @@
+//! Objects as they arrive (JSON values) in, mutated objects out.
+//!
+//! The typed `k8s-openapi` structs ignore fields newer than the schema they were generated
+//! from, so re-serialising one would silently drop those fields. Instead the typed template is
+//! mutated, the typed before/after are diffed, and only that delta is applied to the original
+//! JSON: whatever we do not understand passes through untouched.
+
+use serde_json::{Value, json};
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use crate::annotations;
+use crate::config::Policy;
+use crate::mutation::{Change, MutationError, mutate_pod_template};
+use crate::record;
+
+/// A mutated object and what was done to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub object: Value,
+    pub changes: Vec<Change>,
+    pub warnings: Vec<String>,
+}
+
+impl Mutation {
+    fn unchanged(object: &Value) -> Self {
+        Self {
+            object: object.clone(),
+            changes: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The RFC 6902 patch from `original` to the mutated object; empty when nothing changed.
+    pub fn patch(&self, original: &Value) -> json_patch::Patch {
+        json_patch::diff(original, &self.object)
+    }
+
+    fn absorb(&mut self, other: Mutation) {
+        self.object = other.object;
+        self.changes.extend(other.changes);
+        self.warnings.extend(other.warnings);
+    }
+}
+
+/// What the webhook does to a Pod on CREATE.
+pub fn mutate_pod(pod: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
+    mutate_template_at(pod, "", policy)
+}
+
+/// Where each workload kind keeps its pod template, as a JSON pointer.
+fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static str> {
+    match (group, kind) {
+        ("", "Pod") => Some(""),
+        ("", "PodTemplate") => Some("/template"),
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("batch", "Job")
+        | ("", "ReplicationController") => Some("/spec/template"),
+        ("batch", "CronJob") => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+/// What `jellyfin-ha mutate` does to one manifest: Pods and pod templates are mutated as the
+/// webhook would mutate the pods they create; `v1/List` items one by one; other kinds pass.
+pub fn mutate_manifest(object: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
+    if !object.is_object() {
+        return Err(MutationError::NotAnObject);
+    }
+    let field = |name: &str| object.get(name).and_then(Value::as_str).unwrap_or_default();
+    let group = field("apiVersion")
+        .rsplit_once('/')
+        .map_or("", |(group, _)| group);
+    let kind = field("kind");
+    if (group, kind) == ("", "List") {
+        return mutate_list(object, policy);
+    }
+    let Some(pointer) = pod_template_pointer(group, kind) else {
+        return Ok(Mutation::unchanged(object));
+    };
+    let mut mutation = mutate_template_at(object, pointer, policy)?;
+    if (group, kind) == ("apps", "Deployment") {
+        let strategy = mutate_deployment_strategy(&mutation.object);
+        mutation.absorb(strategy);
+    }
+    Ok(mutation)
+}
+
+fn mutate_list(list: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
+    let mut result = Mutation::unchanged(list);
+    let Some(items) = result.object.get_mut("items").and_then(Value::as_array_mut) else {
+        return Ok(result);
+    };
+    let mut changes = Vec::new();
+    let mut warnings = Vec::new();
+    for (index, item) in items.iter_mut().enumerate() {
+        let mutation =
+            mutate_manifest(item, policy).map_err(|source| MutationError::InListItem {
+                index,
+                source: Box::new(source),
+            })?;
+        *item = mutation.object;
+        changes.extend(mutation.changes);
+        warnings.extend(
+            mutation
+                .warnings
+                .into_iter()
+                .map(|w| format!("items[{index}]: {w}")),
+        );
+    }
+    result.changes = changes;
+    result.warnings = warnings;
+    Ok(result)
+}
+
+fn template_opted_in(template: &Value) -> bool {
+    let pointer = format!(
+        "/metadata/annotations/{}",
+        annotations::INJECT.replace('/', "~1")
+    );
+    template.pointer(&pointer).and_then(Value::as_str) == Some("true")
+}
+
+/// `/spec/template` → `spec.template`, for error messages.
+fn field_name(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
+fn join_field(prefix: &str, inner: &str) -> String {
+    match (prefix.is_empty(), inner.is_empty() || inner == ".") {
+        (true, _) => inner.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{inner}"),
+    }
+}
+
+fn mutate_template_at(
+    object: &Value,
+    pointer: &str,
+    policy: &Policy,
+) -> Result<Mutation, MutationError> {
+    let prefix = field_name(pointer);
+    let Some(raw) = object.pointer(pointer).filter(|t| template_opted_in(t)) else {
+        return Ok(Mutation::unchanged(object));
+    };
+    let template: PodTemplateSpec =
+        serde_path_to_error::deserialize(raw).map_err(|e| MutationError::Malformed {
+            field: join_field(&prefix, &e.path().to_string()),
+            message: e.inner().to_string(),
+        })?;
+    let internal = |e: serde_json::Error| MutationError::Malformed {
+        field: prefix.clone(),
+        message: e.to_string(),
+    };
+    let before = serde_json::to_value(&template).map_err(internal)?;
+    let mut template = template;
+    let outcome = mutate_pod_template(&mut template, policy, &prefix)?;
+    let after = serde_json::to_value(&template).map_err(internal)?;
+
+    let mut mutated = object.clone();
+    if let Some(slot) = mutated.pointer_mut(pointer) {
+        json_patch::patch(slot, &json_patch::diff(&before, &after)).map_err(|e| {
+            MutationError::Malformed {
+                field: join_field(&prefix, &field_name(&e.path.to_string())),
+                message: format!("cannot be mutated: {}", e.kind),
+            }
+        })?;
+    }
+    Ok(Mutation {
+        object: mutated,
+        changes: outcome.changes,
+        warnings: outcome.warnings,
+    })
+}
+
+/// A Deployment whose opted-in template mounts a PersistentVolumeClaim must replace its pod
+/// with `Recreate`: with RollingUpdate the new pod waits forever for the ReadWriteOnce volume
+/// the old pod holds. The webhook applies this on Deployment CREATE and UPDATE.
+pub fn mutate_deployment_strategy(deployment: &Value) -> Mutation {
+    let unchanged = || Mutation::unchanged(deployment);
+    let Some(template) = deployment
+        .pointer("/spec/template")
+        .filter(|t| template_opted_in(t))
+    else {
+        return unchanged();
+    };
+    let mounts_claim = template
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .is_some_and(|volumes| {
+            volumes
+                .iter()
+                .any(|v| v.get("persistentVolumeClaim").is_some_and(Value::is_object))
+        });
+    if !mounts_claim {
+        return unchanged();
+    }
+    let strategy = deployment.pointer("/spec/strategy");
+    let strategy_type = strategy.and_then(|s| s.get("type")).and_then(Value::as_str);
+    let has_rolling_update = strategy
+        .and_then(|s| s.get("rollingUpdate"))
+        .is_some_and(|r| !r.is_null());
+    if strategy_type == Some("Recreate") && !has_rolling_update {
+        return unchanged();
+    }
+    let mut mutated = deployment.clone();
+    let mut warnings = Vec::new();
+    if let Some(spec) = mutated.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("strategy".to_string(), json!({ "type": "Recreate" }));
+    }
+    if strategy_type == Some("RollingUpdate") {
+        warnings.push(
+            "spec.strategy RollingUpdate replaced by Recreate: the new pod could never mount \
+             the ReadWriteOnce volume the old pod holds"
+                .to_string(),
+        );
+    }
+    let changes = vec![Change::RecreateStrategy];
+    if let Some(metadata) = mutated.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(annotations) = annotations.as_object_mut() {
+            let existing = annotations
+                .get(annotations::MUTATIONS)
+                .and_then(Value::as_str);
+            let merged = record::merge(existing, &changes);
+            annotations.insert(annotations::MUTATIONS.to_string(), Value::String(merged));
+        }
+    }
+    Mutation {
+        object: mutated,
+        changes,
+        warnings,
+    }
+}

@@ -1,0 +1,491 @@
+//! The traps from DESIGN.md, one case each, on objects shaped like what kube-apiserver sends.
+
+use jellyfin_ha_core::annotations::{CONTAINER, FAILOVER_SECONDS, GPU, INJECT, MANAGED, MUTATIONS};
+use jellyfin_ha_core::config::{GpuMode, Policy};
+use jellyfin_ha_core::{Change, MutationError, mutate_manifest, mutate_pod};
+use rstest::rstest;
+use serde_json::{Value, json};
+
+const DEFAULTED_POD: &str = include_str!("fixtures/pod-defaulted.json");
+const DEPLOYMENT: &str = include_str!("fixtures/deployment.yaml");
+
+fn pod() -> Value {
+    serde_json::from_str(DEFAULTED_POD).unwrap()
+}
+
+fn deployment() -> Value {
+    serde_yaml::from_str(DEPLOYMENT).unwrap()
+}
+
+fn with_annotation(mut object: Value, key: &str, value: &str) -> Value {
+    object["metadata"]["annotations"][key] = json!(value);
+    object
+}
+
+fn tolerations(pod: &Value) -> Vec<Value> {
+    pod["spec"]["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn with_key<'a>(tolerations: &'a [Value], key: &str) -> Vec<&'a Value> {
+    tolerations.iter().filter(|t| t["key"] == key).collect()
+}
+
+#[test]
+fn default_tolerations_are_replaced_not_appended() {
+    let mutated = mutate_pod(&pod(), &Policy::default()).unwrap().object;
+    let tolerations = tolerations(&mutated);
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let found = with_key(&tolerations, key);
+        assert_eq!(found.len(), 1, "{key}: {tolerations:?}");
+        assert_eq!(found[0]["tolerationSeconds"], 15);
+        assert_eq!(found[0]["effect"], "NoExecute");
+    }
+    assert_eq!(tolerations.len(), 2);
+}
+
+#[test]
+fn failover_seconds_annotation_overrides_config() {
+    let input = with_annotation(pod(), FAILOVER_SECONDS, "5");
+    let mutated = mutate_pod(&input, &Policy::default()).unwrap().object;
+    assert!(
+        tolerations(&mutated)
+            .iter()
+            .all(|t| t["tolerationSeconds"] == 5)
+    );
+}
+
+#[test]
+fn effectless_failover_toleration_keeps_only_its_noschedule_half() {
+    let mut input = pod();
+    input["spec"]["tolerations"] =
+        json!([{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}]);
+    let mutated = mutate_pod(&input, &Policy::default()).unwrap().object;
+    let tolerations = tolerations(&mutated);
+    let not_ready = with_key(&tolerations, "node.kubernetes.io/not-ready");
+    let effects: Vec<&Value> = not_ready.iter().map(|t| &t["effect"]).collect();
+    assert_eq!(effects, [&json!("NoSchedule"), &json!("NoExecute")]);
+}
+
+#[rstest]
+#[case::keyless_exists(json!({"operator": "Exists"}))]
+#[case::explicit(json!({"key": "node.kubernetes.io/out-of-service", "operator": "Exists", "effect": "NoExecute"}))]
+fn out_of_service_tolerations_are_kept_with_a_warning(#[case] toleration: Value) {
+    let mut input = pod();
+    input["spec"]["tolerations"]
+        .as_array_mut()
+        .unwrap()
+        .push(toleration.clone());
+    let mutation = mutate_pod(&input, &Policy::default()).unwrap();
+    assert!(tolerations(&mutation.object).contains(&toleration));
+    assert!(
+        mutation
+            .warnings
+            .iter()
+            .any(|w| w.contains("node.kubernetes.io/out-of-service")),
+        "{:?}",
+        mutation.warnings
+    );
+}
+
+#[test]
+fn added_tolerations_never_match_out_of_service() {
+    let mutation = mutate_pod(&pod(), &Policy::default()).unwrap();
+    assert!(mutation.warnings.is_empty(), "{:?}", mutation.warnings);
+}
+
+#[test]
+fn quicksync_expression_is_added_to_every_term() {
+    let mutated = mutate_manifest(&deployment(), &Policy::default())
+        .unwrap()
+        .object;
+    let affinity = &mutated["spec"]["template"]["spec"]["affinity"];
+    let terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        .as_array()
+        .unwrap();
+    assert_eq!(terms.len(), 2, "no new term may be added: {terms:?}");
+    let quicksync = json!({"key": "intel.feature.node.kubernetes.io/gpu", "operator": "In", "values": ["true"]});
+    for term in terms {
+        assert!(
+            term["matchExpressions"]
+                .as_array()
+                .unwrap()
+                .contains(&quicksync),
+            "{term}"
+        );
+    }
+    assert_eq!(terms[0]["matchExpressions"][0]["key"], "kubernetes.io/arch");
+    assert_eq!(terms[1]["matchFields"][0]["key"], "metadata.name");
+    let preferred = &affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(
+        preferred,
+        &deployment()["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    );
+    assert_eq!(
+        mutated["spec"]["template"]["spec"]["nodeSelector"],
+        json!({"kubernetes.io/os": "linux"})
+    );
+}
+
+#[test]
+fn pod_without_affinity_gets_one_required_term() {
+    let mutated = mutate_pod(&pod(), &Policy::default()).unwrap().object;
+    assert_eq!(
+        mutated["spec"]["affinity"],
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "intel.feature.node.kubernetes.io/gpu", "operator": "In", "values": ["true"]}]}
+        ]}}})
+    );
+}
+
+#[test]
+fn user_expression_on_the_same_key_is_kept_with_a_warning() {
+    let mut input = pod();
+    input["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "intel.feature.node.kubernetes.io/gpu", "operator": "Exists"}]}
+    ]}}});
+    let mutation = mutate_pod(&input, &Policy::default()).unwrap();
+    assert_eq!(
+        mutation.object["spec"]["affinity"],
+        input["spec"]["affinity"]
+    );
+    assert!(
+        mutation
+            .warnings
+            .iter()
+            .any(|w| w.contains("already constrains")),
+        "{:?}",
+        mutation.warnings
+    );
+}
+
+#[rstest]
+#[case::defaulted_pod(pod())]
+#[case::deployment(deployment())]
+fn mutation_is_idempotent_and_second_pass_sends_no_patch(#[case] input: Value) {
+    let once = mutate_manifest(&input, &Policy::default()).unwrap();
+    assert!(!once.patch(&input).0.is_empty());
+    let twice = mutate_manifest(&once.object, &Policy::default()).unwrap();
+    assert_eq!(twice.object, once.object);
+    assert!(twice.changes.is_empty(), "{:?}", twice.changes);
+    assert!(twice.patch(&once.object).0.is_empty());
+}
+
+#[rstest]
+#[case::no_annotation(None)]
+#[case::false_value(Some("false"))]
+#[case::capitalised(Some("True"))]
+fn pods_that_did_not_opt_in_pass_untouched(#[case] inject: Option<&str>) {
+    let mut input = pod();
+    match inject {
+        Some(value) => input["metadata"]["annotations"][INJECT] = json!(value),
+        None => input["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations")
+            .map(|_| ())
+            .unwrap(),
+    }
+    let mutation = mutate_pod(&input, &Policy::default()).unwrap();
+    assert_eq!(mutation.object, input);
+    assert!(mutation.changes.is_empty());
+}
+
+#[test]
+fn fields_unknown_to_the_schema_survive() {
+    let mutated = mutate_pod(&pod(), &Policy::default()).unwrap().object;
+    assert_eq!(mutated["spec"]["hostnameOverrideFromTheFuture"], "kept");
+    assert_eq!(
+        mutated["spec"]["containers"][0]["someFieldFromKubernetes140"],
+        json!({"kept": true})
+    );
+    assert_eq!(mutated["status"], json!({}));
+}
+
+#[test]
+fn device_plugin_resource_and_marker_go_on_the_gpu_container() {
+    let mutated = mutate_manifest(&deployment(), &Policy::default())
+        .unwrap()
+        .object;
+    let containers = &mutated["spec"]["template"]["spec"]["containers"];
+    assert_eq!(
+        containers[0],
+        deployment()["spec"]["template"]["spec"]["containers"][0],
+        "sidecar untouched"
+    );
+    let resources = &containers[1]["resources"];
+    assert_eq!(resources["limits"]["gpu.intel.com/i915"], "1");
+    assert_eq!(resources["limits"][MANAGED], "1");
+    assert_eq!(resources["requests"][MANAGED], "1");
+    assert_eq!(
+        mutated["spec"]["template"]["metadata"]["labels"][MANAGED],
+        "true"
+    );
+}
+
+#[test]
+fn existing_gpu_request_is_left_alone() {
+    let mut input = pod();
+    input["spec"]["containers"][0]["resources"]["limits"] = json!({"gpu.intel.com/i915": "2"});
+    let mutation = mutate_pod(&input, &Policy::default()).unwrap();
+    assert_eq!(
+        mutation.object["spec"]["containers"][0]["resources"]["limits"]["gpu.intel.com/i915"],
+        "2"
+    );
+    assert!(
+        !mutation
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::GpuResource(_)))
+    );
+}
+
+#[test]
+fn resource_name_comes_from_config() {
+    let mut policy = Policy::default();
+    policy.gpu.resource_name = "gpu.intel.com/xe".into();
+    let mutated = mutate_pod(&pod(), &policy).unwrap().object;
+    let limits = &mutated["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(limits["gpu.intel.com/xe"], "1");
+    assert!(limits.get("gpu.intel.com/i915").is_none());
+}
+
+#[test]
+fn hostpath_mode_mounts_dev_dri_and_warns_when_unprivileged() {
+    let input = with_annotation(pod(), GPU, "hostpath");
+    let mutation = mutate_pod(&input, &Policy::default()).unwrap();
+    let spec = &mutation.object["spec"];
+    assert!(spec["volumes"].as_array().unwrap().contains(
+        &json!({"name": "jellyfin-ha-dri", "hostPath": {"path": "/dev/dri", "type": "Directory"}})
+    ));
+    assert!(
+        spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "jellyfin-ha-dri", "mountPath": "/dev/dri"}))
+    );
+    assert!(
+        spec["containers"][0]["resources"]["limits"]
+            .get("gpu.intel.com/i915")
+            .is_none()
+    );
+    assert!(
+        mutation
+            .warnings
+            .iter()
+            .any(|w| w.contains("not privileged")),
+        "{:?}",
+        mutation.warnings
+    );
+
+    let mut privileged = input.clone();
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let mutation = mutate_pod(&privileged, &Policy::default()).unwrap();
+    assert!(mutation.warnings.is_empty(), "{:?}", mutation.warnings);
+}
+
+#[test]
+fn none_mode_adds_no_device_access() {
+    let mut policy = Policy::default();
+    policy.gpu.mode = GpuMode::None;
+    let mutated = mutate_pod(&pod(), &policy).unwrap().object;
+    let container = &mutated["spec"]["containers"][0];
+    assert!(
+        container["resources"]["limits"]
+            .get("gpu.intel.com/i915")
+            .is_none()
+    );
+    assert_eq!(container["volumeMounts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn render_groups_keep_the_users_and_add_the_rest() {
+    let mutated = mutate_pod(&pod(), &Policy::default()).unwrap().object;
+    assert_eq!(
+        mutated["spec"]["securityContext"]["supplementalGroups"],
+        json!([1000, 44, 109, 110, 122, 989, 991, 993])
+    );
+}
+
+#[rstest]
+#[case::default_30_is_lowered(Some(30), 15)]
+#[case::unset_gets_the_cap(None, 15)]
+#[case::shorter_is_kept(Some(5), 5)]
+#[case::zero_is_kept(Some(0), 0)]
+fn termination_grace_is_capped_never_raised(#[case] current: Option<i64>, #[case] expected: i64) {
+    let mut input = pod();
+    match current {
+        Some(seconds) => input["spec"]["terminationGracePeriodSeconds"] = json!(seconds),
+        None => drop(
+            input["spec"]
+                .as_object_mut()
+                .unwrap()
+                .remove("terminationGracePeriodSeconds"),
+        ),
+    }
+    let mutated = mutate_pod(&input, &Policy::default()).unwrap().object;
+    assert_eq!(mutated["spec"]["terminationGracePeriodSeconds"], expected);
+}
+
+#[rstest]
+#[case::annotation_names_it(Some("sidecar"), "sidecar")]
+#[case::named_jellyfin(None, "jellyfin")]
+fn gpu_container_choice(#[case] annotation: Option<&str>, #[case] expected: &str) {
+    let mut input = deployment();
+    if let Some(name) = annotation {
+        input["spec"]["template"]["metadata"]["annotations"][CONTAINER] = json!(name);
+    }
+    let mutated = mutate_manifest(&input, &Policy::default()).unwrap().object;
+    let containers = mutated["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let with_gpu: Vec<&str> = containers
+        .iter()
+        .filter(|c| c["resources"]["limits"].get("gpu.intel.com/i915").is_some())
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(with_gpu, [expected]);
+}
+
+#[test]
+fn first_container_when_none_is_named_jellyfin() {
+    let mut input = pod();
+    input["spec"]["containers"][0]["name"] = json!("server");
+    let mutated = mutate_pod(&input, &Policy::default()).unwrap().object;
+    assert_eq!(
+        mutated["spec"]["containers"][0]["resources"]["limits"]["gpu.intel.com/i915"],
+        "1"
+    );
+}
+
+#[rstest]
+#[case::gpu_mode(GPU, "vaapi", "jellyfin-ha.io/gpu")]
+#[case::failover(FAILOVER_SECONDS, "soon", "jellyfin-ha.io/failover-seconds")]
+#[case::missing_container(CONTAINER, "transcoder", "containers: jellyfin")]
+fn malformed_override_is_an_error_naming_it(
+    #[case] key: &str,
+    #[case] value: &str,
+    #[case] expected: &str,
+) {
+    let input = with_annotation(pod(), key, value);
+    let err = mutate_pod(&input, &Policy::default()).unwrap_err();
+    assert!(err.to_string().contains(expected), "{err}");
+    assert!(err.to_string().contains(key), "{err}");
+}
+
+#[test]
+fn record_annotation_says_what_changed() {
+    let mutated = mutate_pod(&pod(), &Policy::default()).unwrap().object;
+    assert_eq!(
+        mutated["metadata"]["annotations"][MUTATIONS],
+        "failover-tolerations=15s; igpu=gpu.intel.com/i915; node-affinity=intel.feature.node.kubernetes.io/gpu In [true]; \
+         render-groups=44,109,110,122,989,991,993; scheduling-marker=jellyfin-ha.io/managed; termination-grace=15s"
+    );
+}
+
+#[test]
+fn deployment_with_a_claim_gets_recreate() {
+    let mutation = mutate_manifest(&deployment(), &Policy::default()).unwrap();
+    assert_eq!(
+        mutation.object["spec"]["strategy"],
+        json!({"type": "Recreate"})
+    );
+    assert!(mutation.warnings.iter().any(|w| w.contains("Recreate")));
+    assert!(
+        mutation.object["metadata"]["annotations"][MUTATIONS]
+            .as_str()
+            .unwrap()
+            .contains("strategy=Recreate")
+    );
+}
+
+#[test]
+fn deployment_without_a_claim_keeps_its_strategy() {
+    let mut input = deployment();
+    input["spec"]["template"]["spec"]["volumes"] = json!([{"name": "cache", "emptyDir": {}}]);
+    input["spec"]["template"]["spec"]["containers"][1]["volumeMounts"] =
+        json!([{"name": "cache", "mountPath": "/cache"}]);
+    let mutated = mutate_manifest(&input, &Policy::default()).unwrap().object;
+    assert_eq!(mutated["spec"]["strategy"], input["spec"]["strategy"]);
+}
+
+#[rstest]
+#[case::cronjob("batch/v1", "CronJob", "/spec/jobTemplate/spec/template")]
+#[case::statefulset("apps/v1", "StatefulSet", "/spec/template")]
+#[case::daemonset("apps/v1", "DaemonSet", "/spec/template")]
+#[case::job("batch/v1", "Job", "/spec/template")]
+fn workload_templates_are_mutated(
+    #[case] api_version: &str,
+    #[case] kind: &str,
+    #[case] pointer: &str,
+) {
+    let template = json!({"metadata": {"annotations": {INJECT: "true"}}, "spec": {"containers": [{"name": "jellyfin", "image": "j"}]}});
+    let mut object = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}});
+    let mut slot = &mut object;
+    for part in pointer.trim_start_matches('/').split('/') {
+        slot = &mut slot[part];
+    }
+    *slot = template;
+    let mutated = mutate_manifest(&object, &Policy::default()).unwrap().object;
+    let tolerations = mutated
+        .pointer(&format!("{pointer}/spec/tolerations"))
+        .unwrap();
+    assert_eq!(tolerations.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn other_kinds_pass_through() {
+    let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "annotations": {INJECT: "true"}}});
+    assert_eq!(
+        mutate_manifest(&config_map, &Policy::default())
+            .unwrap()
+            .object,
+        config_map
+    );
+}
+
+#[test]
+fn list_items_are_mutated_and_errors_name_the_item() {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [pod(), with_annotation(pod(), GPU, "bogus")]});
+    let err = mutate_manifest(&list, &Policy::default()).unwrap_err();
+    assert!(
+        matches!(err, MutationError::InListItem { index: 1, .. }),
+        "{err}"
+    );
+
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [pod(), {"apiVersion": "v1", "kind": "Service"}]});
+    let mutated = mutate_manifest(&list, &Policy::default()).unwrap().object;
+    assert_eq!(tolerations(&mutated["items"][0]).len(), 2);
+    assert_eq!(
+        mutated["items"][1],
+        json!({"apiVersion": "v1", "kind": "Service"})
+    );
+}
+
+#[rstest]
+#[case::containers_wrong_type(json!({"containers": "jellyfin"}), "spec.containers")]
+#[case::grace_wrong_type(json!({"containers": [{"name": "j"}], "terminationGracePeriodSeconds": "30"}), "spec.terminationGracePeriodSeconds")]
+#[case::no_containers(json!({"containers": []}), "needs at least one container")]
+fn malformed_pods_are_errors_naming_the_field(#[case] spec: Value, #[case] expected: &str) {
+    let mut input = pod();
+    input["spec"] = spec;
+    let err = mutate_pod(&input, &Policy::default()).unwrap_err();
+    assert!(err.to_string().contains(expected), "{err}");
+}
+
+#[test]
+fn template_field_is_named_in_workload_errors() {
+    let mut input = deployment();
+    input["spec"]["template"]["spec"]["tolerations"] = json!({"not": "a list"});
+    let err = mutate_manifest(&input, &Policy::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("spec.template.spec.tolerations"),
+        "{err}"
+    );
+}
