@@ -1,0 +1,149 @@
+//! Properties over generated pods: idempotence, opt-in, and the toleration invariants.
+
+use jellyfin_ha_core::config::Policy;
+use jellyfin_ha_core::mutate_pod;
+use jellyfin_ha_core::taints::{self, NOT_READY, UNREACHABLE};
+use k8s_openapi::api::core::v1::Toleration;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn optional<T: Clone + std::fmt::Debug + 'static>(
+    values: &'static [T],
+) -> impl Strategy<Value = Option<T>> {
+    prop::option::of(prop::sample::select(values))
+}
+
+fn toleration() -> impl Strategy<Value = Value> {
+    let keys = &[
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/out-of-service",
+        "dedicated",
+        "",
+    ];
+    (
+        optional(keys),
+        optional(&["Exists", "Equal"]),
+        optional(&["NoExecute", "NoSchedule", ""]),
+        prop::option::of(0i64..400),
+    )
+        .prop_map(|(key, operator, effect, seconds)| {
+            let mut t = json!({});
+            if let Some(k) = key {
+                t["key"] = json!(k)
+            }
+            if let Some(o) = operator {
+                t["operator"] = json!(o)
+            }
+            if let Some(e) = effect {
+                t["effect"] = json!(e)
+            }
+            if let Some(s) = seconds {
+                t["tolerationSeconds"] = json!(s)
+            }
+            t
+        })
+}
+
+fn expression() -> impl Strategy<Value = Value> {
+    prop::sample::select(vec![
+        json!({"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}),
+        json!({"key": "intel.feature.node.kubernetes.io/gpu", "operator": "In", "values": ["true"]}),
+        json!({"key": "intel.feature.node.kubernetes.io/gpu", "operator": "Exists"}),
+        json!({"key": "zone", "operator": "NotIn", "values": ["garage"]}),
+    ])
+}
+
+fn affinity() -> impl Strategy<Value = Option<Value>> {
+    prop::option::of(prop::collection::vec(prop::collection::vec(expression(), 0..3), 0..3).prop_map(|terms| {
+        let terms: Vec<Value> = terms.into_iter().map(|e| json!({"matchExpressions": e})).collect();
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}})
+    }))
+}
+
+fn container() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(&["jellyfin", "sidecar", "exporter"][..]),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(name, gpu, privileged)| {
+            let mut c = json!({"name": name, "image": "example"});
+            if gpu {
+                c["resources"] = json!({"limits": {"gpu.intel.com/i915": "1"}});
+            }
+            if privileged {
+                c["securityContext"] = json!({"privileged": true});
+            }
+            c
+        })
+}
+
+prop_compose! {
+    fn pod()(
+        inject in optional(&["true", "false", "TRUE"]),
+        gpu in optional(&["device-plugin", "hostpath", "none"]),
+        tolerations in prop::option::of(prop::collection::vec(toleration(), 0..6)),
+        affinity in affinity(),
+        containers in prop::collection::vec(container(), 1..3),
+        groups in prop::option::of(prop::collection::vec(prop::sample::select(&[0i64, 44, 109, 1000, 65534][..]), 0..4)),
+        grace in prop::option::of(0i64..120),
+    ) -> Value {
+        let mut annotations = serde_json::Map::new();
+        if let Some(v) = inject { annotations.insert("jellyfin-ha.io/inject".into(), json!(v)); }
+        if let Some(v) = gpu { annotations.insert("jellyfin-ha.io/gpu".into(), json!(v)); }
+        let mut spec = json!({"containers": containers});
+        if let Some(t) = tolerations { spec["tolerations"] = json!(t) }
+        if let Some(a) = affinity { spec["affinity"] = a }
+        if let Some(g) = groups { spec["securityContext"] = json!({"supplementalGroups": g}) }
+        if let Some(g) = grace { spec["terminationGracePeriodSeconds"] = json!(g) }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": annotations}, "spec": spec})
+    }
+}
+
+fn typed_tolerations(pod: &Value) -> Vec<Toleration> {
+    serde_json::from_value(pod["spec"]["tolerations"].clone()).unwrap_or_default()
+}
+
+fn count_out_of_service(pod: &Value) -> usize {
+    typed_tolerations(pod)
+        .iter()
+        .filter(|t| taints::tolerates(t, &taints::out_of_service()))
+        .count()
+}
+
+proptest! {
+    #[test]
+    fn mutation_is_idempotent(input in pod()) {
+        if let Ok(once) = mutate_pod(&input, &Policy::default()) {
+            let twice = mutate_pod(&once.object, &Policy::default()).unwrap();
+            prop_assert_eq!(&twice.object, &once.object);
+            prop_assert!(twice.changes.is_empty());
+        }
+    }
+
+    #[test]
+    fn not_opted_in_means_unchanged(input in pod()) {
+        let opted_in = input["metadata"]["annotations"]["jellyfin-ha.io/inject"] == "true";
+        let mutation = mutate_pod(&input, &Policy::default()).unwrap();
+        if !opted_in {
+            prop_assert_eq!(mutation.object, input);
+        }
+    }
+
+    #[test]
+    fn exactly_one_short_noexecute_toleration_per_failover_key(mut input in pod()) {
+        input["metadata"]["annotations"]["jellyfin-ha.io/inject"] = json!("true");
+        let mutated = mutate_pod(&input, &Policy::default()).unwrap().object;
+        let tolerations = typed_tolerations(&mutated);
+        for key in [NOT_READY, UNREACHABLE] {
+            let noexecute: Vec<&Toleration> = tolerations.iter()
+                .filter(|t| t.key.as_deref() == Some(key))
+                .filter(|t| matches!(t.effect.as_deref(), Some("NoExecute") | Some("") | None))
+                .collect();
+            prop_assert_eq!(noexecute.len(), 1, "{}: {:?}", key, tolerations);
+            prop_assert_eq!(noexecute[0].toleration_seconds, Some(15));
+        }
+        prop_assert_eq!(count_out_of_service(&mutated), count_out_of_service(&input));
+    }
+}
