@@ -6,6 +6,7 @@
 
 pub mod annotations;
 pub mod config;
+pub mod extender;
 pub mod mutation;
 pub mod record;
 pub mod taints;

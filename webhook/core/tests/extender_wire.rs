@@ -1,0 +1,196 @@
+//! The extender wire types against JSON in the exact shape kube-scheduler's Go structs produce:
+//! no `json` tags, so Go field names, `null` for nil pointers, slices and maps.
+
+// A test crate: a panic is a failed test, helpers included.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+
+use jellyfin_ha_core::extender::wire::{
+    ExtenderArgs, ExtenderFilterResult, HostPriority, HostPriorityList, node_name,
+};
+use rstest::rstest;
+use serde_json::{Value, json};
+
+const ARGS_NAMES: &str = include_str!("fixtures/extender/filter-args-names.json");
+const ARGS_NODES: &str = include_str!("fixtures/extender/filter-args-nodes.json");
+const ARGS_NO_CANDIDATES: &str = include_str!("fixtures/extender/filter-args-no-candidates.json");
+const RESULT_NAMES: &str = include_str!("fixtures/extender/filter-result-names.json");
+const RESULT_ERROR: &str = include_str!("fixtures/extender/filter-result-error.json");
+const RESULT_LOWERCASE: &str = include_str!("fixtures/extender/filter-result-lowercase.json");
+const PRIORITIES: &str = include_str!("fixtures/extender/prioritize-result.json");
+
+fn value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn node_cache_capable_args_carry_names_only() {
+    let args: ExtenderArgs = serde_json::from_str(ARGS_NAMES).unwrap();
+    assert_eq!(
+        args.pod.metadata.name.as_deref(),
+        Some("jellyfin-7c9d8f6b5-x2k4q")
+    );
+    assert_eq!(args.pod.metadata.namespace.as_deref(), Some("media"));
+    assert!(args.nodes.is_none());
+    assert!(!args.has_node_objects());
+    assert_eq!(args.candidate_names(), ["qs-1", "qs-2", "plain-1"]);
+}
+
+#[test]
+fn full_node_args_yield_names_from_the_objects() {
+    let args: ExtenderArgs = serde_json::from_str(ARGS_NODES).unwrap();
+    assert!(args.node_names.is_none());
+    assert!(args.has_node_objects());
+    assert_eq!(args.candidate_names(), ["qs-1", "qs-2", "plain-1"]);
+}
+
+#[test]
+fn a_nil_item_slice_means_no_candidates() {
+    let args: ExtenderArgs = serde_json::from_str(ARGS_NO_CANDIDATES).unwrap();
+    assert!(args.has_node_objects());
+    assert!(args.candidate_names().is_empty());
+}
+
+#[rstest]
+#[case::names(ARGS_NAMES)]
+#[case::nodes(ARGS_NODES)]
+#[case::no_candidates(ARGS_NO_CANDIDATES)]
+fn args_round_trip_with_go_field_names(#[case] fixture: &str) {
+    let args: ExtenderArgs = serde_json::from_str(fixture).unwrap();
+    let written = serde_json::to_value(&args).unwrap();
+    let keys: Vec<&str> = written
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["Pod", "Nodes", "NodeNames"]);
+    let original = value(fixture);
+    // Node objects and name lists are kept verbatim; the pod goes through the typed model.
+    assert_eq!(written["Nodes"], original["Nodes"]);
+    assert_eq!(written["NodeNames"], original["NodeNames"]);
+    let again: ExtenderArgs = serde_json::from_value(written).unwrap();
+    assert_eq!(again, args);
+}
+
+#[test]
+fn the_typed_pod_keeps_what_the_decisions_read() {
+    let args: ExtenderArgs = serde_json::from_str(ARGS_NAMES).unwrap();
+    let spec = args.pod.spec.unwrap();
+    let claims: Vec<_> = spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+        .collect();
+    assert_eq!(claims, ["jellyfin-config"]);
+}
+
+#[test]
+fn unknown_fields_anywhere_in_the_pod_are_ignored() {
+    let mut args = value(ARGS_NAMES);
+    args["Pod"]["spec"]["someFutureField"] = json!({"enabled": true});
+    args["Pod"]["metadata"]["anotherNewField"] = json!(3);
+    args["Pod"]["status"]["resize"] = json!("Proposed");
+    args["SomethingNewAtTheTop"] = json!([]);
+    let parsed: ExtenderArgs = serde_json::from_value(args).unwrap();
+    assert_eq!(parsed.candidate_names(), ["qs-1", "qs-2", "plain-1"]);
+}
+
+#[test]
+fn lower_case_keys_from_older_tagged_copies_are_accepted() {
+    let args = json!({"pod": value(ARGS_NAMES)["Pod"], "nodenames": ["a", "b"]});
+    let parsed: ExtenderArgs = serde_json::from_value(args).unwrap();
+    assert_eq!(parsed.candidate_names(), ["a", "b"]);
+
+    let result: ExtenderFilterResult = serde_json::from_str(RESULT_LOWERCASE).unwrap();
+    assert_eq!(
+        result.node_names.as_deref(),
+        Some(&["qs-1".to_string()][..])
+    );
+    assert_eq!(
+        result.failed_nodes.unwrap()["qs-2"],
+        "no heartbeat lease".to_string()
+    );
+    assert_eq!(result.error, "");
+}
+
+#[test]
+fn a_missing_pod_is_an_error_naming_it() {
+    let err = serde_json::from_value::<ExtenderArgs>(json!({"NodeNames": ["a"]})).unwrap_err();
+    assert!(err.to_string().contains("Pod"), "{err}");
+}
+
+#[rstest]
+#[case::names(RESULT_NAMES)]
+#[case::error(RESULT_ERROR)]
+fn filter_results_round_trip_exactly(#[case] fixture: &str) {
+    let result: ExtenderFilterResult = serde_json::from_str(fixture).unwrap();
+    assert_eq!(serde_json::to_value(&result).unwrap(), value(fixture));
+}
+
+#[test]
+fn priorities_round_trip_exactly() {
+    let list: HostPriorityList = serde_json::from_str(PRIORITIES).unwrap();
+    assert_eq!(
+        list[1],
+        HostPriority {
+            host: "qs-2".into(),
+            score: 10
+        }
+    );
+    assert_eq!(serde_json::to_value(&list).unwrap(), value(PRIORITIES));
+}
+
+#[test]
+fn a_names_result_has_every_go_field() {
+    let failed = BTreeMap::from([("qs-2".to_string(), "no heartbeat lease".to_string())]);
+    let result = ExtenderFilterResult::with_names(vec!["qs-1".into()], failed, BTreeMap::new());
+    assert_eq!(
+        serde_json::to_value(&result).unwrap(),
+        json!({
+            "Nodes": null,
+            "NodeNames": ["qs-1"],
+            "FailedNodes": {"qs-2": "no heartbeat lease"},
+            "FailedAndUnresolvableNodes": {},
+            "Error": ""
+        })
+    );
+}
+
+#[test]
+fn an_objects_result_returns_the_passing_objects_verbatim_in_order() {
+    let args: ExtenderArgs = serde_json::from_str(ARGS_NODES).unwrap();
+    let original = value(ARGS_NODES)["Nodes"]["items"].clone();
+    let passed = vec!["plain-1".to_string(), "qs-1".to_string()];
+    let result = ExtenderFilterResult::with_objects(
+        args.nodes.unwrap(),
+        &passed,
+        BTreeMap::new(),
+        BTreeMap::from([("qs-2".to_string(), "why".to_string())]),
+    );
+    let items = result.nodes.as_ref().unwrap().items();
+    let names: Vec<_> = items.iter().filter_map(node_name).collect();
+    assert_eq!(names, ["qs-1", "plain-1"]);
+    assert_eq!(items[0], original[0]);
+    assert_eq!(items[1], original[2]);
+    assert!(result.node_names.is_none());
+    let written = serde_json::to_value(&result).unwrap();
+    assert_eq!(written["Nodes"]["metadata"], json!({}));
+}
+
+#[test]
+fn an_error_result_says_only_the_error() {
+    let written = serde_json::to_value(ExtenderFilterResult::error("not synced")).unwrap();
+    assert_eq!(
+        written,
+        json!({
+            "Nodes": null,
+            "NodeNames": null,
+            "FailedNodes": null,
+            "FailedAndUnresolvableNodes": null,
+            "Error": "not synced"
+        })
+    );
+}
