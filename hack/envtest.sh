@@ -34,16 +34,13 @@ ETCD_PEER_PORT=${ENVTEST_ETCD_PEER_PORT:-12380}
 APISERVER_PORT=${ENVTEST_APISERVER_PORT:-16443}
 KCM_PORT=${ENVTEST_KCM_PORT:-10257}
 SCHEDULER_PORT=${ENVTEST_SCHEDULER_PORT:-10259}
-KWOK_PORT=${ENVTEST_KWOK_PORT:-10247}
+KWOK_PORT=${ENVTEST_KWOK_PORT:-10247}       # the cluster-wide kwok's healthz
 
 NODE_MONITOR_GRACE=${ENVTEST_NODE_MONITOR_GRACE:-40s}
-NODE_LEASE_DURATION=${ENVTEST_NODE_LEASE_DURATION:-40}    # seconds, kubelet default
-NODE_LEASE_RENEW=${ENVTEST_NODE_LEASE_RENEW:-10}          # seconds, kubelet renews at 1/4
+NODE_MONITOR_PERIOD=${ENVTEST_NODE_MONITOR_PERIOD:-5s}
+# Seconds; kwok, like the kubelet, renews the Lease every duration/4 (10 s).
+NODE_LEASE_DURATION=${ENVTEST_NODE_LEASE_DURATION:-40}
 SCHEDULER_CONFIG=${ENVTEST_SCHEDULER_CONFIG:-}
-
-# kwok only manages nodes carrying this annotation; removing it is "power off".
-KWOK_NODE_ANNOTATION=kwok.x-k8s.io/node
-KWOK_NODE_ANNOTATION_VALUE=fake
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
@@ -180,3 +177,579 @@ GO
   echo "$ETCD_VERSION" >"$ETCD_DIR/.complete"
 }
 
+# kwok has no replace directives, so `go install pkg@version` works as is.
+# Its stock node/pod stages and the Stage CRD are copied next to the binary so
+# `up` does not depend on the module cache later.
+build_kwok() {
+  local out="$KWOK_DIR/bin" share="$KWOK_DIR/share"
+  if [[ ! -f $KWOK_DIR/.complete ]]; then
+    log "building kwok $KWOK_VERSION into $out"
+    go_env
+    mkdir -p "$out"
+    GOBIN="$out" timed kwok go install -trimpath \
+      -ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+      "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+    echo "$KWOK_VERSION" >"$KWOK_DIR/.complete"
+  fi
+  [[ -f $share/node-stages.yaml && -f $share/stage-crd.yaml ]] && return 0
+  go_env
+  local src
+  src=$(mod_download_field "sigs.k8s.io/kwok@$KWOK_VERSION" Dir)
+  [[ -d $src ]] || die "could not download sigs.k8s.io/kwok@$KWOK_VERSION"
+  mkdir -p "$share"
+  # What a kubelet does: register Ready, keep the lease, run/complete/delete pods.
+  local f first=1
+  {
+    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+      pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+      [[ $first -eq 1 ]] || echo "---"
+      first=0
+      cat "$src/kustomize/stage/$f"
+    done
+  } >"$share/node-stages.yaml.tmp"
+  cp "$src/kustomize/crd/bases/kwok.x-k8s.io_stages.yaml" "$share/stage-crd.yaml"
+  mv "$share/node-stages.yaml.tmp" "$share/node-stages.yaml"
+}
+
+link_bins() {
+  mkdir -p "$BIN_DIR"
+  local b
+  for b in "$K8S_DIR"/bin/* "$ETCD_DIR/bin/etcd" "$KWOK_DIR/bin/kwok"; do
+    ln -sfn "$b" "$BIN_DIR/$(basename "$b")"
+  done
+}
+
+built() {
+  [[ -f $K8S_DIR/.complete && -f $ETCD_DIR/.complete && -f $KWOK_DIR/.complete &&
+     -f $KWOK_DIR/share/node-stages.yaml && -x $BIN_DIR/kwok && -x $BIN_DIR/kube-apiserver ]]
+}
+
+cmd_build() {
+  if built; then
+    log "binaries up to date in $BIN_DIR"
+    return 0
+  fi
+  local t0; t0=$(now)
+  build_etcd
+  build_kwok
+  build_k8s
+  link_bins
+  log "build finished in $(elapsed "$t0") s; binaries in $BIN_DIR"
+}
+
+# ---- processes ----------------------------------------------------------------
+
+kc() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+pid_of() {
+  local f="$PID_DIR/$1.pid" pid
+  [[ -f $f ]] || return 1
+  pid=$(<"$f")
+  # Guard against PID reuse: every process we start has the state dir in its
+  # command line.
+  [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE_DIR" || return 1
+  echo "$pid"
+}
+
+running() { pid_of "$1" >/dev/null; }
+
+# Start a process detached from this shell: own session, no inherited
+# stdin/stdout, so callers capturing our output do not hang on it.
+start_proc() {
+  local name=$1; shift
+  mkdir -p "$LOG_DIR" "$PID_DIR"
+  setsid "$@" </dev/null >>"$LOG_DIR/$name.log" 2>&1 &
+  echo $! >"$PID_DIR/$name.pid"
+}
+
+# SIGTERM, then SIGKILL after a grace period; only PIDs from our pid files.
+stop_procs() {
+  local grace=$1; shift
+  local name pid pids=() names=()
+  for name in "$@"; do
+    if pid=$(pid_of "$name"); then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid"); names+=("$name")
+    fi
+    rm -f "$PID_DIR/$name.pid"
+  done
+  [[ ${#pids[@]} -gt 0 ]] || return 0
+  local deadline=$((SECONDS + grace)) alive
+  while :; do
+    alive=()
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive+=("$pid")
+    done
+    [[ ${#alive[@]} -eq 0 ]] && break
+    if ((SECONDS >= deadline)); then
+      log "killing ${alive[*]} after ${grace}s"
+      kill -KILL "${alive[@]}" 2>/dev/null || true
+      break
+    fi
+    sleep 0.1
+  done
+  log "stopped ${names[*]}"
+}
+
+all_proc_names() {
+  local f
+  for f in "$PID_DIR"/*.pid; do
+    [[ -e $f ]] && basename "$f" .pid
+  done
+}
+
+fail_start() {
+  local name=$1 msg=$2
+  printf 'error: %s failed to start: %s\n--- last lines of %s ---\n' "$name" "$msg" "$LOG_DIR/$name.log" >&2
+  tail -n 40 "$LOG_DIR/$name.log" >&2 || true
+  printf -- '---\n' >&2
+  log "stopping what was started; logs are kept in $LOG_DIR"
+  # shellcheck disable=SC2046
+  stop_procs 5 $(all_proc_names)
+  exit 1
+}
+
+# Poll a check until it passes; fail fast if the process died.
+wait_for() {
+  local name=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    running "$name" || fail_start "$name" "process exited"
+    ((SECONDS < deadline)) || fail_start "$name" "not healthy after ${timeout}s (check: $*)"
+    sleep 0.2
+  done
+}
+
+https_ok() { curl -fsS --max-time 2 -k "$1" | grep -qx ok; }
+etcd_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
+apiserver_ok() {
+  curl -fsS --max-time 2 --cacert "$PKI_DIR/ca.crt" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz" | grep -qx ok
+}
+kwok_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz" | grep -qx ok; }
+
+is_up() {
+  local c
+  for c in "${COMPONENTS[@]}"; do running "$c" || return 1; done
+  [[ -f $KUBECONFIG_FILE ]] && apiserver_ok
+}
+
+# ---- PKI and kubeconfigs ------------------------------------------------------
+
+# Leaf certificate signed by the envtest CA. $3 = extensions for openssl x509.
+issue_cert() {
+  local name=$1 subj=$2 ext=$3
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -keyout "$PKI_DIR/$name.key" -subj "$subj" -out "$PKI_DIR/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" \
+    -CAcreateserial -days 3650 -sha256 -extfile <(printf '%s\n' "$ext") \
+    -out "$PKI_DIR/$name.crt" 2>/dev/null
+  rm -f "$PKI_DIR/$name.csr"
+}
+
+gen_pki() {
+  mkdir -p "$PKI_DIR"
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -keyout "$PKI_DIR/ca.key" -out "$PKI_DIR/ca.crt" -days 3650 -sha256 -subj "/CN=jellyfin-ha-envtest-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  local client="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  # 10.96.0.1 is the in-cluster `kubernetes` service IP.
+  issue_cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  issue_cert admin "/O=system:masters/CN=envtest-admin" "$client"
+  # The bootstrap RBAC roles are bound to these user names.
+  issue_cert controller-manager "/CN=system:kube-controller-manager" "$client"
+  issue_cert scheduler "/CN=system:kube-scheduler" "$client"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$PKI_DIR/sa.key" 2>/dev/null
+  openssl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
+}
+
+b64() { base64 -w0 <"$1"; }
+
+write_kubeconfig() {
+  local file=$1 user=$2
+  cat >"$file" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: envtest
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(b64 "$PKI_DIR/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(b64 "$PKI_DIR/$user.crt")
+    client-key-data: $(b64 "$PKI_DIR/$user.key")
+contexts:
+- name: envtest
+  context:
+    cluster: envtest
+    user: $user
+current-context: envtest
+YAML
+}
+
+# A user-supplied KubeSchedulerConfiguration may use @KUBECONFIG@ for the
+# scheduler's kubeconfig; clientConnection and leaderElection are added when
+# missing.
+write_scheduler_config() {
+  local out="$STATE_DIR/scheduler-config.yaml" kubeconfig="$STATE_DIR/scheduler.kubeconfig"
+  if [[ -n $SCHEDULER_CONFIG ]]; then
+    [[ -f $SCHEDULER_CONFIG ]] || die "ENVTEST_SCHEDULER_CONFIG=$SCHEDULER_CONFIG does not exist"
+    sed "s|@KUBECONFIG@|$kubeconfig|g" "$SCHEDULER_CONFIG" >"$out"
+  else
+    printf 'apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n' >"$out"
+  fi
+  grep -q '^clientConnection:' "$out" || printf 'clientConnection:\n  kubeconfig: %s\n' "$kubeconfig" >>"$out"
+  grep -q '^leaderElection:' "$out" || printf 'leaderElection:\n  leaderElect: false\n' >>"$out"
+}
+
+# ---- control plane ------------------------------------------------------------
+
+start_etcd() {
+  start_proc etcd "$BIN_DIR/etcd" \
+    --name=envtest --data-dir="$STATE_DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="envtest=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --log-level=warn
+}
+
+start_apiserver() {
+  # Default admission plugins stay on (they include DefaultTolerationSeconds,
+  # MutatingAdmissionWebhook, ValidatingAdmissionWebhook); NodeRestriction is added.
+  start_proc kube-apiserver "$BIN_DIR/kube-apiserver" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --cert-dir="$STATE_DIR/apiserver" \
+    --client-ca-file="$PKI_DIR/ca.crt" \
+    --tls-cert-file="$PKI_DIR/apiserver.crt" --tls-private-key-file="$PKI_DIR/apiserver.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI_DIR/sa.pub" \
+    --service-account-signing-key-file="$PKI_DIR/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NodeRestriction \
+    --allow-privileged=true \
+    --profiling=false
+}
+
+start_controller_manager() {
+  write_kubeconfig "$STATE_DIR/controller-manager.kubeconfig" controller-manager
+  # `*` = every default controller, including nodelifecycle, attachdetach,
+  # podgc, replicaset, deployment, statefulset, serviceaccount-token,
+  # namespace and garbagecollector. One identity per controller, as in kubeadm.
+  start_proc kube-controller-manager "$BIN_DIR/kube-controller-manager" \
+    --kubeconfig="$STATE_DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$STATE_DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$STATE_DIR/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$STATE_DIR/controller-manager" \
+    --leader-elect=false \
+    --controllers='*' \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$PKI_DIR/sa.key" \
+    --root-ca-file="$PKI_DIR/ca.crt" \
+    --cluster-signing-cert-file="$PKI_DIR/ca.crt" --cluster-signing-key-file="$PKI_DIR/ca.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --node-monitor-grace-period="$NODE_MONITOR_GRACE" \
+    --node-monitor-period="$NODE_MONITOR_PERIOD" \
+    --profiling=false
+}
+
+start_scheduler() {
+  write_kubeconfig "$STATE_DIR/scheduler.kubeconfig" scheduler
+  write_scheduler_config
+  start_proc kube-scheduler "$BIN_DIR/kube-scheduler" \
+    --config="$STATE_DIR/scheduler-config.yaml" \
+    --authentication-kubeconfig="$STATE_DIR/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$STATE_DIR/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --cert-dir="$STATE_DIR/scheduler" \
+    --profiling=false
+}
+
+# The cluster-wide kwok runs the Stage objects from the cluster (the CSI
+# external-attacher stand-in). It manages no node: every node gets its own
+# kwok ("kubelet") process, so that powering a node off is killing a process.
+start_kwok() {
+  start_proc kwok env HOME="$STATE_DIR/kwok-home" "$BIN_DIR/kwok" \
+    --kubeconfig="$KUBECONFIG_FILE" \
+    --enable-crds=Stage \
+    --manage-single-node=envtest-no-such-node \
+    --server-address="127.0.0.1:$KWOK_PORT"
+}
+
+apply_fixtures() {
+  kc apply -f "$KWOK_DIR/share/stage-crd.yaml" >/dev/null
+  kc wait --for=condition=Established --timeout=30s crd/stages.kwok.x-k8s.io >/dev/null
+  kc apply -f "$FIXTURES/" >/dev/null
+}
+
+cmd_up() {
+  local t0; t0=$(now)
+  if is_up; then
+    log "already up (kubeconfig: $KUBECONFIG_FILE)"
+    return 0
+  fi
+  if [[ -d $STATE_DIR ]]; then
+    log "discarding stale state in $STATE_DIR"
+    cmd_down
+  fi
+  cmd_build
+  need_cmd openssl
+  need_cmd curl
+  mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR" "$STATE_DIR/kwok-home"
+  gen_pki
+  write_kubeconfig "$STATE_DIR/admin.kubeconfig" admin
+
+  start_etcd
+  wait_for etcd 30 etcd_ok
+  start_apiserver
+  wait_for kube-apiserver 60 apiserver_ok
+  # Published only once the API answers, so its presence means "usable".
+  cp "$STATE_DIR/admin.kubeconfig" "$KUBECONFIG_FILE"
+  wait_for kube-apiserver 10 kc get --raw /readyz
+
+  start_controller_manager
+  start_scheduler
+  apply_fixtures || fail_start kube-apiserver "applying fixtures from $FIXTURES failed"
+  start_kwok
+  wait_for kube-controller-manager 30 https_ok "https://127.0.0.1:$KCM_PORT/healthz"
+  wait_for kube-scheduler 30 https_ok "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+  wait_for kwok 30 kwok_ok
+  # Pods are rejected until the namespace's default ServiceAccount exists.
+  wait_for kube-controller-manager 30 kc -n default get serviceaccount default
+  log "up in $(elapsed "$t0") s; export KUBECONFIG=$KUBECONFIG_FILE"
+}
+
+cmd_down() {
+  local names
+  names=$(all_proc_names 2>/dev/null || true)
+  # Nodes' kwoks first, then the control plane top-down, etcd last.
+  local ordered=() n
+  for n in $names; do [[ $n == kwok-node-* ]] && ordered+=("$n"); done
+  for n in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    [[ " $names " == *" $n "* ]] && ordered+=("$n")
+  done
+  [[ ${#ordered[@]} -gt 0 ]] && stop_procs 5 "${ordered[@]}"
+  rm -rf "$STATE_DIR"
+  log "down"
+}
+
+cmd_env() {
+  echo "export KUBECONFIG=$KUBECONFIG_FILE"
+  echo "export PATH=$BIN_DIR:\$PATH"
+}
+
+cmd_status() {
+  local c pid state rc=0
+  for c in "${COMPONENTS[@]}"; do
+    if pid=$(pid_of "$c"); then state="running (pid $pid)"; else state="not running"; rc=3; fi
+    printf '%-24s %s\n' "$c" "$state"
+  done
+  for c in $(all_proc_names 2>/dev/null); do
+    [[ $c == kwok-node-* ]] || continue
+    if pid=$(pid_of "$c"); then state="running (pid $pid)"; else state="powered off"; fi
+    printf '%-24s %s\n' "$c" "$state"
+  done
+  if [[ $rc -eq 0 ]] && apiserver_ok; then
+    echo "up: KUBECONFIG=$KUBECONFIG_FILE"
+  else
+    echo "down"
+    rc=3
+  fi
+  return $rc
+}
+
+# ---- nodes --------------------------------------------------------------------
+
+require_up() { is_up || die "the control plane is not up; run: $0 up"; }
+
+uuid() { cat /proc/sys/kernel/random/uuid; }
+
+# A stable small number per node name, for its pod CIDR and node IP.
+node_index() { printf '%s' "$1" | cksum | awk '{ print $1 % 250 + 1 }'; }
+
+# The node's "kubelet": a kwok that manages only this node, heartbeats its
+# Lease (renewed every duration/4, as the kubelet does) and runs its pods.
+start_node_kwok() {
+  local name=$1 idx
+  idx=$(node_index "$name")
+  start_proc "kwok-node-$name" env HOME="$STATE_DIR/kwok-home" "$BIN_DIR/kwok" \
+    --kubeconfig="$KUBECONFIG_FILE" \
+    --config="$KWOK_DIR/share/node-stages.yaml" \
+    --manage-single-node="$name" \
+    --node-lease-duration-seconds="$NODE_LEASE_DURATION" \
+    --node-ip="10.255.0.$idx" \
+    --cidr="10.244.$idx.1/24"
+}
+
+wait_node_ready() {
+  local name=$1 timeout=${2:-30}
+  kc wait --for=condition=Ready --timeout="${timeout}s" "node/$name" >/dev/null ||
+    fail_node "$name" "node $name did not become Ready within ${timeout}s"
+}
+
+fail_node() {
+  printf 'error: %s\n--- last lines of %s ---\n' "$2" "$LOG_DIR/kwok-node-$1.log" >&2
+  tail -n 20 "$LOG_DIR/kwok-node-$1.log" >&2 || true
+  exit 1
+}
+
+cmd_node_add() {
+  local name=${1:-} gpu=1 cpu=8 memory=32Gi pods=110
+  [[ -n $name && $name != -* ]] || die "usage: $0 node-add NAME [--gpu-count N | --no-gpu] [--cpu N] [--memory Q]"
+  shift
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      --gpu-count) gpu=${2:?--gpu-count needs a value}; shift 2 ;;
+      --gpu-count=*) gpu=${1#*=}; shift ;;
+      --no-gpu) gpu=0; shift ;;
+      --cpu) cpu=${2:?}; shift 2 ;;
+      --memory) memory=${2:?}; shift 2 ;;
+      *) die "node-add: unknown flag $1" ;;
+    esac
+  done
+  [[ $gpu =~ ^[0-9]+$ ]] || die "--gpu-count must be a number"
+  require_up
+  if kc get node "$name" >/dev/null 2>&1; then
+    log "node $name already exists"
+  else
+    local gpu_label="" gpu_res=""
+    if [[ $gpu -gt 0 ]]; then
+      gpu_label="    intel.feature.node.kubernetes.io/gpu: \"true\""
+      gpu_res="gpu.intel.com/i915: \"$gpu\""
+    fi
+    local resources="cpu: \"$cpu\"
+    memory: $memory
+    pods: \"$pods\"
+    ephemeral-storage: 100Gi
+    $gpu_res"
+    # Nodes accept status on create (the kubelet registers this way). The
+    # attach/detach annotation is what a kubelet sets so that the controller
+    # (not the kubelet) attaches volumes to this node.
+    kc create -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+    volumes.kubernetes.io/controller-managed-attach-detach: "true"
+  labels:
+    type: kwok
+    kubernetes.io/arch: amd64
+    kubernetes.io/os: linux
+    kubernetes.io/hostname: $name
+$gpu_label
+status:
+  capacity:
+    $resources
+  allocatable:
+    $resources
+  nodeInfo:
+    architecture: amd64
+    bootID: $(uuid)
+    machineID: $(uuid | tr -d -)
+    systemUUID: $(uuid)
+    operatingSystem: linux
+    osImage: Debian GNU/Linux 13 (trixie)
+    kernelVersion: 6.12.0-envtest
+    containerRuntimeVersion: containerd://2.1.0
+    kubeletVersion: $K8S_VERSION
+---
+# What the ceph-csi node plugin's registration makes the kubelet publish.
+apiVersion: storage.k8s.io/v1
+kind: CSINode
+metadata:
+  name: $name
+spec:
+  drivers:
+  - name: rbd.csi.ceph.com
+    nodeID: $name
+YAML
+    log "created node $name (gpu.intel.com/i915: $gpu)"
+  fi
+  running "kwok-node-$name" || start_node_kwok "$name"
+  wait_node_ready "$name"
+  log "node $name is Ready"
+}
+
+cmd_node_power_off() {
+  local name=${1:?usage: $0 node-power-off NAME} pid
+  require_up
+  kc get node "$name" >/dev/null || die "no node $name"
+  if pid=$(pid_of "kwok-node-$name"); then
+    # Power loss: no graceful shutdown, nothing is written to the API.
+    kill -KILL "$pid"
+    rm -f "$PID_DIR/kwok-node-$name.pid"
+    log "node $name powered off (its kubelet, pid $pid, is gone; lease no longer renewed)"
+  else
+    log "node $name is already powered off"
+  fi
+}
+
+cmd_node_power_on() {
+  local name=${1:?usage: $0 node-power-on NAME} boot
+  require_up
+  kc get node "$name" >/dev/null || die "no node $name"
+  if running "kwok-node-$name"; then
+    log "node $name is already powered on"
+    return 0
+  fi
+  boot=$(uuid)
+  kc patch node "$name" --subresource=status --type=merge \
+    -p "{\"status\":{\"nodeInfo\":{\"bootID\":\"$boot\"}}}" >/dev/null
+  # A rebooted kubelet renews its own Lease at once (its holder identity is the
+  # node name); kwok's identity is per process and would wait for the old
+  # Lease to expire, so the stale Lease goes away first.
+  kc -n kube-node-lease delete lease "$name" --ignore-not-found >/dev/null
+  start_node_kwok "$name"
+  wait_node_ready "$name" 60
+  log "node $name powered on (bootID $boot)"
+}
+
+usage() {
+  cat <<USAGE
+usage: $0 COMMAND
+  build                      build the pinned binaries into $CACHE_DIR (cached)
+  up                         start etcd, apiserver, controller-manager, scheduler, kwok on 127.0.0.1
+  env                        print KUBECONFIG and PATH exports
+  status                     show whether the control plane is up (exit 3 if not)
+  down                       stop every process started here and remove target/envtest
+  node-add NAME [--gpu-count N | --no-gpu] [--cpu N] [--memory Q]
+  node-power-off NAME        the node's machine dies (lease and pod updates stop)
+  node-power-on NAME         the node comes back with a new bootID
+environment:
+  ENVTEST_NODE_MONITOR_GRACE (40s)  ENVTEST_NODE_MONITOR_PERIOD (5s)
+  ENVTEST_NODE_LEASE_DURATION (40, renewed every duration/4)
+  ENVTEST_SCHEDULER_CONFIG (KubeSchedulerConfiguration file; @KUBECONFIG@ is substituted)
+  JFHA_CACHE (build cache)
+USAGE
+}
+
+main() {
+  local verb=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case $verb in
+    build) cmd_build ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    env) cmd_env ;;
+    status) cmd_status ;;
+    node-add) cmd_node_add "$@" ;;
+    node-power-off) cmd_node_power_off "$@" ;;
+    node-power-on) cmd_node_power_on "$@" ;;
+    -h | --help | help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
