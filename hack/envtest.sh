@@ -247,11 +247,19 @@ pid_of() {
   pid=$(<"$f")
   # Guard against PID reuse: every process we start has the state dir in its
   # command line.
-  [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE_DIR" || return 1
+  pid_alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE_DIR" || return 1
   echo "$pid"
 }
 
 running() { pid_of "$1" >/dev/null; }
+
+# Exists and is not a zombie (an exited child of this shell stays one).
+pid_alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
 
 # Start a process detached from this shell: own session, no inherited
 # stdin/stdout, so callers capturing our output do not hang on it.
@@ -278,7 +286,7 @@ stop_procs() {
   while :; do
     alive=()
     for pid in "${pids[@]}"; do
-      kill -0 "$pid" 2>/dev/null && alive+=("$pid")
+      pid_alive "$pid" && alive+=("$pid")
     done
     [[ ${#alive[@]} -eq 0 ]] && break
     if ((SECONDS >= deadline)); then
@@ -318,6 +326,20 @@ wait_for() {
     ((SECONDS < deadline)) || fail_start "$name" "not healthy after ${timeout}s (check: $*)"
     sleep 0.2
   done
+  # The check must have been answered by our process, not a leftover one.
+  running "$name" || fail_start "$name" "process exited"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A leftover control plane (another checkout, a killed test run) would
+# answer our health checks; refuse to start on top of it.
+check_ports_free() {
+  local p
+  for p in "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
+    port_in_use "$p" && die "127.0.0.1:$p is already in use (another envtest? see ENVTEST_*_PORT in $0)"
+  done
+  return 0
 }
 
 https_ok() { curl -fsS --max-time 2 -k "$1" | grep -qx ok; }
@@ -338,10 +360,10 @@ is_up() {
 
 # Leaf certificate signed by the envtest CA. $3 = extensions for openssl x509.
 issue_cert() {
-  local name=$1 subj=$2 ext=$3
+  local name=$1 subj=$2 ext=$3 ca=${4:-ca}
   openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
     -keyout "$PKI_DIR/$name.key" -subj "$subj" -out "$PKI_DIR/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" \
+  openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/$ca.crt" -CAkey "$PKI_DIR/$ca.key" \
     -CAcreateserial -days 3650 -sha256 -extfile <(printf '%s\n' "$ext") \
     -out "$PKI_DIR/$name.crt" 2>/dev/null
   rm -f "$PKI_DIR/$name.csr"
@@ -364,6 +386,13 @@ subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubern
   # The bootstrap RBAC roles are bound to these user names.
   issue_cert controller-manager "/CN=system:kube-controller-manager" "$client"
   issue_cert scheduler "/CN=system:kube-scheduler" "$client"
+  # Front proxy (aggregation layer) identity; without it every component that
+  # reads extension-apiserver-authentication logs errors.
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -keyout "$PKI_DIR/front-proxy-ca.key" -out "$PKI_DIR/front-proxy-ca.crt" -days 3650 -sha256 \
+    -subj "/CN=jellyfin-ha-envtest-front-proxy-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  issue_cert front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$PKI_DIR/sa.key" 2>/dev/null
   openssl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
 }
@@ -423,6 +452,8 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # The `kubernetes` Service gets no endpoints: loopback IPs are not valid
+  # endpoints and nothing runs in-cluster here.
   # Default admission plugins stay on (they include DefaultTolerationSeconds,
   # MutatingAdmissionWebhook, ValidatingAdmissionWebhook); NodeRestriction is added.
   start_proc kube-apiserver "$BIN_DIR/kube-apiserver" \
@@ -438,6 +469,14 @@ start_apiserver() {
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true \
+    --endpoint-reconciler-type=none \
+    --requestheader-client-ca-file="$PKI_DIR/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI_DIR/front-proxy-client.crt" \
+    --proxy-client-key-file="$PKI_DIR/front-proxy-client.key" \
     --profiling=false
 }
 
@@ -504,6 +543,7 @@ cmd_up() {
   cmd_build
   need_cmd openssl
   need_cmd curl
+  check_ports_free
   mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR" "$STATE_DIR/kwok-home"
   gen_pki
   write_kubeconfig "$STATE_DIR/admin.kubeconfig" admin
@@ -529,13 +569,12 @@ cmd_up() {
 }
 
 cmd_down() {
-  local names
-  names=$(all_proc_names 2>/dev/null || true)
+  local names=() n ordered=()
+  mapfile -t names < <(all_proc_names)
   # Nodes' kwoks first, then the control plane top-down, etcd last.
-  local ordered=() n
-  for n in $names; do [[ $n == kwok-node-* ]] && ordered+=("$n"); done
+  for n in "${names[@]}"; do [[ $n == kwok-node-* ]] && ordered+=("$n"); done
   for n in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    [[ " $names " == *" $n "* ]] && ordered+=("$n")
+    [[ " ${names[*]} " == *" $n "* ]] && ordered+=("$n")
   done
   [[ ${#ordered[@]} -gt 0 ]] && stop_procs 5 "${ordered[@]}"
   rm -rf "$STATE_DIR"
