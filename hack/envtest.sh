@@ -312,8 +312,7 @@ fail_start() {
   tail -n 40 "$LOG_DIR/$name.log" >&2 || true
   printf -- '---\n' >&2
   log "stopping what was started; logs are kept in $LOG_DIR"
-  # shellcheck disable=SC2046
-  stop_procs 5 $(all_proc_names)
+  stop_all
   exit 1
 }
 
@@ -568,15 +567,21 @@ cmd_up() {
   log "up in $(elapsed "$t0") s; export KUBECONFIG=$KUBECONFIG_FILE"
 }
 
-cmd_down() {
-  local names=() n ordered=()
+# Clients first, then the apiserver, etcd last: an apiserver whose etcd is
+# gone does not shut down cleanly.
+stop_all() {
+  local names=() n clients=()
   mapfile -t names < <(all_proc_names)
-  # Nodes' kwoks first, then the control plane top-down, etcd last.
-  for n in "${names[@]}"; do [[ $n == kwok-node-* ]] && ordered+=("$n"); done
-  for n in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    [[ " ${names[*]} " == *" $n "* ]] && ordered+=("$n")
+  for n in "${names[@]}"; do
+    [[ $n == kube-apiserver || $n == etcd ]] || clients+=("$n")
   done
-  [[ ${#ordered[@]} -gt 0 ]] && stop_procs 5 "${ordered[@]}"
+  [[ ${#clients[@]} -eq 0 ]] || stop_procs 5 "${clients[@]}"
+  stop_procs 10 kube-apiserver
+  stop_procs 5 etcd
+}
+
+cmd_down() {
+  [[ -d $PID_DIR ]] && stop_all
   rm -rf "$STATE_DIR"
   log "down"
 }
@@ -592,12 +597,12 @@ cmd_status() {
     if pid=$(pid_of "$c"); then state="running (pid $pid)"; else state="not running"; rc=3; fi
     printf '%-24s %s\n' "$c" "$state"
   done
-  for c in $(all_proc_names 2>/dev/null); do
-    [[ $c == kwok-node-* ]] || continue
-    if pid=$(pid_of "$c"); then state="running (pid $pid)"; else state="powered off"; fi
-    printf '%-24s %s\n' "$c" "$state"
-  done
   if [[ $rc -eq 0 ]] && apiserver_ok; then
+    for c in $(kc get nodes -l type=kwok -o name 2>/dev/null); do
+      c=${c#node/}
+      if pid=$(pid_of "kwok-node-$c"); then state="powered on (kubelet pid $pid)"; else state="powered off"; fi
+      printf 'node %-19s %s\n' "$c" "$state"
+    done
     echo "up: KUBECONFIG=$KUBECONFIG_FILE"
   else
     echo "down"
@@ -658,6 +663,7 @@ cmd_node_add() {
   [[ $gpu =~ ^[0-9]+$ ]] || die "--gpu-count must be a number"
   require_up
   if kc get node "$name" >/dev/null 2>&1; then
+    running "kwok-node-$name" || die "node $name exists but is powered off; use: $0 node-power-on $name"
     log "node $name already exists"
   else
     local gpu_label="" gpu_res=""
@@ -722,14 +728,23 @@ YAML
 }
 
 cmd_node_power_off() {
-  local name=${1:?usage: $0 node-power-off NAME} pid
+  local name=${1:?usage: $0 node-power-off NAME} pid in_use
   require_up
   kc get node "$name" >/dev/null || die "no node $name"
   if pid=$(pid_of "kwok-node-$name"); then
-    # Power loss: no graceful shutdown, nothing is written to the API.
+    # kwok does not report status.volumesInUse, but a kubelet running pods
+    # with attached volumes has them mounted and reported when it dies. Without
+    # this the attach/detach controller would detach at once instead of
+    # waiting for the unmount (6 min) or the out-of-service taint.
+    in_use=$(kc get node "$name" -o jsonpath='{range .status.volumesAttached[*]}"{.name}",{end}')
+    if [[ -n $in_use ]]; then
+      kc patch node "$name" --subresource=status --type=merge \
+        -p "{\"status\":{\"volumesInUse\":[${in_use%,}]}}" >/dev/null
+    fi
+    # Power loss: no graceful shutdown, nothing else is written to the API.
     kill -KILL "$pid"
     rm -f "$PID_DIR/kwok-node-$name.pid"
-    log "node $name powered off (its kubelet, pid $pid, is gone; lease no longer renewed)"
+    log "node $name powered off (kubelet pid $pid killed; lease no longer renewed; volumesInUse: [${in_use%,}])"
   else
     log "node $name is already powered off"
   fi
@@ -744,8 +759,9 @@ cmd_node_power_on() {
     return 0
   fi
   boot=$(uuid)
+  # New boot: nothing mounted yet.
   kc patch node "$name" --subresource=status --type=merge \
-    -p "{\"status\":{\"nodeInfo\":{\"bootID\":\"$boot\"}}}" >/dev/null
+    -p "{\"status\":{\"nodeInfo\":{\"bootID\":\"$boot\"},\"volumesInUse\":null}}" >/dev/null
   # A rebooted kubelet renews its own Lease at once (its holder identity is the
   # node name); kwok's identity is per process and would wait for the old
   # Lease to expire, so the stale Lease goes away first.

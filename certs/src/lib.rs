@@ -1,1 +1,222 @@
+//! Certificate lifecycle: generate a CA and serving certificate, and serve TLS from files that
+//! may be replaced at any time (kubelet swaps a Secret's `..data` symlink, cert-manager renews).
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::ring::{default_provider, sign::any_supported_type};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no usable PEM private key: {message}")]
+    BadKey { path: PathBuf, message: String },
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("building TLS config: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A CA and a serving certificate it signed, all PEM.
+pub struct GeneratedCerts {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A throwaway CA and a serving certificate for `names` (DNS names or IP addresses), for local
+/// clusters, tests and the demo. Production clusters should let cert-manager issue them.
+pub fn generate(names: &[String]) -> Result<GeneratedCerts, CertError> {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "jellyfin-ha CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().map_or("jellyfin-ha", String::as_str),
+    );
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate()?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(GeneratedCerts {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Parses a PEM chain and key into what rustls serves.
+pub fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    origin: &Path,
+) -> Result<CertifiedKey, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate {
+            path: origin.to_path_buf(),
+        });
+    }
+    let bad_key = |message: String| CertError::BadKey {
+        path: origin.to_path_buf(),
+        message,
+    };
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad_key(e.to_string()))?;
+    let signing_key = any_supported_type(&key).map_err(|e| bad_key(e.to_string()))?;
+    Ok(CertifiedKey::new(chain, signing_key))
+}
+
+/// A serving certificate read from two files and re-read on demand.
+pub struct CertFiles {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    loaded: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl std::fmt::Debug for CertFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertFiles")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl CertFiles {
+    /// Loads both files; fails if either is missing or unusable.
+    pub fn load(
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+    ) -> Result<Arc<Self>, CertError> {
+        let (cert_path, key_path) = (cert_path.into(), key_path.into());
+        let (cert, key) = (read(&cert_path)?, read(&key_path)?);
+        let certified = certified_key(&cert, &key, &cert_path)?;
+        Ok(Arc::new(Self {
+            cert_path,
+            key_path,
+            loaded: std::sync::Mutex::new((cert, key)),
+            current: ArcSwap::from_pointee(certified),
+        }))
+    }
+
+    /// Re-reads the files (following symlinks, so a swapped `..data` link is seen) and swaps
+    /// in the new certificate if the bytes changed. Returns whether it changed. On error the
+    /// previous certificate keeps being served.
+    pub fn reload(&self) -> Result<bool, CertError> {
+        let (cert, key) = (read(&self.cert_path)?, read(&self.key_path)?);
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if loaded.0 == cert && loaded.1 == key {
+            return Ok(false);
+        }
+        let certified = certified_key(&cert, &key, &self.cert_path)?;
+        self.current.store(Arc::new(certified));
+        *loaded = (cert, key);
+        Ok(true)
+    }
+
+    /// A rustls server config serving the current certificate: TLS 1.2 and 1.3 only, ALPN h2
+    /// and http/1.1.
+    pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, CertError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(Arc::clone(self))));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<CertFiles>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current.load_full())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, certs: &GeneratedCerts) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, &certs.cert_pem).unwrap();
+        std::fs::write(&key, &certs.key_pem).unwrap();
+        (cert, key)
+    }
+
+    fn served_der(files: &CertFiles) -> Vec<u8> {
+        files.current.load().cert[0].to_vec()
+    }
+
+    #[test]
+    fn reload_swaps_only_when_files_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write(dir.path(), &generate(&["localhost".into()]).unwrap());
+        let files = CertFiles::load(&cert, &key).unwrap();
+        let first = served_der(&files);
+        assert!(!files.reload().unwrap());
+
+        write(dir.path(), &generate(&["localhost".into()]).unwrap());
+        assert!(files.reload().unwrap());
+        assert_ne!(served_der(&files), first);
+    }
+
+    #[test]
+    fn broken_files_keep_the_previous_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write(dir.path(), &generate(&["localhost".into()]).unwrap());
+        let files = CertFiles::load(&cert, &key).unwrap();
+        let before = served_der(&files);
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert!(matches!(
+            files.reload(),
+            Err(CertError::NoCertificate { .. })
+        ));
+        assert_eq!(served_der(&files), before);
+    }
+
+    #[test]
+    fn missing_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = write(dir.path(), &generate(&["localhost".into()]).unwrap());
+        let err = CertFiles::load(&cert, dir.path().join("absent.key")).unwrap_err();
+        assert!(err.to_string().contains("absent.key"), "{err}");
+    }
+}

@@ -1,5 +1,12 @@
 //! The traps from DESIGN.md, one case each, on objects shaped like what kube-apiserver sends.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use jellyfin_ha_core::annotations::{CONTAINER, FAILOVER_SECONDS, GPU, INJECT, MANAGED, MUTATIONS};
 use jellyfin_ha_core::config::{GpuMode, Policy};
 use jellyfin_ha_core::{Change, MutationError, mutate_manifest, mutate_pod};

@@ -1,5 +1,12 @@
 //! Properties over generated pods: idempotence, opt-in, and the toleration invariants.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use jellyfin_ha_core::config::Policy;
 use jellyfin_ha_core::mutate_pod;
 use jellyfin_ha_core::taints::{self, NOT_READY, UNREACHABLE};

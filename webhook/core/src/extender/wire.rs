@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use super::decide::FilterDecision;
+
 /// The lowest score an extender may return.
 pub const MIN_EXTENDER_PRIORITY: i64 = 0;
 /// The highest score an extender may return; kube-scheduler scales it by the extender's weight.
@@ -129,6 +131,29 @@ impl ExtenderArgs {
             .unwrap_or_default()
     }
 
+    /// Splits the call into the pod, the candidate names, and the node objects when the
+    /// scheduler sent those (to hand back to [`ExtenderFilterResult::from_decision`]). Names
+    /// sent as names are moved, not copied.
+    pub fn into_parts(self) -> (Pod, Vec<String>, Option<NodeList>) {
+        match self.node_names {
+            Some(names) => (self.pod, names, None),
+            None => {
+                let names = self
+                    .nodes
+                    .as_ref()
+                    .map(|list| {
+                        list.items()
+                            .iter()
+                            .filter_map(node_name)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (self.pod, names, self.nodes)
+            }
+        }
+    }
+
     /// Whether the scheduler sent full node objects (`nodeCacheCapable: false`), in which case
     /// the filter result must return objects too.
     pub fn has_node_objects(&self) -> bool {
@@ -143,12 +168,30 @@ impl NodeList {
     }
 }
 
+/// The wire form of prioritize scores.
+pub fn host_priorities(scores: Vec<(String, i64)>) -> HostPriorityList {
+    scores
+        .into_iter()
+        .map(|(host, score)| HostPriority { host, score })
+        .collect()
+}
+
 /// `metadata.name` of a node object kept as raw JSON.
 pub fn node_name(node: &Value) -> Option<&str> {
     node.get("metadata")?.get("name")?.as_str()
 }
 
 impl ExtenderFilterResult {
+    /// The wire form of a filter decision: names, or the passing objects out of `nodes` when
+    /// the scheduler sent objects.
+    pub fn from_decision(decision: FilterDecision, nodes: Option<NodeList>) -> Self {
+        let (passed, failed, unresolvable) = decision.into_wire_parts();
+        match nodes {
+            Some(nodes) => Self::with_objects(nodes, &passed, failed, unresolvable),
+            None => Self::with_names(passed, failed, unresolvable),
+        }
+    }
+
     /// A result naming the passing nodes (`nodeCacheCapable: true`). Each failure map is
     /// always present, possibly empty, so the scheduler never sees an ambiguous `null`.
     pub fn with_names(

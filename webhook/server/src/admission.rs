@@ -1,0 +1,271 @@
+//! The `admission.k8s.io/v1` wire format and the thin adapter from a review body to the pure
+//! mutation in core.
+//!
+//! The response is written by hand rather than with kube-core's type because kube-core
+//! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
+
+use base64::Engine;
+use jellyfin_ha_core::{Mutation, MutationError, Policy, mutate_deployment_strategy, mutate_pod};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn {
+    #[serde(default)]
+    api_version: Option<String>,
+    request: Option<RequestIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    uid: String,
+    kind: GroupVersionKind,
+    operation: String,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    object: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewOut {
+    api_version: String,
+    kind: &'static str,
+    pub response: Response,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Base64 of the RFC 6902 JSON patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub code: u16,
+    pub message: String,
+}
+
+/// What happened to one review, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Opted in and patched.
+    Mutated,
+    /// Reached the webhook but needed no change (not opted in, already mutated, or a kind or
+    /// operation the webhook leaves alone).
+    Unchanged,
+    /// Opted in with an override the webhook cannot honour.
+    Denied,
+    /// Not a usable AdmissionReview.
+    Invalid,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Mutated => "mutated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// Identifies a review in logs.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub uid: String,
+    pub kind: String,
+    pub operation: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+pub struct Reviewed {
+    pub review: ReviewOut,
+    pub outcome: Outcome,
+    pub summary: Summary,
+}
+
+fn reply(api_version: Option<String>, response: Response) -> ReviewOut {
+    // Answer in the version asked; the apiserver rejects a mismatch.
+    let api_version = api_version
+        .filter(|v| v.starts_with("admission.k8s.io/"))
+        .unwrap_or(API_VERSION.into());
+    ReviewOut {
+        api_version,
+        kind: "AdmissionReview",
+        response,
+    }
+}
+
+fn invalid(
+    api_version: Option<String>,
+    uid: String,
+    message: String,
+    summary: Summary,
+) -> Reviewed {
+    let status = Some(Status { code: 400, message });
+    let review = reply(
+        api_version,
+        Response {
+            uid,
+            allowed: false,
+            status,
+            ..Response::default()
+        },
+    );
+    Reviewed {
+        review,
+        outcome: Outcome::Invalid,
+        summary,
+    }
+}
+
+/// Answers one review body. Every input gets an answer; nothing here panics or does IO.
+pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
+    let parsed: ReviewIn = match serde_json::from_slice(body) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return invalid(
+                None,
+                String::new(),
+                format!("cannot parse AdmissionReview: {e}"),
+                Summary::default(),
+            );
+        }
+    };
+    let Some(request) = parsed.request else {
+        return invalid(
+            parsed.api_version,
+            String::new(),
+            "AdmissionReview has no request".into(),
+            Summary::default(),
+        );
+    };
+    let summary = Summary {
+        uid: request.uid.clone(),
+        kind: request.kind.kind.clone(),
+        operation: request.operation.clone(),
+        namespace: request.namespace.clone().unwrap_or_default(),
+        name: request.name.clone().unwrap_or_default(),
+    };
+    let uid = request.uid.clone();
+    let allowed = |warnings: Vec<String>, patch: Option<String>| Response {
+        uid: uid.clone(),
+        allowed: true,
+        patch_type: patch.as_ref().map(|_| "JSONPatch"),
+        patch,
+        warnings,
+        status: None,
+    };
+
+    let subresource = request
+        .sub_resource
+        .as_deref()
+        .is_some_and(|s| !s.is_empty());
+    let kind = (
+        request.kind.group.as_str(),
+        request.kind.kind.as_str(),
+        request.operation.as_str(),
+    );
+    let mutate: fn(&Value, &Policy) -> Result<Mutation, MutationError> = match kind {
+        _ if subresource => return unchanged(parsed.api_version, allowed(vec![], None), summary),
+        ("", "Pod", "CREATE") => mutate_pod,
+        ("apps", "Deployment", "CREATE" | "UPDATE") => {
+            |object, _| Ok(mutate_deployment_strategy(object))
+        }
+        _ => return unchanged(parsed.api_version, allowed(vec![], None), summary),
+    };
+    let Some(object) = request.object.filter(Value::is_object) else {
+        let message = format!("request.object must be a {} object", request.kind.kind);
+        return invalid(parsed.api_version, request.uid, message, summary);
+    };
+    match mutate(&object, policy) {
+        Err(e) => {
+            let status = Some(Status {
+                code: 400,
+                message: e.to_string(),
+            });
+            let review = reply(
+                parsed.api_version,
+                Response {
+                    uid,
+                    allowed: false,
+                    status,
+                    ..Response::default()
+                },
+            );
+            Reviewed {
+                review,
+                outcome: Outcome::Denied,
+                summary,
+            }
+        }
+        Ok(mutation) => {
+            let patch = mutation.patch(&object);
+            if patch.0.is_empty() {
+                return unchanged(
+                    parsed.api_version,
+                    allowed(mutation.warnings, None),
+                    summary,
+                );
+            }
+            let encoded = match serde_json::to_vec(&patch) {
+                Ok(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+                Err(e) => {
+                    return invalid(
+                        parsed.api_version,
+                        uid.clone(),
+                        format!("cannot encode patch: {e}"),
+                        summary,
+                    );
+                }
+            };
+            let review = reply(
+                parsed.api_version,
+                allowed(mutation.warnings, Some(encoded)),
+            );
+            Reviewed {
+                review,
+                outcome: Outcome::Mutated,
+                summary,
+            }
+        }
+    }
+}
+
+fn unchanged(api_version: Option<String>, response: Response, summary: Summary) -> Reviewed {
+    Reviewed {
+        review: reply(api_version, response),
+        outcome: Outcome::Unchanged,
+        summary,
+    }
+}

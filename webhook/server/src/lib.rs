@@ -1,0 +1,12 @@
+//! The `jellyfin-ha` binary: translates between the wire and the pure policy in
+//! `jellyfin-ha-core`, and performs the side effects its decisions call for.
+
+pub mod admin;
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod manifests;
+pub mod metrics;
+pub mod serve;
+pub mod shutdown;
+pub mod webhook;

@@ -1,0 +1,77 @@
+//! The HTTPS admission endpoint.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use jellyfin_ha_core::Policy;
+
+use crate::admission::{self, Outcome};
+use crate::metrics::{Metrics, ReviewLabels};
+
+/// Larger than any review kube-apiserver sends (objects are capped at 1.5 MiB by etcd, and a
+/// review carries at most the object and its old version); larger bodies get 413.
+pub const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct WebhookState {
+    pub policy: Arc<Policy>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(state)
+}
+
+async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let reviewed = admission::review(&body, &state.policy);
+    let summary = &reviewed.summary;
+    let span = tracing::info_span!(
+        "admission",
+        uid = %summary.uid,
+        kind = %summary.kind,
+        operation = %summary.operation,
+        namespace = %summary.namespace,
+        name = %summary.name,
+        allowed = reviewed.review.response.allowed,
+        mutated = reviewed.outcome == Outcome::Mutated,
+    );
+    span.in_scope(|| match reviewed.outcome {
+        Outcome::Mutated => {
+            tracing::info!(warnings = ?reviewed.review.response.warnings, "mutated")
+        }
+        Outcome::Unchanged => tracing::debug!("unchanged"),
+        Outcome::Denied | Outcome::Invalid => {
+            let message = reviewed
+                .review
+                .response
+                .status
+                .as_ref()
+                .map(|s| s.message.as_str())
+                .unwrap_or_default();
+            tracing::warn!(outcome = reviewed.outcome.as_str(), message, "rejected");
+        }
+    });
+    state
+        .metrics
+        .reviews
+        .get_or_create(&ReviewLabels {
+            kind: summary.kind.clone(),
+            operation: summary.operation.clone(),
+            outcome: reviewed.outcome.as_str().to_string(),
+        })
+        .inc();
+    state
+        .metrics
+        .review_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Json(reviewed.review).into_response()
+}
