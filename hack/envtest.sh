@@ -64,8 +64,11 @@ need_cmd() {
 
 go_env() {
   command -v go >/dev/null 2>&1 || die "go is required to build the control plane (Go >= 1.26)"
-  # Never fetch a toolchain; build with the local Go.
-  export GOTOOLCHAIN=local GOFLAGS="-p=2 -buildvcs=false -mod=mod"
+  local v; v=$(go env GOVERSION)
+  [[ $v =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 26)) ||
+    die "Go >= 1.26 is required to build kubernetes $K8S_VERSION (found $v)"
+  # Never fetch a toolchain; build with the local Go, one compile per core.
+  export GOTOOLCHAIN=local GOFLAGS="-p=${ENVTEST_GO_JOBS:-$(nproc)} -buildvcs=false -mod=mod"
 }
 
 # Time one build step and report it.
@@ -225,6 +228,14 @@ built() {
 }
 
 cmd_build() {
+  if built; then
+    log "binaries up to date in $BIN_DIR"
+    return 0
+  fi
+  # Parallel CI jobs share the cache: one builds, the others wait.
+  mkdir -p "$CACHE_DIR"
+  exec 9>"$CACHE_DIR/.build.lock"
+  flock 9
   if built; then
     log "binaries up to date in $BIN_DIR"
     return 0
@@ -529,9 +540,22 @@ apply_fixtures() {
   kc apply -f "$FIXTURES/" >/dev/null
 }
 
+# The settings a running environment was started with, to notice a reuse
+# under different ones.
+settings() {
+  echo "ENVTEST_NODE_MONITOR_GRACE=$NODE_MONITOR_GRACE"
+  echo "ENVTEST_NODE_MONITOR_PERIOD=$NODE_MONITOR_PERIOD"
+  echo "ENVTEST_NODE_LEASE_DURATION=$NODE_LEASE_DURATION"
+  echo "ENVTEST_SCHEDULER_CONFIG=$SCHEDULER_CONFIG${SCHEDULER_CONFIG:+ ($(cksum <"$SCHEDULER_CONFIG" 2>/dev/null | cut -d' ' -f1))}"
+}
+
 cmd_up() {
   local t0; t0=$(now)
   if is_up; then
+    if [[ $(settings) != "$(cat "$STATE_DIR/settings" 2>/dev/null)" ]]; then
+      log "WARNING: reusing a running environment started with different settings; run '$0 down' first to apply yours:"
+      diff <(cat "$STATE_DIR/settings" 2>/dev/null) <(settings) | sed -n 's/^</  running:/p; s/^>/  wanted: /p' >&2 || true
+    fi
     log "already up (kubeconfig: $KUBECONFIG_FILE)"
     return 0
   fi
@@ -544,6 +568,7 @@ cmd_up() {
   need_cmd curl
   check_ports_free
   mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR" "$STATE_DIR/kwok-home"
+  settings >"$STATE_DIR/settings"
   gen_pki
   write_kubeconfig "$STATE_DIR/admin.kubeconfig" admin
 
@@ -598,6 +623,7 @@ cmd_status() {
     printf '%-24s %s\n' "$c" "$state"
   done
   if [[ $rc -eq 0 ]] && apiserver_ok; then
+    sed 's/^/setting /' "$STATE_DIR/settings" 2>/dev/null || true
     for c in $(kc get nodes -l type=kwok -o name 2>/dev/null); do
       c=${c#node/}
       if pid=$(pid_of "kwok-node-$c"); then state="powered on (kubelet pid $pid)"; else state="powered off"; fi
@@ -771,6 +797,16 @@ cmd_node_power_on() {
   log "node $name powered on (bootID $boot)"
 }
 
+cmd_node_delete() {
+  local name=${1:?usage: $0 node-delete NAME}
+  require_up
+  stop_procs 5 "kwok-node-$name"
+  kc delete node "$name" --ignore-not-found >/dev/null
+  kc delete csinode "$name" --ignore-not-found >/dev/null
+  kc -n kube-node-lease delete lease "$name" --ignore-not-found >/dev/null
+  log "node $name deleted"
+}
+
 usage() {
   cat <<USAGE
 usage: $0 COMMAND
@@ -782,10 +818,13 @@ usage: $0 COMMAND
   node-add NAME [--gpu-count N | --no-gpu] [--cpu N] [--memory Q]
   node-power-off NAME        the node's machine dies (lease and pod updates stop)
   node-power-on NAME         the node comes back with a new bootID
+  node-delete NAME           stop the node's kubelet and delete the Node
 environment:
   ENVTEST_NODE_MONITOR_GRACE (40s)  ENVTEST_NODE_MONITOR_PERIOD (5s)
   ENVTEST_NODE_LEASE_DURATION (40, renewed every duration/4)
   ENVTEST_SCHEDULER_CONFIG (KubeSchedulerConfiguration file; @KUBECONFIG@ is substituted)
+  ENVTEST_{ETCD,ETCD_PEER,APISERVER,KCM,SCHEDULER,KWOK}_PORT
+  ENVTEST_GO_JOBS (parallel compiles, default: number of cores)
   JFHA_CACHE (build cache)
 USAGE
 }
@@ -802,6 +841,7 @@ main() {
     node-add) cmd_node_add "$@" ;;
     node-power-off) cmd_node_power_off "$@" ;;
     node-power-on) cmd_node_power_on "$@" ;;
+    node-delete) cmd_node_delete "$@" ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
   esac
