@@ -1,1 +1,154 @@
+//! Support for end-to-end tests against the local control plane that `hack/envtest.sh up`
+//! starts, and the webhook binary that `hack/e2e.sh` runs on the host.
+//!
+//! Each test gets its own namespace; everything it creates lives there and goes with it.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, WebhookClientConfig};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+pub fn kubeconfig_path() -> PathBuf {
+    repo_root().join("target/envtest/kubeconfig")
+}
+
+/// A client for the local control plane; fails with instructions when it is not up.
+pub async fn client() -> anyhow::Result<Client> {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {}: start the control plane with hack/envtest.sh up", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// `kubectl` against the local control plane (the one on PATH from `hack/envtest.sh env`).
+pub fn kubectl(args: &[&str]) -> anyhow::Result<Output> {
+    Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(args)
+        .output()
+        .context("running kubectl: put the envtest bin directory on PATH (eval \"$(hack/envtest.sh env)\")")
+}
+
+/// A namespace of a test's own, deleted (without waiting) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let mut namespace = Namespace::default();
+        namespace.metadata.generate_name = Some(format!("e2e-{prefix}-"));
+        namespace.metadata.labels = Some([("jellyfin-ha.io/e2e".to_string(), "true".to_string())].into());
+        let created = api.create(&PostParams::default(), &namespace).await?;
+        let name = created.metadata.name.context("created namespace has no name")?;
+        Ok(Self { name })
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+    }
+}
+
+/// The webhook binary `hack/e2e.sh` started on the host.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// `127.0.0.1:PORT` of the plain-HTTP admin server.
+    pub admin: String,
+    pub ca_pem: String,
+}
+
+impl Webhook {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| {
+            std::env::var(name).with_context(|| format!("{name} is not set: run the end-to-end tests with hack/e2e.sh"))
+        };
+        let ca_file = var("JFHA_E2E_WEBHOOK_CA")?;
+        let ca_pem = std::fs::read_to_string(&ca_file).with_context(|| format!("reading {ca_file}"))?;
+        Ok(Self { url: var("JFHA_E2E_WEBHOOK_URL")?, admin: var("JFHA_E2E_WEBHOOK_ADMIN")?, ca_pem })
+    }
+
+    /// Registers the shipped `MutatingWebhookConfiguration`, pointed at this webhook. Every
+    /// rule and match condition is the one users install.
+    pub async fn register(&self, client: &Client) -> anyhow::Result<()> {
+        let path = repo_root().join("manifests/base/mutatingwebhookconfiguration.yaml");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: MutatingWebhookConfiguration = serde_yaml::from_str(&text)?;
+        for webhook in config.webhooks.iter_mut().flatten() {
+            webhook.client_config = WebhookClientConfig {
+                url: Some(format!("{}/mutate", self.url)),
+                ca_bundle: Some(ByteString(self.ca_pem.clone().into_bytes())),
+                service: None,
+            };
+        }
+        // A name of its own, so that dry runs of the shipped manifest never merge into it.
+        let name = "jellyfin-ha-e2e";
+        config.metadata.name = Some(name.to_string());
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        api.patch(name, &PatchParams::apply("jellyfin-ha-e2e").force(), &Patch::Apply(&config)).await?;
+        Ok(())
+    }
+
+    /// GET on the admin port.
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+        let mut stream = TcpStream::connect(&self.admin)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let Some((head, body)) = response.split_once("\r\n\r\n") else { bail!("malformed HTTP response: {response}") };
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {head}");
+        }
+        Ok(body.to_string())
+    }
+
+    /// Admission reviews of `kind` answered so far, over every operation and outcome.
+    pub fn reviews_of(&self, kind: &str) -> anyhow::Result<u64> {
+        let metrics = self.admin_get("/metrics")?;
+        let needle = format!("kind=\"{kind}\"");
+        Ok(metrics
+            .lines()
+            .filter(|line| line.starts_with("jellyfin_ha_admission_reviews_total{") && line.contains(&needle))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = check().await;
+        match last {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(None) => bail!("timed out after {timeout:?} waiting for {what}"),
+            Err(e) => return Err(e.context(format!("waiting for {what}"))),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run): formatting, lints, unit and
+# integration tests, then the end-to-end tests against a local Kubernetes control plane built
+# from source (cached in ~/.cache/jellyfin-ha). Works on a fresh machine; cleans up after itself.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+ensure_toolchain() {
+  command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+  if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+  fi
+  local missing=()
+  for cmd in curl openssl; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_toolchain
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy -D warnings"
+cargo clippy -j2 --workspace --all-targets -- -D warnings
+
+log "unit and integration tests"
+cargo test -j2 --workspace --exclude jellyfin-ha-e2e
+
+log "local control plane (built once, then cached)"
+hack/envtest.sh build
+
+log "end-to-end tests"
+hack/e2e.sh
