@@ -5,7 +5,8 @@
 #
 #   hack/envtest.sh build | up | env | status | down
 #   hack/envtest.sh node-add NAME [--gpu-count N | --no-gpu]
-#   hack/envtest.sh node-power-off NAME | node-power-on NAME
+#   hack/envtest.sh node-power-off NAME | node-power-on NAME | node-delete NAME
+# See hack/envtest/README.md.
 set -euo pipefail
 
 # ---- pinned versions (the build cache is keyed by these) --------------------
@@ -65,8 +66,9 @@ need_cmd() {
 go_env() {
   command -v go >/dev/null 2>&1 || die "go is required to build the control plane (Go >= 1.26)"
   local v; v=$(go env GOVERSION)
-  [[ $v =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 26)) ||
+  if ! [[ $v =~ ^go1\.([0-9]+) ]] || ((BASH_REMATCH[1] < 26)); then
     die "Go >= 1.26 is required to build kubernetes $K8S_VERSION (found $v)"
+  fi
   # Never fetch a toolchain; build with the local Go, one compile per core.
   export GOTOOLCHAIN=local GOFLAGS="-p=${ENVTEST_GO_JOBS:-$(nproc)} -buildvcs=false -mod=mod"
 }
@@ -753,6 +755,21 @@ YAML
   log "node $name is Ready"
 }
 
+# JSON list items ("a","b",) of the unique names of volumes attached to a
+# node: status.volumesAttached lags the VolumeAttachments by up to seconds, so
+# attached CSI VolumeAttachments count too.
+volumes_attached_to() {
+  local node=$1 pv
+  {
+    kc get node "$node" -o jsonpath='{range .status.volumesAttached[*]}{.name}{"\n"}{end}'
+    for pv in $(kc get volumeattachment -o jsonpath="{range .items[?(@.spec.nodeName==\"$node\")]}{.status.attached} {.spec.source.persistentVolumeName}{\"\\n\"}{end}" |
+      awk '$1 == "true" && $2 != "" { print $2 }'); do
+      kc get pv "$pv" -o jsonpath='{.spec.csi.driver} {.spec.csi.volumeHandle}' 2>/dev/null |
+        awk 'NF == 2 { print "kubernetes.io/csi/" $1 "^" $2 }' || true
+    done
+  } | sort -u | awk 'NF { printf "\"%s\",", $0 }'
+}
+
 cmd_node_power_off() {
   local name=${1:?usage: $0 node-power-off NAME} pid in_use
   require_up
@@ -762,7 +779,7 @@ cmd_node_power_off() {
     # with attached volumes has them mounted and reported when it dies. Without
     # this the attach/detach controller would detach at once instead of
     # waiting for the unmount (6 min) or the out-of-service taint.
-    in_use=$(kc get node "$name" -o jsonpath='{range .status.volumesAttached[*]}"{.name}",{end}')
+    in_use=$(volumes_attached_to "$name")
     if [[ -n $in_use ]]; then
       kc patch node "$name" --subresource=status --type=merge \
         -p "{\"status\":{\"volumesInUse\":[${in_use%,}]}}" >/dev/null
