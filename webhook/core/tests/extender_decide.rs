@@ -50,7 +50,7 @@ fn names(names: &[&str]) -> Vec<String> {
 fn node(name: &str) -> NodeInfo {
     NodeInfo {
         name: name.into(),
-        quick_sync_label: Some("true".into()),
+        quick_sync: true,
         out_of_service: false,
         fencing: false,
         ready: Some(ReadyCondition {
@@ -219,11 +219,7 @@ fn the_threshold_comes_from_the_policy() {
     "node is being fenced (annotation jellyfin-ha.io/fencing)"
 )]
 #[case::no_label(
-    |n: &mut NodeInfo| n.quick_sync_label = None,
-    "node lacks QuickSync label intel.feature.node.kubernetes.io/gpu"
-)]
-#[case::label_false(
-    |n: &mut NodeInfo| n.quick_sync_label = Some("false".into()),
+    |n: &mut NodeInfo| n.quick_sync = false,
     "node lacks QuickSync label intel.feature.node.kubernetes.io/gpu"
 )]
 fn node_state_rules(#[case] edit: fn(&mut NodeInfo), #[case] reason: &str) {
@@ -260,7 +256,7 @@ fn every_reason_is_reported_joined() {
     snapshot.remove_lease("qs-1");
     edit_node(&mut snapshot, "qs-1", |n| {
         n.out_of_service = true;
-        n.quick_sync_label = None;
+        n.quick_sync = false;
     });
     let decision = filter(
         &bare_pod(),

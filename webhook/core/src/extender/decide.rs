@@ -168,14 +168,23 @@ pub fn filter(
         passed: Vec::with_capacity(candidates.len()),
         failed: BTreeMap::new(),
     };
+    // Failing nodes mostly fail for the same few reasons: format each combination once.
+    let mut formatted: Vec<(Vec<Reason<'_>>, Rejection)> = Vec::new();
     for node in candidates {
         let reasons = evaluation.reasons(&node);
         if reasons.is_empty() {
             decision.passed.push(node);
-        } else {
-            let rejection = rejection(&reasons);
-            decision.failed.insert(node, rejection);
+            continue;
         }
+        let rejection = match formatted.iter().find(|(seen, _)| *seen == reasons) {
+            Some((_, rejection)) => rejection.clone(),
+            None => {
+                let rejection = rejection(&reasons);
+                formatted.push((reasons, rejection.clone()));
+                rejection
+            }
+        };
+        decision.failed.insert(node, rejection);
     }
     decision
 }
@@ -251,6 +260,23 @@ enum Heartbeat {
     NeverRenewed,
     Stale { age_ms: i64 },
     Fresh { age_ms: i64 },
+}
+
+/// One node's entry in the snapshot, looked up once per node and call.
+#[derive(Debug, Clone, Copy)]
+struct NodeView<'a> {
+    state: &'a NodeState,
+    info: &'a NodeInfo,
+    heartbeat: Heartbeat,
+}
+
+impl NodeView<'_> {
+    /// Heartbeating and neither out of service nor being fenced: it keeps what it holds.
+    fn is_healthy(&self) -> bool {
+        matches!(self.heartbeat, Heartbeat::Fresh { .. })
+            && !self.info.out_of_service
+            && !self.info.fencing
+    }
 }
 
 /// The per-call context: the pod's volumes and pins resolved against the snapshot once.
@@ -369,11 +395,16 @@ impl<'a> Evaluation<'a> {
 
     /// Why `node` cannot take the pod; empty when it can.
     pub fn reasons(&self, node: &str) -> Vec<Reason<'a>> {
-        let Some((state, info)) = self.known(node) else {
-            return vec![Reason::UnknownNode];
-        };
+        match self.view(node) {
+            Some(view) => self.reasons_for(node, &view),
+            None => vec![Reason::UnknownNode],
+        }
+    }
+
+    fn reasons_for(&self, node: &str, view: &NodeView<'a>) -> Vec<Reason<'a>> {
+        let (state, info) = (view.state, view.info);
         let mut reasons = Vec::new();
-        match self.heartbeat(state) {
+        match view.heartbeat {
             Heartbeat::Missing => reasons.push(Reason::NoLease),
             Heartbeat::NeverRenewed => reasons.push(Reason::LeaseNeverRenewed),
             Heartbeat::Stale { .. } => reasons.push(Reason::LeaseStale {
@@ -387,7 +418,7 @@ impl<'a> Evaluation<'a> {
         if info.fencing {
             reasons.push(Reason::Fencing);
         }
-        if !self.has_quick_sync_label(info) {
+        if !info.quick_sync {
             reasons.push(Reason::NoQuickSyncLabel {
                 key: &self.policy.quick_sync_label.key,
             });
@@ -401,7 +432,7 @@ impl<'a> Evaluation<'a> {
             }
         }
         for &(driver, volumes) in &self.drivers {
-            let Some(limit) = state.attach_limit(driver) else {
+            let Some((limit, attached)) = state.attach_usage(driver) else {
                 continue;
             };
             let already_here = self
@@ -410,7 +441,7 @@ impl<'a> Evaluation<'a> {
                 .filter(|v| v.driver == Some(driver) && v.held_on.contains(&node))
                 .count();
             let needed = u64::from(volumes).saturating_sub(already_here as u64);
-            if needed > 0 && u64::from(state.attachments_of(driver)) + needed > u64::from(limit) {
+            if needed > 0 && u64::from(attached) + needed > u64::from(limit) {
                 reasons.push(Reason::AttachLimitReached { driver });
             }
         }
@@ -419,10 +450,14 @@ impl<'a> Evaluation<'a> {
 
     /// The inputs behind the score.
     pub fn facts(&self, node: &str) -> NodeFacts {
-        let Some((state, info)) = self.known(node) else {
-            return NodeFacts::default();
-        };
-        let lease_age_ms = match self.heartbeat(state) {
+        self.view(node)
+            .map(|view| self.facts_for(node, &view))
+            .unwrap_or_default()
+    }
+
+    fn facts_for(&self, node: &str, view: &NodeView<'a>) -> NodeFacts {
+        let (state, info) = (view.state, view.info);
+        let lease_age_ms = match view.heartbeat {
             Heartbeat::Stale { age_ms } | Heartbeat::Fresh { age_ms } => Some(age_ms),
             Heartbeat::Missing | Heartbeat::NeverRenewed => None,
         };
@@ -449,17 +484,20 @@ impl<'a> Evaluation<'a> {
 
     /// Each score part for `node`; all zero for an unknown node.
     pub fn score_parts(&self, node: &str) -> ScoreParts {
-        let Some((_, info)) = self.known(node) else {
-            return ScoreParts {
+        match self.view(node) {
+            Some(view) => self.score_parts_for(node, &view),
+            None => ScoreParts {
                 volume_locality: (!self.volumes.is_empty()).then_some(0),
                 ..ScoreParts::default()
-            };
-        };
-        let facts = self.facts(node);
+            },
+        }
+    }
+
+    fn score_parts_for(&self, node: &str, view: &NodeView<'a>) -> ScoreParts {
         ScoreParts {
-            gpu_load: self.gpu_load_part(&facts),
-            volume_locality: self.volume_locality_part(node),
-            flapping: self.flapping_part(info),
+            gpu_load: self.gpu_load_part(&self.facts_for(node, view)),
+            volume_locality: self.volume_locality_part(node, view),
+            flapping: self.flapping_part(view.info),
         }
     }
 
@@ -482,9 +520,14 @@ impl<'a> Evaluation<'a> {
         }
     }
 
-    fn known(&self, node: &str) -> Option<(&'a NodeState, &'a NodeInfo)> {
+    /// The node's snapshot entry, if its Node object is known.
+    fn view(&self, node: &str) -> Option<NodeView<'a>> {
         let state = self.snapshot.node_state(node)?;
-        Some((state, state.info.as_ref()?))
+        Some(NodeView {
+            state,
+            info: state.info.as_ref()?,
+            heartbeat: self.heartbeat(state),
+        })
     }
 
     fn heartbeat(&self, state: &NodeState) -> Heartbeat {
@@ -502,20 +545,8 @@ impl<'a> Evaluation<'a> {
         }
     }
 
-    /// Heartbeating and neither out of service nor being fenced: it keeps what it holds.
     fn is_healthy(&self, node: &str) -> bool {
-        self.known(node).is_some_and(|(state, info)| {
-            matches!(self.heartbeat(state), Heartbeat::Fresh { .. })
-                && !info.out_of_service
-                && !info.fencing
-        })
-    }
-
-    fn has_quick_sync_label(&self, info: &NodeInfo) -> bool {
-        let wanted = &self.policy.quick_sync_label.values;
-        info.quick_sync_label
-            .as_ref()
-            .is_some_and(|value| wanted.contains(value))
+        self.view(node).is_some_and(|view| view.is_healthy())
     }
 
     /// 100 minus the load: managed pods against capacity, blended with the measured
@@ -538,11 +569,11 @@ impl<'a> Evaluation<'a> {
     }
 
     /// The share of the pod's volumes attached and staying on `node`, if it is healthy.
-    fn volume_locality_part(&self, node: &str) -> Option<u8> {
+    fn volume_locality_part(&self, node: &str, view: &NodeView<'a>) -> Option<u8> {
         if self.volumes.is_empty() {
             return None;
         }
-        if !self.is_healthy(node) {
+        if !view.is_healthy() {
             return Some(0);
         }
         let here = self

@@ -129,8 +129,9 @@ pub struct ReadyCondition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
-    /// The value of the policy's QuickSync label, if the node has it.
-    pub quick_sync_label: Option<String>,
+    /// Carries the policy's QuickSync label with one of its values. Decided here, once per
+    /// update, so the filter compares no strings.
+    pub quick_sync: bool,
     /// Tainted `node.kubernetes.io/out-of-service`, with any effect.
     pub out_of_service: bool,
     /// Carries [`FENCING_ANNOTATION`].
@@ -153,11 +154,11 @@ impl NodeInfo {
         let status = node.status.as_ref();
         Some(Self {
             name: meta.name.clone()?,
-            quick_sync_label: meta
+            quick_sync: meta
                 .labels
                 .as_ref()
                 .and_then(|labels| labels.get(&policy.quick_sync_label.key))
-                .cloned(),
+                .is_some_and(|value| policy.quick_sync_label.values.contains(value)),
             out_of_service: node
                 .spec
                 .as_ref()
@@ -426,15 +427,25 @@ pub fn pod_claim_names(pod: &Pod) -> Vec<String> {
     claims
 }
 
+/// One CSI driver's use of a node: its attach limit and how many of its volumes are
+/// attached. Attachments being detached still count: the device slot stays taken until the
+/// detach finishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DriverSlots {
+    driver: String,
+    limit: Option<u32>,
+    attachments: u32,
+}
+
 /// Everything the snapshot knows about one node, found with a single lookup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeState {
     pub info: Option<NodeInfo>,
     pub lease: Option<LeaseInfo>,
     pub csi: Option<CsiNodeInfo>,
-    /// Attachments on this node per CSI driver, counting those being detached: the device
-    /// slot stays taken until the detach finishes.
-    attachments_by_driver: BTreeMap<String, u32>,
+    /// Limits and attachment counts per driver, in one short list so the filter reads one
+    /// allocation per node, not a map per kind.
+    drivers: Vec<DriverSlots>,
     /// Managed pods whose [`ManagedPodInfo::gpu_node`] is this node.
     gpu_pods: u32,
 }
@@ -442,7 +453,7 @@ pub struct NodeState {
 impl NodeState {
     /// Attachments of `driver` on this node.
     pub fn attachments_of(&self, driver: &str) -> u32 {
-        self.attachments_by_driver.get(driver).copied().unwrap_or(0)
+        self.slots(driver).map_or(0, |s| s.attachments)
     }
 
     /// Managed pods using this node's iGPU.
@@ -452,14 +463,55 @@ impl NodeState {
 
     /// The attach limit of `driver` on this node, if its CSINode declares one.
     pub fn attach_limit(&self, driver: &str) -> Option<u32> {
-        self.csi.as_ref()?.attach_limits.get(driver).copied()
+        self.slots(driver)?.limit
+    }
+
+    /// The attach limit of `driver` and its attachments here, when there is a limit.
+    pub fn attach_usage(&self, driver: &str) -> Option<(u32, u32)> {
+        let slots = self.slots(driver)?;
+        Some((slots.limit?, slots.attachments))
+    }
+
+    fn slots(&self, driver: &str) -> Option<&DriverSlots> {
+        self.drivers.iter().find(|s| s.driver == driver)
+    }
+
+    fn edit_slots(&mut self, driver: &str, edit: impl FnOnce(&mut DriverSlots)) {
+        let index = match self.drivers.iter().position(|s| s.driver == driver) {
+            Some(index) => index,
+            None => {
+                self.drivers.push(DriverSlots {
+                    driver: driver.to_string(),
+                    limit: None,
+                    attachments: 0,
+                });
+                self.drivers.len() - 1
+            }
+        };
+        if let Some(slots) = self.drivers.get_mut(index) {
+            edit(slots);
+        }
+        self.drivers
+            .retain(|s| s.limit.is_some() || s.attachments > 0);
+        self.drivers.sort_by(|a, b| a.driver.cmp(&b.driver));
+    }
+
+    fn set_csi(&mut self, csi: Option<CsiNodeInfo>) {
+        let old = self.csi.take();
+        for driver in old.iter().flat_map(|c| c.attach_limits.keys()) {
+            self.edit_slots(driver, |s| s.limit = None);
+        }
+        for (driver, limit) in csi.iter().flat_map(|c| c.attach_limits.iter()) {
+            self.edit_slots(driver, |s| s.limit = Some(*limit));
+        }
+        self.csi = csi;
     }
 
     fn is_empty(&self) -> bool {
         self.info.is_none()
             && self.lease.is_none()
             && self.csi.is_none()
-            && self.attachments_by_driver.is_empty()
+            && self.drivers.is_empty()
             && self.gpu_pods == 0
     }
 }
@@ -581,11 +633,11 @@ impl Snapshot {
 
     pub fn upsert_csi_node(&mut self, csi: CsiNodeInfo) {
         let state = self.nodes.entry(csi.node_name.clone()).or_default();
-        state.csi = Some(csi);
+        state.set_csi(Some(csi));
     }
 
     pub fn remove_csi_node(&mut self, node: &str) {
-        self.edit_node(node, |state| state.csi = None);
+        self.edit_node(node, |state| state.set_csi(None));
     }
 
     pub fn upsert_attachment(&mut self, attachment: VolumeAttachmentInfo) {
@@ -597,13 +649,10 @@ impl Snapshot {
                 .insert(attachment.name.clone());
         }
         if !attachment.node_name.is_empty() {
-            *self
-                .nodes
+            self.nodes
                 .entry(attachment.node_name.clone())
                 .or_default()
-                .attachments_by_driver
-                .entry(attachment.attacher.clone())
-                .or_default() += 1;
+                .edit_slots(&attachment.attacher, |s| s.attachments += 1);
         }
         self.attachments.insert(attachment.name.clone(), attachment);
     }
@@ -622,12 +671,9 @@ impl Snapshot {
         }
         if !old.node_name.is_empty() {
             self.edit_node(&old.node_name, |state| {
-                if let Some(count) = state.attachments_by_driver.get_mut(&old.attacher) {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        state.attachments_by_driver.remove(&old.attacher);
-                    }
-                }
+                state.edit_slots(&old.attacher, |s| {
+                    s.attachments = s.attachments.saturating_sub(1);
+                });
             });
         }
     }
@@ -777,7 +823,7 @@ mod tests {
             info,
             NodeInfo {
                 name: "qs-1".into(),
-                quick_sync_label: Some("true".into()),
+                quick_sync: true,
                 out_of_service: true,
                 fencing: true,
                 ready: Some(ReadyCondition {
@@ -798,7 +844,7 @@ mod tests {
     fn a_bare_node_projects_to_empty_facts() {
         let info =
             NodeInfo::from_node(&node(json!({"metadata": {"name": "n"}})), &policy()).unwrap();
-        assert_eq!(info.quick_sync_label, None);
+        assert!(!info.quick_sync);
         assert!(!info.out_of_service && !info.fencing);
         assert_eq!(info.ready, None);
         assert_eq!(info.gpu_allocatable, None);
@@ -833,6 +879,28 @@ mod tests {
     fn gpu_busy_writes_what_it_reads() {
         let text = "37@2026-11-24T20:00:00Z";
         assert_eq!(text.parse::<GpuBusy>().unwrap().to_string(), text);
+    }
+
+    #[rstest]
+    #[case::wanted_value(Some("true"), true)]
+    #[case::other_value(Some("false"), false)]
+    #[case::absent(None, false)]
+    fn quick_sync_is_the_policys_label_and_value(
+        #[case] value: Option<&str>,
+        #[case] quick_sync: bool,
+    ) {
+        let mut node = node(json!({"metadata": {"name": "n", "labels": {"other": "true"}}}));
+        if let Some(value) = value {
+            node.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert("intel.feature.node.kubernetes.io/gpu".into(), value.into());
+        }
+        assert_eq!(
+            NodeInfo::from_node(&node, &policy()).unwrap().quick_sync,
+            quick_sync
+        );
     }
 
     #[test]
@@ -1016,6 +1084,54 @@ mod tests {
         snapshot.remove_managed_pod("media", "p");
         snapshot.remove_attachment("a");
         assert_eq!(snapshot, Snapshot::new());
+    }
+
+    fn csi(node: &str, limits: &[(&str, u32)]) -> CsiNodeInfo {
+        CsiNodeInfo {
+            node_name: node.into(),
+            attach_limits: limits.iter().map(|(d, l)| (d.to_string(), *l)).collect(),
+        }
+    }
+
+    #[test]
+    fn attach_limits_and_counts_are_kept_apart() {
+        let mut snapshot = Snapshot::new();
+        snapshot.upsert_attachment(attachment("a", "pv-1", "n1"));
+        snapshot.upsert_csi_node(csi("n1", &[("rbd", 4), ("nfs", 2)]));
+        let state = snapshot.node_state("n1").unwrap();
+        assert_eq!(state.attach_usage("rbd"), Some((4, 1)));
+        assert_eq!(state.attach_usage("nfs"), Some((2, 0)));
+        assert_eq!(state.attach_usage("ebs"), None);
+
+        // A new CSINode replaces the old limits; attachments keep counting.
+        snapshot.upsert_csi_node(csi("n1", &[("rbd", 8)]));
+        let state = snapshot.node_state("n1").unwrap();
+        assert_eq!(state.attach_usage("rbd"), Some((8, 1)));
+        assert_eq!(state.attach_limit("nfs"), None);
+
+        snapshot.remove_csi_node("n1");
+        let state = snapshot.node_state("n1").unwrap();
+        assert_eq!(state.attach_limit("rbd"), None);
+        assert_eq!(state.attachments_of("rbd"), 1);
+        assert!(snapshot.csi_node("n1").is_none());
+
+        snapshot.remove_attachment("a");
+        assert_eq!(snapshot, Snapshot::new());
+    }
+
+    #[test]
+    fn node_names_lists_known_nodes_only() {
+        let mut snapshot = Snapshot::new();
+        for name in ["b", "a"] {
+            snapshot.upsert_node(
+                NodeInfo::from_node(&node(json!({"metadata": {"name": name}})), &policy()).unwrap(),
+            );
+        }
+        snapshot.upsert_attachment(attachment("x", "pv", "c"));
+        assert_eq!(snapshot.node_names(), ["a", "b"]);
+        assert_eq!(snapshot.node_count(), 2);
+        snapshot.remove_node("a");
+        assert_eq!(snapshot.node_names(), ["b"]);
     }
 
     #[test]

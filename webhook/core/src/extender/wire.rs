@@ -113,44 +113,23 @@ pub struct HostPriority {
 pub type HostPriorityList = Vec<HostPriority>;
 
 impl ExtenderArgs {
-    /// The candidate node names, from whichever form the scheduler sent. Node objects without
-    /// a name are skipped; they could not be matched to anything.
+    /// The candidate node names, from whichever form the scheduler sent.
     pub fn candidate_names(&self) -> Vec<String> {
-        if let Some(names) = &self.node_names {
-            return names.clone();
+        match (&self.node_names, &self.nodes) {
+            (Some(names), _) => names.clone(),
+            (None, Some(nodes)) => nodes.names(),
+            (None, None) => Vec::new(),
         }
-        self.nodes
-            .as_ref()
-            .map(|list| {
-                list.items()
-                    .iter()
-                    .filter_map(node_name)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Splits the call into the pod, the candidate names, and the node objects when the
     /// scheduler sent those (to hand back to [`ExtenderFilterResult::from_decision`]). Names
     /// sent as names are moved, not copied.
     pub fn into_parts(self) -> (Pod, Vec<String>, Option<NodeList>) {
-        match self.node_names {
-            Some(names) => (self.pod, names, None),
-            None => {
-                let names = self
-                    .nodes
-                    .as_ref()
-                    .map(|list| {
-                        list.items()
-                            .iter()
-                            .filter_map(node_name)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (self.pod, names, self.nodes)
-            }
+        match (self.node_names, self.nodes) {
+            (Some(names), _) => (self.pod, names, None),
+            (None, Some(nodes)) => (self.pod, nodes.names(), Some(nodes)),
+            (None, None) => (self.pod, Vec::new(), None),
         }
     }
 
@@ -165,6 +144,15 @@ impl NodeList {
     /// The items, treating `null` as empty.
     pub fn items(&self) -> &[Value] {
         self.items.as_deref().unwrap_or_default()
+    }
+
+    /// The items' names, in order; items without one are skipped, as nothing could match them.
+    pub fn names(&self) -> Vec<String> {
+        self.items()
+            .iter()
+            .filter_map(node_name)
+            .map(str::to_owned)
+            .collect()
     }
 }
 
