@@ -5,6 +5,7 @@
 //! mutated, the typed before/after are diffed, and only that delta is applied to the original
 //! JSON: whatever we do not understand passes through untouched.
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -143,11 +144,20 @@ fn mutate_template_at(
     let Some(raw) = object.pointer(pointer).filter(|t| template_opted_in(t)) else {
         return Ok(Mutation::unchanged(object));
     };
-    let template: PodTemplateSpec =
-        serde_path_to_error::deserialize(raw).map_err(|e| MutationError::Malformed {
-            field: join_field(&prefix, &e.path().to_string()),
-            message: e.inner().to_string(),
-        })?;
+    // Tracking the path costs more than the mutation itself, so only a failure pays for it.
+    let template = match PodTemplateSpec::deserialize(raw) {
+        Ok(template) => template,
+        Err(_) => {
+            let located = serde_path_to_error::deserialize::<_, PodTemplateSpec>(raw).err();
+            let (path, message) = located.map_or_else(Default::default, |e| {
+                (e.path().to_string(), e.inner().to_string())
+            });
+            return Err(MutationError::Malformed {
+                field: join_field(&prefix, &path),
+                message,
+            });
+        }
+    };
     let internal = |e: serde_json::Error| MutationError::Malformed {
         field: prefix.clone(),
         message: e.to_string(),

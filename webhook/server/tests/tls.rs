@@ -22,8 +22,8 @@ use jellyfin_ha::serve::serve_tls;
 use jellyfin_ha::webhook::{WebhookState, router};
 use jellyfin_ha_certs::{CertFiles, GeneratedCerts, generate};
 use jellyfin_ha_core::Policy;
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,18 +78,7 @@ async fn start() -> Server {
 }
 
 fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    Arc::new(jellyfin_ha_certs::client_config(ca_pem, alpn).unwrap())
 }
 
 async fn connect(
