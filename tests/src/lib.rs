@@ -11,14 +11,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, WebhookClientConfig};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 pub fn kubeconfig_path() -> PathBuf {
@@ -28,8 +32,12 @@ pub fn kubeconfig_path() -> PathBuf {
 /// A client for the local control plane; fails with instructions when it is not up.
 pub async fn client() -> anyhow::Result<Client> {
     let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .with_context(|| format!("reading {}: start the control plane with hack/envtest.sh up", path.display()))?;
+    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
+        format!(
+            "reading {}: start the control plane with hack/envtest.sh up",
+            path.display()
+        )
+    })?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
 }
@@ -53,16 +61,26 @@ impl TestNamespace {
         let api: Api<Namespace> = Api::all(client.clone());
         let mut namespace = Namespace::default();
         namespace.metadata.generate_name = Some(format!("e2e-{prefix}-"));
-        namespace.metadata.labels = Some([("jellyfin-ha.io/e2e".to_string(), "true".to_string())].into());
+        namespace.metadata.labels =
+            Some([("jellyfin-ha.io/e2e".to_string(), "true".to_string())].into());
         let created = api.create(&PostParams::default(), &namespace).await?;
-        let name = created.metadata.name.context("created namespace has no name")?;
+        let name = created
+            .metadata
+            .name
+            .context("created namespace has no name")?;
         Ok(Self { name })
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
     }
 }
 
@@ -79,18 +97,26 @@ pub struct Webhook {
 impl Webhook {
     pub fn from_env() -> anyhow::Result<Self> {
         let var = |name: &str| {
-            std::env::var(name).with_context(|| format!("{name} is not set: run the end-to-end tests with hack/e2e.sh"))
+            std::env::var(name).with_context(|| {
+                format!("{name} is not set: run the end-to-end tests with hack/e2e.sh")
+            })
         };
         let ca_file = var("JFHA_E2E_WEBHOOK_CA")?;
-        let ca_pem = std::fs::read_to_string(&ca_file).with_context(|| format!("reading {ca_file}"))?;
-        Ok(Self { url: var("JFHA_E2E_WEBHOOK_URL")?, admin: var("JFHA_E2E_WEBHOOK_ADMIN")?, ca_pem })
+        let ca_pem =
+            std::fs::read_to_string(&ca_file).with_context(|| format!("reading {ca_file}"))?;
+        Ok(Self {
+            url: var("JFHA_E2E_WEBHOOK_URL")?,
+            admin: var("JFHA_E2E_WEBHOOK_ADMIN")?,
+            ca_pem,
+        })
     }
 
     /// Registers the shipped `MutatingWebhookConfiguration`, pointed at this webhook. Every
     /// rule and match condition is the one users install.
     pub async fn register(&self, client: &Client) -> anyhow::Result<()> {
         let path = repo_root().join("manifests/base/mutatingwebhookconfiguration.yaml");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let mut config: MutatingWebhookConfiguration = serde_yaml::from_str(&text)?;
         for webhook in config.webhooks.iter_mut().flatten() {
             webhook.client_config = WebhookClientConfig {
@@ -103,7 +129,12 @@ impl Webhook {
         let name = "jellyfin-ha-e2e";
         config.metadata.name = Some(name.to_string());
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        api.patch(name, &PatchParams::apply("jellyfin-ha-e2e").force(), &Patch::Apply(&config)).await?;
+        api.patch(
+            name,
+            &PatchParams::apply("jellyfin-ha-e2e").force(),
+            &Patch::Apply(&config),
+        )
+        .await?;
         Ok(())
     }
 
@@ -114,7 +145,9 @@ impl Webhook {
         write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
-        let Some((head, body)) = response.split_once("\r\n\r\n") else { bail!("malformed HTTP response: {response}") };
+        let Some((head, body)) = response.split_once("\r\n\r\n") else {
+            bail!("malformed HTTP response: {response}")
+        };
         if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
             bail!("GET {path}: {head}");
         }
@@ -127,7 +160,9 @@ impl Webhook {
         let needle = format!("kind=\"{kind}\"");
         Ok(metrics
             .lines()
-            .filter(|line| line.starts_with("jellyfin_ha_admission_reviews_total{") && line.contains(&needle))
+            .filter(|line| {
+                line.starts_with("jellyfin_ha_admission_reviews_total{") && line.contains(&needle)
+            })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
             .sum())
     }

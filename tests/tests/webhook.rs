@@ -1,7 +1,12 @@
 //! The webhook behind a real kube-apiserver: registration with CEL matchConditions, the patch
 //! encoding, DefaultTolerationSeconds' tolerations replaced, and pods that never reach it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::time::Duration;
 
@@ -38,24 +43,40 @@ fn opted_in() -> Value {
 /// shows when it is in effect.
 async fn wait_until_webhook_is_active(client: &Client, namespace: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
-    eventually(Duration::from_secs(15), "the webhook configuration to take effect", || async {
-        let pod = pods.create(&dry_run, &plain_pod("probe", opted_in())).await?;
-        Ok(pod.annotations().contains_key("jellyfin-ha.io/mutations").then_some(()))
-    })
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(
+        Duration::from_secs(15),
+        "the webhook configuration to take effect",
+        || async {
+            let pod = pods
+                .create(&dry_run, &plain_pod("probe", opted_in()))
+                .await?;
+            Ok(pod
+                .annotations()
+                .contains_key("jellyfin-ha.io/mutations")
+                .then_some(()))
+        },
+    )
     .await
     .unwrap();
 }
 
 fn example_documents() -> Vec<Value> {
-    let text = std::fs::read_to_string(repo_root().join("manifests/example/jellyfin.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(repo_root().join("manifests/example/jellyfin.yaml")).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .collect()
 }
 
 fn example(kind: &str) -> Value {
-    let mut doc = example_documents().into_iter().find(|d| d["kind"] == kind).unwrap();
+    let mut doc = example_documents()
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap();
     doc["metadata"].as_object_mut().unwrap().remove("namespace");
     doc
 }
@@ -65,44 +86,84 @@ async fn example_deployment_pod_is_mutated_by_the_real_apiserver() {
     let (client, _webhook, namespace) = setup("example").await;
     let ns = namespace.name.as_str();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    claims.create(&PostParams::default(), &serde_json::from_value(example("PersistentVolumeClaim")).unwrap()).await.unwrap();
+    claims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(example("PersistentVolumeClaim")).unwrap(),
+        )
+        .await
+        .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    deployments.create(&PostParams::default(), &serde_json::from_value(example("Deployment")).unwrap()).await.unwrap();
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(example("Deployment")).unwrap(),
+        )
+        .await
+        .unwrap();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let listed = ListParams::default().labels("app.kubernetes.io/name=jellyfin");
-    let pod = eventually(Duration::from_secs(30), "the ReplicaSet to create a pod", || async {
-        Ok(pods.list(&listed).await?.items.into_iter().next())
-    })
+    let pod = eventually(
+        Duration::from_secs(30),
+        "the ReplicaSet to create a pod",
+        || async { Ok(pods.list(&listed).await?.items.into_iter().next()) },
+    )
     .await
     .unwrap();
 
     let pod = serde_json::to_value(pod).unwrap();
     let tolerations = pod["spec"]["tolerations"].as_array().unwrap();
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
         let matching: Vec<&Value> = tolerations.iter().filter(|t| t["key"] == key).collect();
-        assert_eq!(matching.len(), 1, "DefaultTolerationSeconds' 300 s toleration replaced: {tolerations:?}");
+        assert_eq!(
+            matching.len(),
+            1,
+            "DefaultTolerationSeconds' 300 s toleration replaced: {tolerations:?}"
+        );
         assert_eq!(matching[0]["tolerationSeconds"], 15);
     }
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 15);
     assert_eq!(pod["metadata"]["labels"]["jellyfin-ha.io/managed"], "true");
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["resources"]["limits"]["gpu.intel.com/i915"], "1");
-    assert_eq!(container["resources"]["requests"]["gpu.intel.com/i915"], "1", "apiserver defaulted the request");
-    assert_eq!(container["resources"]["requests"]["jellyfin-ha.io/managed"], "1");
-    let record = pod["metadata"]["annotations"]["jellyfin-ha.io/mutations"].as_str().unwrap();
+    assert_eq!(
+        container["resources"]["requests"]["gpu.intel.com/i915"], "1",
+        "apiserver defaulted the request"
+    );
+    assert_eq!(
+        container["resources"]["requests"]["jellyfin-ha.io/managed"],
+        "1"
+    );
+    let record = pod["metadata"]["annotations"]["jellyfin-ha.io/mutations"]
+        .as_str()
+        .unwrap();
     assert!(record.contains("failover-tolerations=15s"), "{record}");
-    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
-    assert_eq!(terms[0]["matchExpressions"][0]["key"], "intel.feature.node.kubernetes.io/gpu");
+    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(
+        terms[0]["matchExpressions"][0]["key"],
+        "intel.feature.node.kubernetes.io/gpu"
+    );
 }
 
 #[tokio::test]
 async fn rolling_update_deployment_with_a_claim_is_switched_to_recreate() {
     let (client, _webhook, namespace) = setup("recreate").await;
     let mut deployment = example("Deployment");
-    deployment["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}});
+    deployment["spec"]["strategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}});
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
-    let created = deployments.create(&PostParams::default(), &serde_json::from_value(deployment).unwrap()).await.unwrap();
+    let created = deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).unwrap(),
+        )
+        .await
+        .unwrap();
     let strategy = created.spec.unwrap().strategy.unwrap();
     assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
     assert!(strategy.rolling_update.is_none());
@@ -113,20 +174,46 @@ async fn pods_that_did_not_opt_in_never_reach_the_webhook() {
     let (client, webhook, namespace) = setup("optin").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace.name);
     let before = webhook.reviews_of("Pod").unwrap();
-    pods.create(&PostParams::default(), &plain_pod("plain", json!({}))).await.unwrap();
-    pods.create(&PostParams::default(), &plain_pod("false", json!({"jellyfin-ha.io/inject": "false"}))).await.unwrap();
+    pods.create(&PostParams::default(), &plain_pod("plain", json!({})))
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &plain_pod("false", json!({"jellyfin-ha.io/inject": "false"})),
+    )
+    .await
+    .unwrap();
     // Another test may create opted-in pods concurrently, so look at this namespace's pods.
     for name in ["plain", "false"] {
         let pod = pods.get(name).await.unwrap();
-        assert!(!pod.annotations().contains_key("jellyfin-ha.io/mutations"), "{name} was mutated");
-        let seconds: Vec<Option<i64>> =
-            pod.spec.unwrap().tolerations.unwrap().iter().map(|t| t.toleration_seconds).collect();
-        assert_eq!(seconds, [Some(300), Some(300)], "{name} kept DefaultTolerationSeconds' values");
+        assert!(
+            !pod.annotations().contains_key("jellyfin-ha.io/mutations"),
+            "{name} was mutated"
+        );
+        let seconds: Vec<Option<i64>> = pod
+            .spec
+            .unwrap()
+            .tolerations
+            .unwrap()
+            .iter()
+            .map(|t| t.toleration_seconds)
+            .collect();
+        assert_eq!(
+            seconds,
+            [Some(300), Some(300)],
+            "{name} kept DefaultTolerationSeconds' values"
+        );
     }
-    let opted = pods.create(&PostParams::default(), &plain_pod("opted", opted_in())).await.unwrap();
+    let opted = pods
+        .create(&PostParams::default(), &plain_pod("opted", opted_in()))
+        .await
+        .unwrap();
     assert!(opted.annotations().contains_key("jellyfin-ha.io/mutations"));
     let after = webhook.reviews_of("Pod").unwrap();
-    assert!(after > before, "the opted-in pod was reviewed: {before} -> {after}");
+    assert!(
+        after > before,
+        "the opted-in pod was reviewed: {before} -> {after}"
+    );
 }
 
 #[tokio::test]
@@ -137,7 +224,12 @@ async fn not_opted_in_pod_count_on_metrics_is_unchanged() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace.name);
     let unchanged_before = unchanged_pod_reviews(&webhook);
     for i in 0..5 {
-        pods.create(&PostParams::default(), &plain_pod(&format!("plain-{i}"), json!({}))).await.unwrap();
+        pods.create(
+            &PostParams::default(),
+            &plain_pod(&format!("plain-{i}"), json!({})),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(unchanged_pod_reviews(&webhook), unchanged_before);
 }
@@ -157,20 +249,43 @@ async fn malformed_override_is_denied_with_the_annotation_named() {
     let (client, _webhook, namespace) = setup("deny").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace.name);
     let annotations = json!({"jellyfin-ha.io/inject": "true", "jellyfin-ha.io/gpu": "vaapi"});
-    let err = pods.create(&PostParams::default(), &plain_pod("bad", annotations)).await.unwrap_err();
+    let err = pods
+        .create(&PostParams::default(), &plain_pod("bad", annotations))
+        .await
+        .unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("jellyfin-ha.io/gpu") && message.contains("device-plugin, hostpath, none"), "{message}");
+    assert!(
+        message.contains("jellyfin-ha.io/gpu") && message.contains("device-plugin, hostpath, none"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn kubectl_server_dry_run_shows_the_mutation() {
     let (_client, _webhook, namespace) = setup("dryrun").await;
     let manifest = repo_root().join("target/e2e-dry-run-pod.json");
-    std::fs::write(&manifest, serde_json::to_string(&plain_pod("dry", opted_in())).unwrap()).unwrap();
-    let output = kubectl(&["create", "--dry-run=server", "-o", "yaml", "-n", &namespace.name, "-f", manifest.to_str().unwrap()])
-        .unwrap();
+    std::fs::write(
+        &manifest,
+        serde_json::to_string(&plain_pod("dry", opted_in())).unwrap(),
+    )
+    .unwrap();
+    let output = kubectl(&[
+        "create",
+        "--dry-run=server",
+        "-o",
+        "yaml",
+        "-n",
+        &namespace.name,
+        "-f",
+        manifest.to_str().unwrap(),
+    ])
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("jellyfin-ha.io/mutations:"), "{stdout}");
     assert!(stdout.contains("tolerationSeconds: 15"), "{stdout}");
     assert!(!stdout.contains("tolerationSeconds: 300"), "{stdout}");
@@ -183,7 +298,10 @@ async fn every_manifest_is_accepted_by_the_apiserver() {
     for name in ["jellyfin-ha", "media"] {
         let output = kubectl(&["create", "namespace", name]).unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success() || stderr.contains("AlreadyExists"), "{stderr}");
+        assert!(
+            output.status.success() || stderr.contains("AlreadyExists"),
+            "{stderr}"
+        );
     }
     drop(client);
     for dir in ["manifests/base", "manifests/example"] {
