@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks; each prints its figures as `BENCH <name> <value> <unit>`.
 #   hack/bench.sh webhook     the webhook's throughput against a no-op floor, latency and memory
+#   hack/bench.sh apiserver   pod creation latency through kube-apiserver with and without the webhook
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -9,7 +10,15 @@ bench_webhook() {
   cargo bench -j2 -q -p jellyfin-ha --bench webhook
 }
 
+bench_apiserver() {
+  local dir="$REPO_ROOT/target/bench-apiserver"
+  trap 'stop_cluster_and_webhook "'"$dir"'"' EXIT
+  start_cluster_and_webhook "$dir" release
+  cargo bench -j2 -q -p jellyfin-ha-e2e --bench apiserver
+}
+
 case ${1:-} in
   webhook) bench_webhook ;;
-  *) die "usage: $0 webhook" ;;
+  apiserver) bench_apiserver ;;
+  *) die "usage: $0 webhook|apiserver" ;;
 esac

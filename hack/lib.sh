@@ -66,3 +66,27 @@ register_webhook() {
   kubectl patch --local -o json --type=json -p "$patch" \
     -f "$REPO_ROOT/manifests/base/mutatingwebhookconfiguration.yaml" | kubectl apply -f - >/dev/null
 }
+
+# Brings up the local control plane unless one is up, runs the webhook on loopback in DIR and
+# exports what tests/ reads (JFHA_E2E_*). Call stop_cluster_and_webhook DIR on exit: it stops
+# the webhook, and the control plane too if this call started it (JFHA_KEEP_CLUSTER=1 keeps it).
+start_cluster_and_webhook() {
+  local dir=$1 profile=${2:-debug} bin
+  STARTED_CLUSTER=false
+  if ! "$REPO_ROOT/hack/envtest.sh" status >/dev/null 2>&1; then
+    STARTED_CLUSTER=true
+    "$REPO_ROOT/hack/envtest.sh" up || die "the local control plane could not be started (see target/envtest/logs)"
+  fi
+  eval "$("$REPO_ROOT/hack/envtest.sh" env)"
+  bin=$(build_binary "$profile")
+  start_webhook "$bin" "$dir" "${JFHA_WEBHOOK_PORT:-18443}" "${JFHA_ADMIN_PORT:-18080}"
+  log "webhook on $WEBHOOK_URL (admin $WEBHOOK_ADMIN)"
+  export JFHA_E2E_WEBHOOK_URL=$WEBHOOK_URL JFHA_E2E_WEBHOOK_ADMIN=$WEBHOOK_ADMIN JFHA_E2E_WEBHOOK_CA=$WEBHOOK_CA
+}
+
+stop_cluster_and_webhook() {
+  stop_webhook "$1"
+  if ${STARTED_CLUSTER:-false} && [[ -z ${JFHA_KEEP_CLUSTER:-} ]]; then
+    "$REPO_ROOT/hack/envtest.sh" down >/dev/null 2>&1 || true
+  fi
+}

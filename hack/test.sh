@@ -3,6 +3,7 @@
 # integration tests, then the end-to-end tests against a local Kubernetes control plane built
 # from source (cached in ~/.cache/jellyfin-ha). Works on a fresh machine; cleans up after itself.
 set -euo pipefail
+shopt -s inherit_errexit
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
@@ -23,6 +24,11 @@ ensure_toolchain() {
   fi
 }
 
+# Every cargo test run is logged here so that the closing line can total them.
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
+tested() { "$@" 2>&1 | tee -a "$RESULTS"; }
+
 ensure_toolchain
 
 log "cargo fmt --check"
@@ -32,10 +38,12 @@ log "cargo clippy -D warnings"
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 
 log "unit and integration tests"
-cargo test -j2 --workspace --exclude jellyfin-ha-e2e
+tested cargo test -j2 --workspace --exclude jellyfin-ha-e2e
 
 log "local control plane (built once, then cached)"
 hack/envtest.sh build
 
 log "end-to-end tests"
-hack/e2e.sh
+tested hack/e2e.sh
+
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$RESULTS"
