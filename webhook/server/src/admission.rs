@@ -126,27 +126,36 @@ fn reply(api_version: Option<String>, response: Response) -> ReviewOut {
     }
 }
 
-fn invalid(
+/// A refusal: `Denied` for an object the webhook cannot mutate, `Invalid` for a body that is
+/// not a usable review.
+fn refuse(
+    outcome: Outcome,
     api_version: Option<String>,
     uid: String,
     message: String,
     summary: Summary,
 ) -> Reviewed {
     let status = Some(Status { code: 400, message });
-    let review = reply(
-        api_version,
-        Response {
-            uid,
-            allowed: false,
-            status,
-            ..Response::default()
-        },
-    );
+    let response = Response {
+        uid,
+        allowed: false,
+        status,
+        ..Response::default()
+    };
     Reviewed {
-        review,
-        outcome: Outcome::Invalid,
+        review: reply(api_version, response),
+        outcome,
         summary,
     }
+}
+
+fn invalid(
+    api_version: Option<String>,
+    uid: String,
+    message: String,
+    summary: Summary,
+) -> Reviewed {
+    refuse(Outcome::Invalid, api_version, uid, message, summary)
 }
 
 /// Answers one review body. Every input gets an answer; nothing here panics or does IO.
@@ -209,26 +218,13 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         return invalid(parsed.api_version, request.uid, message, summary);
     };
     match mutate(&object, policy) {
-        Err(e) => {
-            let status = Some(Status {
-                code: 400,
-                message: e.to_string(),
-            });
-            let review = reply(
-                parsed.api_version,
-                Response {
-                    uid,
-                    allowed: false,
-                    status,
-                    ..Response::default()
-                },
-            );
-            Reviewed {
-                review,
-                outcome: Outcome::Denied,
-                summary,
-            }
-        }
+        Err(e) => refuse(
+            Outcome::Denied,
+            parsed.api_version,
+            uid,
+            e.to_string(),
+            summary,
+        ),
         Ok(mutation) => {
             let patch = mutation.patch(&object);
             if patch.0.is_empty() {
