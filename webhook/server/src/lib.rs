@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod manifests;
 pub mod metrics;
+pub mod reflect;
 pub mod serve;
 pub mod shutdown;
 pub mod webhook;

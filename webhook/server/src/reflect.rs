@@ -1,0 +1,487 @@
+//! Watches the objects the extender decides over and keeps the core [`Snapshot`] current.
+//!
+//! One watcher per kind; each event is projected at once (the full object is dropped right
+//! after) and applied to the shared snapshot. A re-list (`Init` .. `InitApply`* .. `InitDone`)
+//! is buffered and swapped in with one `replace_*` call, so readers never see a half-listed
+//! kind. The mapping from events to snapshot calls is [`KindCache::apply`], pure and tested
+//! without an apiserver.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use futures::StreamExt;
+use jellyfin_ha_core::extender::snapshot::{
+    ClaimInfo, CsiNodeInfo, LeaseInfo, ManagedPodInfo, NODE_LEASE_NAMESPACE, NodeInfo, PvInfo,
+    VolumeAttachmentInfo,
+};
+use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
+use kube::api::ListParams;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// The label the webhook puts on the pods it manages; only those are watched.
+pub const MANAGED_SELECTOR: &str = "jellyfin-ha.io/managed=true";
+
+/// The number of kinds watched; readiness waits for each of them to finish its first list.
+pub const WATCHED_KINDS: usize = 7;
+
+/// The snapshot shared between the watchers (writers) and the extender handlers (readers).
+#[derive(Debug, Clone, Default)]
+pub struct SharedSnapshot(Arc<RwLock<Snapshot>>);
+
+impl SharedSnapshot {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self(Arc::new(RwLock::new(snapshot)))
+    }
+
+    /// A reader's view. A writer that panicked left a consistent snapshot behind (each
+    /// `Snapshot` call is complete or not started), so poisoning is ignored.
+    pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Snapshot> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How many watchers have completed their first list.
+#[derive(Debug, Clone, Default)]
+pub struct SyncState(Arc<AtomicUsize>);
+
+impl SyncState {
+    pub fn synced_kinds(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Every watched kind has been listed once.
+    pub fn is_synced(&self) -> bool {
+        self.synced_kinds() >= WATCHED_KINDS
+    }
+
+    fn mark_one(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A watched kind: how to project it and where its projection goes in the snapshot.
+pub trait Watched: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static {
+    type Info: Send;
+    const KIND: &'static str;
+    fn project(&self, policy: &ExtenderPolicy) -> Option<Self::Info>;
+    fn upsert(snapshot: &mut Snapshot, info: Self::Info);
+    /// Removes the object; a no-op when it is unknown or has no name.
+    fn remove(snapshot: &mut Snapshot, object: &Self);
+    fn replace(snapshot: &mut Snapshot, infos: Vec<Self::Info>);
+}
+
+fn name_of<K: Resource>(object: &K) -> Option<&str> {
+    object.meta().name.as_deref()
+}
+
+fn key_of<K: Resource>(object: &K) -> Option<(&str, &str)> {
+    let meta = object.meta();
+    Some((meta.namespace.as_deref()?, meta.name.as_deref()?))
+}
+
+impl Watched for Node {
+    type Info = NodeInfo;
+    const KIND: &'static str = "Node";
+    fn project(&self, policy: &ExtenderPolicy) -> Option<NodeInfo> {
+        NodeInfo::from_node(self, policy)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: NodeInfo) {
+        snapshot.upsert_node(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some(name) = name_of(object) {
+            snapshot.remove_node(name);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<NodeInfo>) {
+        snapshot.replace_nodes(infos);
+    }
+}
+
+impl Watched for Lease {
+    type Info = LeaseInfo;
+    const KIND: &'static str = "Lease";
+    fn project(&self, _: &ExtenderPolicy) -> Option<LeaseInfo> {
+        LeaseInfo::from_lease(self)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: LeaseInfo) {
+        snapshot.upsert_lease(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some(name) = name_of(object) {
+            snapshot.remove_lease(name);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<LeaseInfo>) {
+        snapshot.replace_leases(infos);
+    }
+}
+
+impl Watched for VolumeAttachment {
+    type Info = VolumeAttachmentInfo;
+    const KIND: &'static str = "VolumeAttachment";
+    fn project(&self, _: &ExtenderPolicy) -> Option<VolumeAttachmentInfo> {
+        VolumeAttachmentInfo::from_volume_attachment(self)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: VolumeAttachmentInfo) {
+        snapshot.upsert_attachment(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some(name) = name_of(object) {
+            snapshot.remove_attachment(name);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<VolumeAttachmentInfo>) {
+        snapshot.replace_attachments(infos);
+    }
+}
+
+impl Watched for PersistentVolumeClaim {
+    type Info = ClaimInfo;
+    const KIND: &'static str = "PersistentVolumeClaim";
+    fn project(&self, _: &ExtenderPolicy) -> Option<ClaimInfo> {
+        ClaimInfo::from_claim(self)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: ClaimInfo) {
+        snapshot.upsert_claim(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some((namespace, name)) = key_of(object) {
+            snapshot.remove_claim(namespace, name);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<ClaimInfo>) {
+        snapshot.replace_claims(infos);
+    }
+}
+
+impl Watched for PersistentVolume {
+    type Info = PvInfo;
+    const KIND: &'static str = "PersistentVolume";
+    fn project(&self, _: &ExtenderPolicy) -> Option<PvInfo> {
+        PvInfo::from_volume(self)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: PvInfo) {
+        snapshot.upsert_volume(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some(name) = name_of(object) {
+            snapshot.remove_volume(name);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<PvInfo>) {
+        snapshot.replace_volumes(infos);
+    }
+}
+
+impl Watched for CSINode {
+    type Info = CsiNodeInfo;
+    const KIND: &'static str = "CSINode";
+    fn project(&self, _: &ExtenderPolicy) -> Option<CsiNodeInfo> {
+        CsiNodeInfo::from_csi_node(self)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: CsiNodeInfo) {
+        snapshot.upsert_csi_node(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some(name) = name_of(object) {
+            snapshot.remove_csi_node(name);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<CsiNodeInfo>) {
+        snapshot.replace_csi_nodes(infos);
+    }
+}
+
+impl Watched for Pod {
+    type Info = ManagedPodInfo;
+    const KIND: &'static str = "Pod";
+    fn project(&self, _: &ExtenderPolicy) -> Option<ManagedPodInfo> {
+        ManagedPodInfo::from_pod(self)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: ManagedPodInfo) {
+        snapshot.upsert_managed_pod(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some((namespace, name)) = key_of(object) {
+            snapshot.remove_managed_pod(namespace, name);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<ManagedPodInfo>) {
+        snapshot.replace_managed_pods(infos);
+    }
+}
+
+/// One kind's watch state: the projections of a re-list in progress.
+#[derive(Debug)]
+pub struct KindCache<K: Watched> {
+    policy: Arc<ExtenderPolicy>,
+    relist: Option<Vec<K::Info>>,
+}
+
+impl<K: Watched> KindCache<K> {
+    pub fn new(policy: Arc<ExtenderPolicy>) -> Self {
+        Self {
+            policy,
+            relist: None,
+        }
+    }
+
+    /// Applies one watch event. Returns true when it completed a list (`InitDone`).
+    pub fn apply(&mut self, snapshot: &SharedSnapshot, event: Event<K>) -> bool {
+        match event {
+            Event::Apply(object) => {
+                if let Some(info) = object.project(&self.policy) {
+                    K::upsert(&mut snapshot.write(), info);
+                }
+                false
+            }
+            Event::Delete(object) => {
+                K::remove(&mut snapshot.write(), &object);
+                false
+            }
+            Event::Init => {
+                self.relist = Some(Vec::new());
+                false
+            }
+            Event::InitApply(object) => {
+                if let Some(info) = object.project(&self.policy) {
+                    self.relist.get_or_insert_with(Vec::new).push(info);
+                }
+                false
+            }
+            Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                K::replace(&mut snapshot.write(), listed);
+                true
+            }
+        }
+    }
+}
+
+/// Starts one watcher per kind, feeding `snapshot` until `stop` is cancelled. `synced` counts
+/// the kinds whose first list is in.
+pub fn spawn_watchers(
+    client: &Client,
+    policy: Arc<ExtenderPolicy>,
+    snapshot: &SharedSnapshot,
+    synced: &SyncState,
+    stop: &CancellationToken,
+) {
+    let config = watcher::Config::default().any_semantic();
+    let managed = config.clone().labels(MANAGED_SELECTOR);
+    macro_rules! spawn {
+        ($kind:ty, $api:expr, $config:expr) => {
+            tokio::spawn(watch::<$kind>(
+                $api,
+                $config,
+                Arc::clone(&policy),
+                snapshot.clone(),
+                synced.clone(),
+                stop.clone(),
+            ));
+        };
+    }
+    spawn!(Node, Api::all(client.clone()), config.clone());
+    spawn!(
+        Lease,
+        Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
+        config.clone()
+    );
+    spawn!(VolumeAttachment, Api::all(client.clone()), config.clone());
+    spawn!(
+        PersistentVolumeClaim,
+        Api::all(client.clone()),
+        config.clone()
+    );
+    spawn!(PersistentVolume, Api::all(client.clone()), config.clone());
+    spawn!(CSINode, Api::all(client.clone()), config);
+    spawn!(Pod, Api::all(client.clone()), managed);
+}
+
+async fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    policy: Arc<ExtenderPolicy>,
+    snapshot: SharedSnapshot,
+    synced: SyncState,
+    stop: CancellationToken,
+) where
+    K: Watched,
+    K::DynamicType: Default,
+{
+    let mut cache = KindCache::<K>::new(policy);
+    let mut first_list = true;
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    loop {
+        let next = tokio::select! {
+            next = events.next() => next,
+            () = stop.cancelled() => return,
+        };
+        match next {
+            Some(Ok(event)) => {
+                if cache.apply(&snapshot, event) && first_list {
+                    first_list = false;
+                    synced.mark_one();
+                    tracing::info!(kind = K::KIND, "cache synced");
+                }
+            }
+            Some(Err(e)) => tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying"),
+            None => return,
+        }
+    }
+}
+
+/// Lists every watched kind once (no watch) into a new snapshot: what `explain` decides over.
+pub async fn list_once(client: &Client, policy: &ExtenderPolicy) -> anyhow::Result<Snapshot> {
+    async fn all<K: Watched>(api: Api<K>, params: &ListParams) -> anyhow::Result<Vec<K>>
+    where
+        K::DynamicType: Default,
+    {
+        let list = api
+            .list(params)
+            .await
+            .map_err(|e| anyhow::anyhow!("listing {}: {e}", K::KIND))?;
+        Ok(list.items)
+    }
+    fn project<K: Watched>(objects: Vec<K>, policy: &ExtenderPolicy) -> Vec<K::Info> {
+        objects
+            .iter()
+            .filter_map(|object| object.project(policy))
+            .collect()
+    }
+    let any = ListParams::default();
+    let managed = ListParams::default().labels(MANAGED_SELECTOR);
+    let (nodes, leases, attachments, claims, volumes, csi_nodes, pods) = futures::try_join!(
+        all::<Node>(Api::all(client.clone()), &any),
+        all::<Lease>(Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE), &any),
+        all::<VolumeAttachment>(Api::all(client.clone()), &any),
+        all::<PersistentVolumeClaim>(Api::all(client.clone()), &any),
+        all::<PersistentVolume>(Api::all(client.clone()), &any),
+        all::<CSINode>(Api::all(client.clone()), &any),
+        all::<Pod>(Api::all(client.clone()), &managed),
+    )?;
+    let mut snapshot = Snapshot::new();
+    snapshot.replace_nodes(project(nodes, policy));
+    snapshot.replace_leases(project(leases, policy));
+    snapshot.replace_attachments(project(attachments, policy));
+    snapshot.replace_claims(project(claims, policy));
+    snapshot.replace_volumes(project(volumes, policy));
+    snapshot.replace_csi_nodes(project(csi_nodes, policy));
+    snapshot.replace_managed_pods(project(pods, policy));
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, gpu: bool) -> Node {
+        let mut labels = serde_json::Map::new();
+        if gpu {
+            labels.insert("intel.feature.node.kubernetes.io/gpu".into(), json!("true"));
+        }
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    }
+
+    fn pod(name: &str, node: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "media"},
+            "spec": {"nodeName": node, "containers": []}
+        }))
+        .unwrap()
+    }
+
+    fn policy() -> Arc<ExtenderPolicy> {
+        Arc::new(ExtenderPolicy::default())
+    }
+
+    #[test]
+    fn apply_and_delete_edit_the_snapshot() {
+        let shared = SharedSnapshot::default();
+        let mut nodes = KindCache::<Node>::new(policy());
+        assert!(!nodes.apply(&shared, Event::Apply(node("qs-1", true))));
+        assert!(shared.read().node("qs-1").unwrap().quick_sync);
+        nodes.apply(&shared, Event::Apply(node("qs-1", false)));
+        assert!(!shared.read().node("qs-1").unwrap().quick_sync);
+        nodes.apply(&shared, Event::Delete(node("qs-1", false)));
+        assert!(shared.read().node("qs-1").is_none());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_kind_at_init_done() {
+        let shared = SharedSnapshot::default();
+        let mut nodes = KindCache::<Node>::new(policy());
+        nodes.apply(&shared, Event::Apply(node("gone", true)));
+        assert!(!nodes.apply(&shared, Event::Init));
+        assert!(!nodes.apply(&shared, Event::InitApply(node("qs-1", true))));
+        assert!(!nodes.apply(&shared, Event::InitApply(node("qs-2", true))));
+        // Until the list is complete, readers see the old state.
+        assert_eq!(shared.read().node_names(), ["gone"]);
+        assert!(nodes.apply(&shared, Event::InitDone));
+        assert_eq!(shared.read().node_names(), ["qs-1", "qs-2"]);
+    }
+
+    #[test]
+    fn an_empty_relist_empties_the_kind() {
+        let shared = SharedSnapshot::default();
+        let mut pods = KindCache::<Pod>::new(policy());
+        pods.apply(&shared, Event::Apply(pod("jellyfin", "qs-1")));
+        assert_eq!(shared.read().managed_pods_on("qs-1"), 1);
+        pods.apply(&shared, Event::Init);
+        assert!(pods.apply(&shared, Event::InitDone));
+        assert_eq!(shared.read().managed_pods_on("qs-1"), 0);
+    }
+
+    #[test]
+    fn namespaced_deletes_use_the_key() {
+        let shared = SharedSnapshot::default();
+        let mut pods = KindCache::<Pod>::new(policy());
+        pods.apply(&shared, Event::Apply(pod("a", "qs-1")));
+        pods.apply(&shared, Event::Apply(pod("b", "qs-1")));
+        pods.apply(&shared, Event::Delete(pod("a", "qs-1")));
+        assert_eq!(shared.read().managed_pods_on("qs-1"), 1);
+        assert!(shared.read().managed_pod("media", "b").is_some());
+    }
+
+    #[test]
+    fn leases_land_on_their_node() {
+        let shared = SharedSnapshot::default();
+        let mut leases = KindCache::<Lease>::new(policy());
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": "qs-1", "namespace": "kube-node-lease"},
+            "spec": {"renewTime": "2026-11-24T20:00:00.000000Z", "leaseDurationSeconds": 40}
+        }))
+        .unwrap();
+        leases.apply(&shared, Event::InitApply(lease));
+        leases.apply(&shared, Event::InitDone);
+        assert_eq!(
+            shared.read().lease("qs-1").unwrap().lease_duration_seconds,
+            Some(40)
+        );
+    }
+
+    #[test]
+    fn sync_state_counts_every_kind() {
+        let synced = SyncState::default();
+        for _ in 0..WATCHED_KINDS - 1 {
+            synced.mark_one();
+        }
+        assert!(!synced.is_synced());
+        synced.mark_one();
+        assert!(synced.is_synced());
+    }
+}
