@@ -18,12 +18,30 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtenderCallLabels {
+    /// `filter` or `prioritize`.
+    pub verb: String,
+    /// `ok`, `invalid` (unparseable body) or `error`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
     pub reviews: Family<ReviewLabels, Counter>,
     pub review_seconds: Histogram,
     pub certificate_reloads: Family<ReloadLabels, Counter>,
+    pub extender_calls: Family<ExtenderCallLabels, Counter>,
+    pub extender_call_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
+    /// Candidate nodes per call, by verb: shows whether the scheduler sends names or objects
+    /// for how many nodes.
+    pub extender_candidates: Family<VerbLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,13 +66,41 @@ impl Default for Metrics {
             "Serving certificate reload attempts that found new files, by result",
             certificate_reloads.clone(),
         );
+        let extender_calls = Family::<ExtenderCallLabels, Counter>::default();
+        registry.register(
+            "extender_calls",
+            "Scheduler extender calls answered, by verb and outcome",
+            extender_calls.clone(),
+        );
+        // 10 µs .. ~1.5 s: a call over thousands of nodes is still pure computation, but
+        // parsing a full Node list can take a while.
+        let extender_call_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(extender_buckets);
+        registry.register(
+            "extender_call_duration_seconds",
+            "Time to answer one scheduler extender call, parsing included",
+            extender_call_seconds.clone(),
+        );
+        let extender_candidates = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "extender_candidate_nodes",
+            "Candidate nodes received in scheduler extender calls, by verb",
+            extender_candidates.clone(),
+        );
         Self {
             registry,
             reviews,
             review_seconds,
             certificate_reloads,
+            extender_calls,
+            extender_call_seconds,
+            extender_candidates,
         }
     }
+}
+
+fn extender_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.00001, 3.0, 12))
 }
 
 impl Metrics {

@@ -57,6 +57,12 @@ impl SharedSnapshot {
 pub struct SyncState(Arc<AtomicUsize>);
 
 impl SyncState {
+    /// A state that is already synced: for a snapshot filled by other means (tests, a
+    /// one-off list).
+    pub fn all_synced() -> Self {
+        Self(Arc::new(AtomicUsize::new(WATCHED_KINDS)))
+    }
+
     pub fn synced_kinds(&self) -> usize {
         self.0.load(Ordering::Acquire)
     }

@@ -1,0 +1,224 @@
+//! The HTTPS scheduler extender endpoints: `POST /filter` and `POST /prioritize`.
+//!
+//! A thin adapter: parse the wire call, read the current snapshot, run the core decision with
+//! the system clock, write the wire answer. Nothing here decides.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use jellyfin_ha_core::extender::wire::{ExtenderArgs, ExtenderFilterResult, host_priorities};
+use jellyfin_ha_core::extender::{self, ExtenderPolicy};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::metrics::{ExtenderCallLabels, Metrics, VerbLabels};
+use crate::reflect::{SharedSnapshot, SyncState};
+
+/// With `nodeCacheCapable: false` the scheduler sends every candidate Node in full, both to
+/// filter and to prioritize: about 7 KB per kwok-sized node and more for real ones (images,
+/// conditions), so ~34 MB at 5000 nodes. 64 MiB leaves room for fatter nodes while still
+/// bounding what one request can make us buffer. With `nodeCacheCapable: true` (what the
+/// shipped configuration uses) a call is the pod plus names: well under 1 MiB.
+pub const MAX_EXTENDER_ARGS_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct ExtenderState {
+    pub snapshot: SharedSnapshot,
+    pub synced: SyncState,
+    pub policy: Arc<ExtenderPolicy>,
+    pub metrics: Arc<Metrics>,
+    /// The clock decisions are made at; [`Timestamp::now`] outside tests.
+    pub now: fn() -> Timestamp,
+}
+
+impl ExtenderState {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        synced: SyncState,
+        policy: Arc<ExtenderPolicy>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            snapshot,
+            synced,
+            policy,
+            metrics,
+            now: Timestamp::now,
+        }
+    }
+}
+
+pub fn router(state: ExtenderState) -> Router {
+    Router::new()
+        .route("/filter", post(filter))
+        .route("/prioritize", post(prioritize))
+        .layer(DefaultBodyLimit::max(MAX_EXTENDER_ARGS_BYTES))
+        .with_state(state)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Filter,
+    Prioritize,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::Prioritize => "prioritize",
+        }
+    }
+}
+
+/// Why a call could not be decided.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("cannot parse ExtenderArgs: {0}")]
+    Invalid(serde_json::Error),
+    #[error("the extender's caches are not synced yet")]
+    NotSynced,
+    #[error("the decision task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
+impl CallError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::NotSynced => "not_synced",
+            Self::Task(_) => "error",
+        }
+    }
+}
+
+async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let result = decide(&state, Verb::Filter, body, |state, args, now| {
+        let (pod, candidates, objects) = args.into_parts();
+        let decision = {
+            let snapshot = state.snapshot.read();
+            extender::filter(&pod, candidates, &snapshot, &state.policy, now)
+        };
+        tracing::info!(
+            namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod = pod.metadata.name.as_deref().unwrap_or_default(),
+            passed = decision.passed.len(),
+            failed = decision.failed.len(),
+            "filter"
+        );
+        ExtenderFilterResult::from_decision(decision, objects)
+    })
+    .await;
+    let response = match result {
+        Ok(answer) => axum::Json(answer).into_response(),
+        // The scheduler reads `Error` only from a 200; it then fails the attempt, or skips
+        // this extender when it is ignorable.
+        Err(e) => axum::Json(ExtenderFilterResult::error(e.to_string())).into_response(),
+    };
+    observe(&state, Verb::Filter, started);
+    response
+}
+
+async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let result = decide(&state, Verb::Prioritize, body, |state, args, now| {
+        let (pod, candidates, _) = args.into_parts();
+        let scores = {
+            let snapshot = state.snapshot.read();
+            extender::prioritize(&pod, candidates, &snapshot, &state.policy, now)
+        };
+        tracing::debug!(
+            namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod = pod.metadata.name.as_deref().unwrap_or_default(),
+            ?scores,
+            "prioritize"
+        );
+        host_priorities(scores)
+    })
+    .await;
+    let response = match result {
+        Ok(answer) => axum::Json(answer).into_response(),
+        // A HostPriorityList has no error field. The scheduler treats any non-200 as "no
+        // scores from this extender" and goes on without them, ignorable or not.
+        Err(e @ CallError::Invalid(_)) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    observe(&state, Verb::Prioritize, started);
+    response
+}
+
+/// Parses the call and runs `decide` off the async workers: a full Node list can take tens
+/// of milliseconds to parse. Counts the call by outcome.
+async fn decide<T: Send + 'static>(
+    state: &ExtenderState,
+    verb: Verb,
+    body: Bytes,
+    decide: fn(&ExtenderState, ExtenderArgs, Timestamp) -> T,
+) -> Result<T, CallError> {
+    let task_state = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let args: ExtenderArgs = serde_json::from_slice(&body).map_err(CallError::Invalid)?;
+        task_state
+            .metrics
+            .extender_candidates
+            .get_or_create(&VerbLabels {
+                verb: verb.as_str().to_string(),
+            })
+            .inc_by(args.candidate_count() as u64);
+        // Checked after parsing so that a call before the first sync is still counted.
+        if !task_state.synced.is_synced() {
+            return Err(CallError::NotSynced);
+        }
+        let now = (task_state.now)();
+        Ok(decide(&task_state, args, now))
+    })
+    .await
+    .map_err(CallError::Task)
+    .and_then(|inner| inner);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => {
+            tracing::warn!(verb = verb.as_str(), error = %e, "extender call not decided");
+            e.outcome()
+        }
+    };
+    state
+        .metrics
+        .extender_calls
+        .get_or_create(&ExtenderCallLabels {
+            verb: verb.as_str().to_string(),
+            outcome: outcome.to_string(),
+        })
+        .inc();
+    result
+}
+
+fn observe(state: &ExtenderState, verb: Verb, started: Instant) {
+    state
+        .metrics
+        .extender_call_seconds
+        .get_or_create(&VerbLabels {
+            verb: verb.as_str().to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+trait CandidateCount {
+    fn candidate_count(&self) -> usize;
+}
+
+impl CandidateCount for ExtenderArgs {
+    fn candidate_count(&self) -> usize {
+        match (&self.node_names, &self.nodes) {
+            (Some(names), _) => names.len(),
+            (None, Some(nodes)) => nodes.items().len(),
+            (None, None) => 0,
+        }
+    }
+}
