@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jellyfin_ha_certs::CertFiles;
 use tokio::net::TcpListener;
@@ -15,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::admin::{self, AdminState};
-use crate::config::load_policy;
+use crate::config::{load_config, load_policy};
+use crate::extender::ExtenderState;
 use crate::manifests::{self, OutputFormat};
 use crate::metrics::{Metrics, ReloadLabels};
+use crate::reflect::{self, SharedSnapshot, SyncState};
 use crate::webhook::{self, WebhookState};
-use crate::{serve, shutdown};
+use crate::{explain, serve, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,8 +53,13 @@ enum LogFormat {
 enum Command {
     /// Serve the mutating admission webhook (POST /mutate) over HTTPS.
     Webhook(WebhookArgs),
+    /// Serve the kube-scheduler extender (POST /filter, POST /prioritize) over HTTPS.
+    Extender(ExtenderRoleArgs),
     /// Mutate manifests offline exactly as the webhook would, and print the result.
     Mutate(MutateArgs),
+    /// Show, from the live cluster, why each node passes or fails the extender's filter for a
+    /// pod, and how it scores.
+    Explain(explain::ExplainArgs),
     /// Generate a CA and a serving certificate for local clusters and tests.
     Certs(CertsArgs),
 }
@@ -71,6 +79,37 @@ pub struct WebhookArgs {
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
     pub config: Option<PathBuf>,
     /// Plain-HTTP address for /livez, /readyz and /metrics.
+    #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+    /// How long a shutdown waits for in-flight requests.
+    #[arg(long, env = "JELLYFIN_HA_SHUTDOWN_SECONDS", default_value_t = 20)]
+    pub shutdown_seconds: u64,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "JELLYFIN_HA_CERT_RELOAD_SECONDS", default_value_t = 10)]
+    pub cert_reload_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtenderRoleArgs {
+    /// HTTPS address for the scheduler's filter and prioritize calls.
+    #[arg(
+        long,
+        env = "JELLYFIN_HA_EXTENDER_LISTEN",
+        default_value = "0.0.0.0:8444"
+    )]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; re-read when it changes.
+    #[arg(long, env = "JELLYFIN_HA_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key; re-read when it changes.
+    #[arg(long, env = "JELLYFIN_HA_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Config file (YAML); the extender reads its `extender:` section. Every field has a
+    /// default.
+    #[arg(long, env = "JELLYFIN_HA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Plain-HTTP address for /livez, /readyz (ready once every cache has synced) and
+    /// /metrics.
     #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
     /// How long a shutdown waits for in-flight requests.
@@ -110,7 +149,13 @@ pub fn main() -> ExitCode {
         Command::Webhook(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run_webhook(args))),
+        Command::Extender(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run_extender(args))),
         Command::Mutate(args) => run_mutate(args),
+        Command::Explain(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(explain::run(args))),
         Command::Certs(args) => run_certs(args),
     };
     match result {
@@ -163,38 +208,124 @@ fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every HTTPS role is served with.
+struct RoleServer {
+    role: &'static str,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    shutdown_seconds: u64,
+    cert_reload_seconds: u64,
+}
+
 async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     let policy = Arc::new(load_policy(args.config.as_deref())?);
-    let certs = CertFiles::load(&args.tls_cert, &args.tls_key)?;
-    let tls = Arc::new(certs.server_config()?);
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
+    let app = webhook::router(WebhookState {
+        policy,
+        metrics: Arc::clone(&metrics),
+    });
+    let server = RoleServer {
+        role: "webhook",
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        shutdown_seconds: args.shutdown_seconds,
+        cert_reload_seconds: args.cert_reload_seconds,
+    };
+    // Nothing to wait for: ready as soon as both ports listen.
+    let ready_when = |ready: Arc<AtomicBool>| async move { ready.store(true, Ordering::Release) };
+    serve_role(server, app, metrics, ready, ready_when, shutdown).await
+}
 
-    let listener = TcpListener::bind(args.listen)
+async fn run_extender(args: ExtenderRoleArgs) -> anyhow::Result<()> {
+    let policy = Arc::new(load_config(args.config.as_deref())?.extender);
+    let client = kube::Client::try_default()
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let admin_listener = TcpListener::bind(args.admin_listen)
+        .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown::on_signals();
+    let snapshot = SharedSnapshot::default();
+    let synced = SyncState::default();
+    reflect::spawn_watchers(&client, Arc::clone(&policy), &snapshot, &synced, &shutdown);
+    let app = crate::extender::router(ExtenderState::new(
+        snapshot,
+        synced.clone(),
+        policy,
+        Arc::clone(&metrics),
+    ));
+    let server = RoleServer {
+        role: "extender",
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        shutdown_seconds: args.shutdown_seconds,
+        cert_reload_seconds: args.cert_reload_seconds,
+    };
+    let stop = shutdown.clone();
+    // Ready once every cache holds its first full list: before that, filter would reject
+    // nodes it simply has not seen yet.
+    let ready_when = |ready: Arc<AtomicBool>| async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        while !synced.is_synced() {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => return,
+            }
+        }
+        tracing::info!("every cache synced; ready");
+        ready.store(true, Ordering::Release);
+    };
+    serve_role(server, app, metrics, ready, ready_when, shutdown).await
+}
+
+/// Serves `app` over TLS and the admin port until the shutdown signal, reloading the
+/// certificate as it changes. `/readyz` turns true when `ready_when` has set `ready`, and
+/// false again on shutdown.
+async fn serve_role<F, Fut>(
+    server: RoleServer,
+    app: Router,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    ready_when: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Arc<AtomicBool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let certs = CertFiles::load(&server.tls_cert, &server.tls_key)?;
+    let tls = Arc::new(certs.server_config()?);
+    let listener = TcpListener::bind(server.listen)
         .await
-        .with_context(|| format!("binding {}", args.admin_listen))?;
-    tracing::info!(listen = %args.listen, admin = %args.admin_listen, "webhook serving");
+        .with_context(|| format!("binding {}", server.listen))?;
+    let admin_listener = TcpListener::bind(server.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", server.admin_listen))?;
+    tracing::info!(role = server.role, listen = %server.listen, admin = %server.admin_listen, "serving");
 
     tokio::spawn(reload_certificates(
         certs,
-        Duration::from_secs(args.cert_reload_seconds.max(1)),
+        Duration::from_secs(server.cert_reload_seconds.max(1)),
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
     let admin_app = admin::router(AdminState {
         ready: Arc::clone(&ready),
-        metrics: Arc::clone(&metrics),
+        metrics,
     });
     let admin = tokio::spawn(
         axum::serve(admin_listener, admin_app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );
-    ready.store(true, Ordering::Release);
+    tokio::spawn(ready_when(Arc::clone(&ready)));
     let not_ready_on_shutdown = {
         let (ready, shutdown) = (Arc::clone(&ready), shutdown.clone());
         async move {
@@ -204,13 +335,12 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(not_ready_on_shutdown);
 
-    let app = webhook::router(WebhookState { policy, metrics });
     serve::serve_tls(
         listener,
         tls,
         app,
         shutdown,
-        Duration::from_secs(args.shutdown_seconds),
+        Duration::from_secs(server.shutdown_seconds),
     )
     .await;
     admin

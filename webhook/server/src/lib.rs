@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod explain;
 pub mod extender;
 pub mod manifests;
 pub mod metrics;

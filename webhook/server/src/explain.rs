@@ -1,0 +1,211 @@
+//! `jellyfin-ha explain POD`: the extender's verdict on every node for one pod, from the live
+//! cluster, computed by the same core functions the extender runs.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use jellyfin_ha_core::extender::{self, ExtenderPolicy, NodeVerdict};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+
+use crate::config::load_config;
+use crate::reflect;
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's namespace; the kubeconfig context's namespace when not given.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Config file (YAML), as given to the extender; its `extender:` section is used.
+    #[arg(long, env = "JELLYFIN_HA_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
+    let policy = load_config(args.config.as_deref())?.extender;
+    let client = kube::Client::try_default()
+        .await
+        .context("reading the kubeconfig")?;
+    let namespace = args
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let pod = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .get(&args.pod)
+        .await
+        .with_context(|| format!("getting pod {namespace}/{}", args.pod))?;
+    let snapshot = reflect::list_once(&client, &policy).await?;
+    let nodes = snapshot.node_names();
+    let verdicts = extender::explain(&pod, &nodes, &snapshot, &policy, Timestamp::now());
+    let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    print!(
+        "{}",
+        render(&namespace, &args.pod, bound, verdicts, &policy)
+    );
+    Ok(())
+}
+
+/// The table, passing nodes first, best score first, then by name.
+pub fn render(
+    namespace: &str,
+    pod: &str,
+    bound: Option<&str>,
+    mut verdicts: Vec<NodeVerdict>,
+    policy: &ExtenderPolicy,
+) -> String {
+    verdicts.sort_by(|a, b| {
+        b.passes
+            .cmp(&a.passes)
+            .then(b.total.cmp(&a.total))
+            .then(a.node.cmp(&b.node))
+    });
+    let weights = policy.weights;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pod {namespace}/{pod}: {}; score parts 0-100, weights gpu {} volume {} flapping {}, total 0-10",
+        bound.map_or_else(|| "not scheduled".to_string(), |n| format!("on node {n}")),
+        weights.gpu_load,
+        weights.volume_locality,
+        weights.flapping,
+    );
+    let header = [
+        "NODE",
+        "PASS",
+        "GPU",
+        "VOLUME",
+        "FLAPPING",
+        "TOTAL",
+        "PODS",
+        "LEASE-AGE",
+        "REASONS",
+    ];
+    let rows: Vec<[String; 9]> = verdicts
+        .iter()
+        .map(|v| {
+            let facts = &v.facts;
+            let node = if Some(v.node.as_str()) == bound {
+                format!("{}*", v.node)
+            } else {
+                v.node.clone()
+            };
+            [
+                node,
+                if v.passes { "yes" } else { "no" }.to_string(),
+                v.score_parts.gpu_load.to_string(),
+                v.score_parts
+                    .volume_locality
+                    .map_or_else(|| "-".to_string(), |p| p.to_string()),
+                v.score_parts.flapping.to_string(),
+                v.total.to_string(),
+                match facts.gpu_capacity {
+                    Some(capacity) => format!("{}/{capacity}", facts.managed_pods),
+                    None => format!("{}/-", facts.managed_pods),
+                },
+                facts
+                    .lease_age_seconds
+                    .map_or_else(|| "-".to_string(), |age| format!("{age}s")),
+                if v.reasons.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.reasons.join("; ")
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut line = |cells: &[&str]| {
+        let last = cells.len().saturating_sub(1);
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i == last {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    if bound.is_some() {
+        let _ = writeln!(out, "* the node the pod is bound to");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jellyfin_ha_core::extender::ScoreParts;
+    use jellyfin_ha_core::extender::decide::NodeFacts;
+
+    fn verdict(node: &str, passes: bool, total: i64, reasons: &[&str]) -> NodeVerdict {
+        NodeVerdict {
+            node: node.into(),
+            passes,
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            score_parts: ScoreParts {
+                gpu_load: 50,
+                volume_locality: None,
+                flapping: 100,
+            },
+            total,
+            facts: NodeFacts {
+                lease_age_seconds: Some(4),
+                managed_pods: 1,
+                gpu_capacity: Some(2),
+                ..NodeFacts::default()
+            },
+        }
+    }
+
+    #[test]
+    fn table_lists_passing_nodes_first_best_first() {
+        let table = render(
+            "media",
+            "jellyfin-0",
+            Some("qs-2"),
+            vec![
+                verdict(
+                    "dead",
+                    false,
+                    3,
+                    &["heartbeat lease not renewed in the last 20s"],
+                ),
+                verdict("qs-1", true, 5, &[]),
+                verdict("qs-2", true, 7, &[]),
+            ],
+            &ExtenderPolicy::default(),
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("pod media/jellyfin-0: on node qs-2"),
+            "{table}"
+        );
+        assert!(lines[1].starts_with("NODE"), "{table}");
+        assert!(lines[2].starts_with("qs-2*"), "{table}");
+        assert!(lines[3].starts_with("qs-1 "), "{table}");
+        assert!(lines[4].starts_with("dead "), "{table}");
+        assert!(
+            lines[4].ends_with("heartbeat lease not renewed in the last 20s"),
+            "{table}"
+        );
+        assert!(lines[4].contains(" no "), "{table}");
+        // Columns line up.
+        let column = lines[1].find("TOTAL").unwrap();
+        assert_eq!(&lines[2][column..column + 1], "7");
+    }
+}
