@@ -46,4 +46,7 @@ hack/envtest.sh build
 log "end-to-end tests"
 tested hack/e2e.sh
 
+log "end-to-end tests of the scheduler extender"
+tested hack/e2e-extender.sh
+
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$RESULTS"

@@ -1,0 +1,377 @@
+//! The scheduler extender behind a real kube-scheduler, with kwok nodes: managed pods go to
+//! the least-loaded QuickSync node, avoid a node whose Lease went stale while it still says
+//! Ready, follow their attached volume; pods that are not managed never reach the extender.
+//!
+//! Run by `hack/e2e-extender.sh`, which starts the extender and a kube-scheduler profile
+//! configured with it. Without that environment these tests do nothing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use jellyfin_ha_e2e::{TestNamespace, client, eventually, kubeconfig_path, kubectl, repo_root};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::VolumeAttachment;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+struct Env {
+    admin: String,
+    scheduler_name: String,
+}
+
+fn env() -> Option<Env> {
+    let admin = std::env::var("JFHA_E2E_EXTENDER_ADMIN").ok()?;
+    let scheduler_name = std::env::var("JFHA_E2E_SCHEDULER_NAME").ok()?;
+    Some(Env {
+        admin,
+        scheduler_name,
+    })
+}
+
+macro_rules! require_env {
+    () => {
+        match env() {
+            Some(env) => env,
+            None => {
+                eprintln!("skipped: run the extender end-to-end tests with hack/e2e-extender.sh");
+                return;
+            }
+        }
+    };
+}
+
+fn envtest(args: &[&str]) {
+    let output = Command::new(repo_root().join("hack/envtest.sh"))
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "hack/envtest.sh {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// kwok nodes of one test, labelled with the test's group and deleted when dropped.
+struct Nodes {
+    names: Vec<String>,
+}
+
+impl Nodes {
+    fn add(group: &str, names: &[&str]) -> Self {
+        let nodes = Self {
+            names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        for name in names {
+            envtest(&["node-delete", name]);
+            envtest(&["node-add", name, "--gpu-count", "2"]);
+            let label = format!("jellyfin-ha.io/e2e-group={group}");
+            let out = kubectl(&["label", "node", name, &label, "--overwrite"]).unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        nodes
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new(repo_root().join("hack/envtest.sh"))
+                .env("KUBECONFIG", kubeconfig_path())
+                .args(["node-delete", name])
+                .output();
+        }
+    }
+}
+
+/// A pod the webhook would have marked: the label the extender watches, and the extended
+/// resource that sends it to the extender. Kept to the test's nodes by affinity.
+fn managed_pod(env: &Env, name: &str, group: &str, claim: Option<&str>) -> Pod {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"jellyfin-ha.io/managed": "true"}},
+        "spec": {
+            "schedulerName": env.scheduler_name,
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "jellyfin-ha.io/e2e-group", "operator": "In", "values": [group]}
+                ]}]
+            }}},
+            "containers": [{
+                "name": "jellyfin", "image": "jellyfin/jellyfin:10.10.7",
+                "resources": {
+                    "requests": {"jellyfin-ha.io/managed": "1"},
+                    "limits": {"jellyfin-ha.io/managed": "1"}
+                }
+            }]
+        }
+    });
+    if let Some(claim) = claim {
+        add_claim(&mut pod, claim);
+    }
+    serde_json::from_value(pod).unwrap()
+}
+
+/// A managed pod already running on `node`: it loads that node's iGPU.
+fn load_pod(name: &str, node: &str, claim: Option<&str>) -> Pod {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"jellyfin-ha.io/managed": "true"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "transcode", "image": "jellyfin/jellyfin:10.10.7"}]
+        }
+    });
+    if let Some(claim) = claim {
+        add_claim(&mut pod, claim);
+    }
+    serde_json::from_value(pod).unwrap()
+}
+
+fn add_claim(pod: &mut Value, claim: &str) {
+    pod["spec"]["volumes"] =
+        json!([{"name": "config", "persistentVolumeClaim": {"claimName": claim}}]);
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "config", "mountPath": "/config"}]);
+}
+
+async fn create_all(pods: &Api<Pod>, list: Vec<Pod>) {
+    for pod in list {
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    // Let the extender's watch catch up: it is milliseconds behind, not seconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+async fn wait_bound(pods: &Api<Pod>, name: &str) -> String {
+    eventually(
+        Duration::from_secs(30),
+        "the pod to be scheduled",
+        || async {
+            let pod = pods.get(name).await?;
+            Ok(pod.spec.and_then(|s| s.node_name))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn admin_get(env: &Env, path: &str) -> String {
+    let mut stream = TcpStream::connect(&env.admin).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "GET {path}: {head}");
+    body.to_string()
+}
+
+/// Extender calls of `verb` answered so far, over every outcome.
+fn calls(env: &Env, verb: &str) -> u64 {
+    let needle = format!("verb=\"{verb}\"");
+    admin_get(env, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("jellyfin_ha_extender_calls_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn ready_status(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+async fn setup(prefix: &str) -> (Client, TestNamespace, Api<Pod>) {
+    let client = client().await.unwrap();
+    let namespace = TestNamespace::create(&client, prefix).await.unwrap();
+    let pods = Api::namespaced(client.clone(), &namespace.name);
+    (client, namespace, pods)
+}
+
+#[tokio::test]
+async fn lands_on_the_least_loaded_quicksync_node() {
+    let env = require_env!();
+    let (_client, _namespace, pods) = setup("ext-load").await;
+    let _nodes = Nodes::add("load", &["ext-load-1", "ext-load-2", "ext-load-3"]);
+    create_all(
+        &pods,
+        vec![
+            load_pod("busy-1a", "ext-load-1", None),
+            load_pod("busy-1b", "ext-load-1", None),
+            load_pod("busy-2a", "ext-load-2", None),
+        ],
+    )
+    .await;
+    let (filters, prioritizes) = (calls(&env, "filter"), calls(&env, "prioritize"));
+    pods.create(
+        &PostParams::default(),
+        &managed_pod(&env, "jellyfin", "load", None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_bound(&pods, "jellyfin").await, "ext-load-3");
+    assert!(calls(&env, "filter") > filters);
+    assert!(calls(&env, "prioritize") > prioritizes);
+}
+
+#[tokio::test]
+async fn avoids_a_node_whose_lease_went_stale_while_it_still_says_ready() {
+    let env = require_env!();
+    let (client, _namespace, pods) = setup("ext-stale").await;
+    // The idle node, which the scores alone would pick, is the one that dies.
+    let _nodes = Nodes::add("stale", &["ext-stale-1", "ext-stale-2"]);
+    create_all(&pods, vec![load_pod("busy", "ext-stale-2", None)]).await;
+    envtest(&["node-power-off", "ext-stale-1"]);
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    eventually(
+        Duration::from_secs(40),
+        "the dead node's Lease to go stale (15 s in the extender's config)",
+        || async {
+            let lease = leases.get("ext-stale-1").await?;
+            let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
+            let age = renewed.map(|t| Timestamp::now().as_second() - t.as_second());
+            Ok(age.filter(|age| *age >= 17).map(|_| ()))
+        },
+    )
+    .await
+    .unwrap();
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    assert_eq!(
+        ready_status(&nodes.get("ext-stale-1").await.unwrap()),
+        "True"
+    );
+    pods.create(
+        &PostParams::default(),
+        &managed_pod(&env, "jellyfin", "stale", None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_bound(&pods, "jellyfin").await, "ext-stale-2");
+    // Still Ready as far as the node-lifecycle controller knows: the extender kept it off.
+    assert_eq!(
+        ready_status(&nodes.get("ext-stale-1").await.unwrap()),
+        "True",
+        "the node turned NotReady before the pod was placed; raise ENVTEST_NODE_MONITOR_GRACE"
+    );
+}
+
+#[tokio::test]
+async fn follows_its_attached_volume() {
+    let env = require_env!();
+    let (client, namespace, pods) = setup("ext-vol").await;
+    // The holder is also the busier node: only the volume pin sends the pod there.
+    let _nodes = Nodes::add("vol", &["ext-vol-1", "ext-vol-2"]);
+    let pv_name = format!("{}-config", namespace.name);
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "ceph-rbd",
+            "claimRef": {"namespace": namespace.name, "name": "config"},
+            "csi": {"driver": "rbd.csi.ceph.com", "volumeHandle": pv_name}
+        }
+    }))
+    .unwrap();
+    let _ = pvs.delete(&pv_name, &Default::default()).await;
+    pvs.create(&PostParams::default(), &pv).await.unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace.name);
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "config"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "ceph-rbd",
+            "volumeName": pv_name,
+            "resources": {"requests": {"storage": "1Gi"}}
+        }
+    }))
+    .unwrap();
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+
+    create_all(
+        &pods,
+        vec![
+            load_pod("holder", "ext-vol-2", Some("config")),
+            load_pod("busy", "ext-vol-2", None),
+        ],
+    )
+    .await;
+    let attachments: Api<VolumeAttachment> = Api::all(client.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the volume to be attached to ext-vol-2",
+        || async {
+            let list = attachments.list(&Default::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|va| {
+                    va.spec.source.persistent_volume_name.as_deref() == Some(pv_name.as_str())
+                        && va.spec.node_name == "ext-vol-2"
+                        && va.status.as_ref().is_some_and(|s| s.attached)
+                })
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    pods.create(
+        &PostParams::default(),
+        &managed_pod(&env, "jellyfin", "vol", Some("config")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_bound(&pods, "jellyfin").await, "ext-vol-2");
+    let _ = pvs.delete(&pv_name, &Default::default()).await;
+}
+
+#[tokio::test]
+async fn pods_that_are_not_managed_never_reach_the_extender() {
+    let env = require_env!();
+    let (_client, _namespace, pods) = setup("ext-plain").await;
+    let _nodes = Nodes::add("plain", &["ext-plain-1"]);
+    let before = (calls(&env, "filter"), calls(&env, "prioritize"));
+    let mut plain = managed_pod(&env, "plain", "plain", None);
+    plain.metadata.labels = None;
+    plain.spec.as_mut().unwrap().containers[0].resources = None;
+    pods.create(&PostParams::default(), &plain).await.unwrap();
+    assert_eq!(wait_bound(&pods, "plain").await, "ext-plain-1");
+    assert_eq!((calls(&env, "filter"), calls(&env, "prioritize")), before);
+    // The same pod, managed, does reach it: the counter is not simply dead.
+    pods.create(
+        &PostParams::default(),
+        &managed_pod(&env, "managed", "plain", None),
+    )
+    .await
+    .unwrap();
+    wait_bound(&pods, "managed").await;
+    assert!(calls(&env, "filter") > before.0);
+}
