@@ -291,3 +291,24 @@ async fn reviews_are_counted_by_outcome() {
     assert!(text.contains(r#"jellyfin_ha_admission_reviews_total{kind="Pod",operation="CREATE",outcome="mutated"} 1"#), "{text}");
     assert!(text.contains(r#"outcome="invalid"} 1"#), "{text}");
 }
+
+#[tokio::test]
+async fn label_values_from_the_body_are_bounded() {
+    let state = state();
+    for i in 0..50 {
+        let mut input = pod_review();
+        input["request"]["kind"]["kind"] = json!(format!("Kind{i}"));
+        input["request"]["operation"] = json!(format!("OP{i}"));
+        send(state.clone(), Method::POST, "/mutate", input.to_string()).await;
+    }
+    let text = state.metrics.encode();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("jellyfin_ha_admission_reviews_total{"))
+        .count();
+    assert_eq!(series, 1, "{text}");
+    assert!(
+        text.contains(r#"kind="other",operation="other",outcome="unchanged"} 50"#),
+        "{text}"
+    );
+}
