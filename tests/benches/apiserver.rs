@@ -2,7 +2,12 @@
 //! path, printed as `BENCH <name> <value> <unit>`. Plain and opted-in creations alternate so
 //! that drift in the apiserver or etcd affects both alike.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +20,11 @@ const WARMUP: usize = 20;
 const CREATIONS: usize = 250;
 
 fn pod(name: &str, opted_in: bool) -> Pod {
-    let annotations: Value = if opted_in { json!({"jellyfin-ha.io/inject": "true"}) } else { json!({}) };
+    let annotations: Value = if opted_in {
+        json!({"jellyfin-ha.io/inject": "true"})
+    } else {
+        json!({})
+    };
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "annotations": annotations},
@@ -45,20 +54,41 @@ async fn main() {
         for opted_in in [false, true] {
             let name = format!("{}-{i}", if opted_in { "webhook" } else { "plain" });
             let started = Instant::now();
-            let created = pods.create(&PostParams::default(), &pod(&name, opted_in)).await.unwrap();
+            let created = pods
+                .create(&PostParams::default(), &pod(&name, opted_in))
+                .await
+                .unwrap();
             let elapsed = started.elapsed();
-            let was_mutated = created.metadata.annotations.unwrap_or_default().contains_key("jellyfin-ha.io/mutations");
-            assert_eq!(was_mutated, opted_in, "{name}: the webhook must see exactly the opted-in pods");
+            let was_mutated = created
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key("jellyfin-ha.io/mutations");
+            assert_eq!(
+                was_mutated, opted_in,
+                "{name}: the webhook must see exactly the opted-in pods"
+            );
             if i >= WARMUP {
-                if opted_in { mutated.push(elapsed) } else { plain.push(elapsed) }
+                if opted_in {
+                    mutated.push(elapsed)
+                } else {
+                    plain.push(elapsed)
+                }
             }
         }
     }
     let reviews = webhook.reviews_of("Pod").unwrap() - reviews_before;
-    assert_eq!(reviews, (WARMUP + CREATIONS) as u64, "only opted-in pods reached the webhook");
+    assert_eq!(
+        reviews,
+        (WARMUP + CREATIONS) as u64,
+        "only opted-in pods reached the webhook"
+    );
 
     let (plain_ms, webhook_ms) = (p50_ms(&mut plain), p50_ms(&mut mutated));
     println!("BENCH pod_create_p50_ms_plain {plain_ms:.3} ms");
     println!("BENCH pod_create_p50_ms_webhook {webhook_ms:.3} ms");
-    println!("BENCH pod_create_latency_ratio_with_webhook {:.3} ratio", webhook_ms / plain_ms);
+    println!(
+        "BENCH pod_create_latency_ratio_with_webhook {:.3} ratio",
+        webhook_ms / plain_ms
+    );
 }
