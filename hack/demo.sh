@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The local demo: a control plane with QuickSync kwok nodes, the jellyfin-ha webhook on this
-# host, and the example Jellyfin deployed through it. Prints what the webhook did and where the
-# pod landed, then cleans up (JFHA_KEEP_CLUSTER=1 leaves the cluster and webhook running).
+# The local demo: a control plane with QuickSync kwok nodes, the jellyfin-ha webhook and
+# scheduler extender on this host, and the example Jellyfin deployed through them. One node is
+# busy with other managed pods, one has lost power but still says Ready. Prints what the webhook
+# did, where the pod landed and the extender's explanation, then cleans up
+# (JFHA_KEEP_CLUSTER=1 leaves the cluster, webhook and extender running).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$REPO_ROOT/hack/lib-extender.sh"
 cd "$REPO_ROOT"
 
 DEMO_DIR="$REPO_ROOT/target/demo"
@@ -12,28 +15,65 @@ NS=media
 cleanup() {
   local rc=$?
   if [[ -z ${JFHA_KEEP_CLUSTER:-} ]]; then
+    stop_extender "$DEMO_DIR/extender"
     stop_webhook "$DEMO_DIR"
     hack/envtest.sh down >/dev/null 2>&1 || true
   fi
-  ((rc == 0)) || printf '\ndemo FAILED (exit %d); logs: target/envtest/logs, %s/webhook.log\n' "$rc" "$DEMO_DIR" >&2
+  ((rc == 0)) || printf '\ndemo FAILED (exit %d); logs: target/envtest/logs, %s/webhook.log, %s/extender/extender.log\n' "$rc" "$DEMO_DIR" "$DEMO_DIR" >&2
 }
 
 hack/envtest.sh status >/dev/null 2>&1 &&
   die "a local control plane is already up; stop it with hack/envtest.sh down so the demo can configure its scheduler"
 trap cleanup EXIT
 
-log "starting the local control plane"
-ENVTEST_SCHEDULER_CONFIG="$REPO_ROOT/manifests/scheduler/kube-scheduler-config.yaml" hack/envtest.sh up
+bin=$(build_binary)
+extender_port=${JFHA_EXTENDER_PORT:-18444}
+EXTENDER_DIR="$DEMO_DIR/extender"
+mkdir -p "$EXTENDER_DIR"
+"$bin" certs --out-dir "$EXTENDER_DIR/certs" --name localhost --name 127.0.0.1 2>/dev/null
+# The shipped scheduler configuration, pointed at the extender on this host.
+render_scheduler_config "https://127.0.0.1:$extender_port" "$EXTENDER_DIR/certs/ca.crt" "$EXTENDER_DIR/kube-scheduler-config.yaml"
+
+log "starting the local control plane (scheduler with the jellyfin-ha extender)"
+# A long grace period: the powered-off node keeps saying Ready for two minutes, as a node does
+# for 40-50 s in a real cluster; only its stale Lease gives it away.
+ENVTEST_NODE_MONITOR_GRACE=120s ENVTEST_SCHEDULER_CONFIG="$EXTENDER_DIR/kube-scheduler-config.yaml" hack/envtest.sh up
 eval "$(hack/envtest.sh env)"
 
-log "starting the webhook on this host"
-bin=$(build_binary)
+log "starting the webhook and the extender on this host"
 start_webhook "$bin" "$DEMO_DIR" "${JFHA_WEBHOOK_PORT:-18443}" "${JFHA_ADMIN_PORT:-18080}"
 register_webhook "$WEBHOOK_URL" "$WEBHOOK_CA"
+start_extender "$bin" "$EXTENDER_DIR" "$extender_port" "${JFHA_EXTENDER_ADMIN_PORT:-18081}"
 
 log "adding nodes: three QuickSync hosts and one without an iGPU"
-for node in nuc-1 nuc-2 nuc-3; do hack/envtest.sh node-add "$node" --gpu-count 1 >/dev/null; done
+for node in nuc-1 nuc-2 nuc-3; do hack/envtest.sh node-add "$node" --gpu-count 2 >/dev/null; done
 hack/envtest.sh node-add storage-1 --no-gpu >/dev/null
+
+log "nuc-2 loses power (its Lease stops; it keeps saying Ready for now)"
+hack/envtest.sh node-power-off nuc-2 2>/dev/null
+
+log "nuc-1 gets busy: two other managed transcoders run there"
+kubectl create namespace transcode >/dev/null
+for i in 1 2; do
+  kubectl -n transcode apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  name: transcoder-$i
+  labels: {jellyfin-ha.io/managed: "true"}
+spec:
+  nodeName: nuc-1
+  containers: [{name: transcode, image: docker.io/jellyfin/jellyfin:10.10.7}]
+YAML
+done
+
+log "waiting until nuc-2's Lease is older than the extender's 20 s threshold"
+for _ in $(seq 400); do
+  renewed=$(kubectl -n kube-node-lease get lease nuc-2 -o jsonpath='{.spec.renewTime}')
+  (($(date +%s) - $(date -d "$renewed" +%s) > 21)) && break
+  sleep 0.1
+done
+(($(date +%s) - $(date -d "$renewed" +%s) > 21)) || die "nuc-2's Lease is still being renewed"
 
 log "deploying the example Jellyfin (Deployment, ReadWriteOnce Ceph RBD claim, opt-in annotation)"
 kubectl apply -f manifests/example/jellyfin.yaml >/dev/null
@@ -77,7 +117,13 @@ kubectl -n "$NS" get pod "$pod" -o jsonpath='{range .spec.tolerations[*]}  {.key
 echo "Termination grace: $(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.spec.terminationGracePeriodSeconds}')s"
 echo "iGPU limit: gpu.intel.com/i915=$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.spec.containers[0].resources.limits.gpu\.intel\.com/i915}')"
 echo
-echo "Nodes:"
+echo "Nodes (nuc-2 still says Ready):"
 kubectl get nodes -L intel.feature.node.kubernetes.io/gpu
+echo
+echo "Why the scheduler extender put it there (jellyfin-ha explain $pod -n $NS):"
+"$bin" explain "$pod" -n "$NS"
+[[ $node == nuc-3 ]] || die "expected Jellyfin on nuc-3 (idle and alive), not $node"
+[[ $(kubectl get node nuc-2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]] ||
+  die "nuc-2 turned NotReady before the end of the demo: the extender's verdict was not the only thing keeping Jellyfin off it"
 echo
 echo "demo OK"
