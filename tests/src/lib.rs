@@ -187,3 +187,58 @@ where
         }
     }
 }
+
+/// Runs a verb of `hack/envtest.sh` and returns its standard output.
+pub fn envtest(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(repo_root().join("hack/envtest.sh"))
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "hack/envtest.sh {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A kwok node of a test's own, deleted with its Lease and CSINode when dropped.
+pub struct TestNode {
+    pub name: String,
+}
+
+impl TestNode {
+    /// A QuickSync-like node with `gpus` iGPU shares (0: no GPU label or resource).
+    pub fn add(prefix: &str, gpus: u32) -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let name = format!("{prefix}-{}-{nanos:x}", std::process::id());
+        let gpu_flag = if gpus == 0 {
+            vec!["--no-gpu".to_string()]
+        } else {
+            vec!["--gpu-count".into(), gpus.to_string()]
+        };
+        let mut args = vec!["node-add", name.as_str()];
+        args.extend(gpu_flag.iter().map(String::as_str));
+        envtest(&args)?;
+        Ok(Self { name })
+    }
+
+    /// The machine dies: its Lease stops being renewed and its pods stop being updated.
+    pub fn power_off(&self) -> anyhow::Result<()> {
+        envtest(&["node-power-off", &self.name]).map(drop)
+    }
+
+    /// The machine boots again, with a new bootID.
+    pub fn power_on(&self) -> anyhow::Result<()> {
+        envtest(&["node-power-on", &self.name]).map(drop)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = envtest(&["node-delete", &self.name]);
+    }
+}
