@@ -68,7 +68,7 @@ async fn powered_off_node_stops_heartbeating_and_boots_again_with_a_new_boot_id(
     );
     // node-monitor-grace-period (40 s by default) plus the controller's 5 s monitor period.
     eventually(
-        Duration::from_secs(70),
+        Duration::from_secs(90),
         "the node to be marked not ready",
         || async {
             Ok(ready_status(&client, &node.name)
