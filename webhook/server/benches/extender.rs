@@ -1,0 +1,152 @@
+//! Extender server time at 5000 nodes, printed as `BENCH <name> <value> <unit>`:
+//!
+//! - `extender_filter_p99_ms_5000`, `extender_prioritize_p99_ms_5000`: p99 of one call through
+//!   the real router (body parse, snapshot read, decision, JSON answer), with 5000 node names
+//!   as `nodeCacheCapable: true` sends them, over a snapshot holding 5000 QuickSync nodes with
+//!   their Leases and CSINodes, 500 managed pods and 200 volume attachments.
+//!
+//! Memory is measured on the real binary against a control plane (`hack/bench.sh extender`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use jellyfin_ha::extender::{ExtenderState, router};
+use jellyfin_ha::metrics::Metrics;
+use jellyfin_ha::reflect::{SharedSnapshot, SyncState};
+use jellyfin_ha_core::extender::snapshot::{
+    CsiNodeInfo, LeaseInfo, ManagedPodInfo, NodeInfo, VolumeAttachmentInfo,
+};
+use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const POD: &str = include_str!("../../core/tests/fixtures/extender/pod-jellyfin.json");
+const NODES: usize = 5000;
+const CALLS: usize = 1000;
+
+fn now() -> Timestamp {
+    "2026-11-24T20:01:10Z".parse().unwrap()
+}
+
+fn name(i: usize) -> String {
+    format!("qs-{i:05}")
+}
+
+fn snapshot(policy: &ExtenderPolicy) -> Snapshot {
+    let mut snapshot = Snapshot::new();
+    for i in 0..NODES {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name(i), "labels": {"intel.feature.node.kubernetes.io/gpu": "true"},
+                "annotations": {"jellyfin-ha.io/gpu-busy": format!("{}@2026-11-24T20:00:50Z", i % 100)}},
+            "status": {
+                "allocatable": {"gpu.intel.com/i915": "2"},
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-24T19:00:00Z"}],
+                "nodeInfo": {"bootID": format!("boot-{i}"), "machineID": "", "systemUUID": "", "kernelVersion": "",
+                    "osImage": "", "containerRuntimeVersion": "", "kubeletVersion": "", "kubeProxyVersion": "",
+                    "operatingSystem": "linux", "architecture": "amd64"}
+            }
+        }))
+        .unwrap();
+        snapshot.upsert_node(NodeInfo::from_node(&node, policy).unwrap());
+        snapshot.upsert_lease(LeaseInfo {
+            node_name: name(i),
+            renew_time: Some("2026-11-24T20:01:05Z".parse().unwrap()),
+            lease_duration_seconds: Some(40),
+        });
+        snapshot.upsert_csi_node(CsiNodeInfo {
+            node_name: name(i),
+            attach_limits: [("rbd.csi.ceph.com".to_string(), 32)].into(),
+        });
+    }
+    for i in 0..500 {
+        snapshot.upsert_managed_pod(ManagedPodInfo {
+            namespace: "load".into(),
+            name: format!("transcoder-{i}"),
+            node_name: Some(name(i * 7 % NODES)),
+            terminating: false,
+            finished: false,
+            claims: Vec::new(),
+        });
+    }
+    for i in 0..200 {
+        snapshot.upsert_attachment(VolumeAttachmentInfo {
+            name: format!("csi-{i}"),
+            pv_name: Some(format!("pv-{i}")),
+            node_name: name(i * 13 % NODES),
+            attacher: "rbd.csi.ceph.com".into(),
+            attached: true,
+            deleting: false,
+        });
+    }
+    snapshot
+}
+
+/// The `percent`th percentile of sorted samples, in milliseconds.
+fn percentile_ms(sorted: &[Duration], percent: usize) -> f64 {
+    let index = (sorted.len() * percent).div_ceil(100).saturating_sub(1);
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+async fn measure(state: &ExtenderState, path: &str, body: &[u8]) -> Duration {
+    let app = router(state.clone());
+    let request = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_vec()))
+        .unwrap();
+    let started = Instant::now();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let elapsed = started.elapsed();
+    assert!(bytes.len() > 2);
+    elapsed
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let policy = ExtenderPolicy::default();
+    let state = ExtenderState {
+        snapshot: SharedSnapshot::new(snapshot(&policy)),
+        synced: SyncState::all_synced(),
+        policy: Arc::new(policy),
+        metrics: Arc::new(Metrics::default()),
+        now,
+    };
+    let pod: Value = serde_json::from_str(POD).unwrap();
+    let names: Vec<String> = (0..NODES).map(name).collect();
+    let body = serde_json::to_vec(&json!({"Pod": pod, "Nodes": null, "NodeNames": names})).unwrap();
+    for (verb, path) in [("filter", "/filter"), ("prioritize", "/prioritize")] {
+        for _ in 0..50 {
+            measure(&state, path, &body).await;
+        }
+        let mut samples = Vec::with_capacity(CALLS);
+        for _ in 0..CALLS {
+            samples.push(measure(&state, path, &body).await);
+        }
+        samples.sort();
+        println!(
+            "BENCH extender_{verb}_p50_ms_{NODES} {:.3} ms",
+            percentile_ms(&samples, 50)
+        );
+        println!(
+            "BENCH extender_{verb}_p99_ms_{NODES} {:.3} ms",
+            percentile_ms(&samples, 99)
+        );
+    }
+}
