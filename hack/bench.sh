@@ -2,6 +2,7 @@
 # Benchmarks; each prints its figures as `BENCH <name> <value> <unit>`.
 #   hack/bench.sh webhook     the webhook's throughput against a no-op floor, latency and memory
 #   hack/bench.sh apiserver   pod creation latency through kube-apiserver with and without the webhook
+#   hack/bench.sh extender    extender server time, memory and scheduler throughput at 5000 nodes
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -20,5 +21,6 @@ bench_apiserver() {
 case ${1:-} in
   webhook) bench_webhook ;;
   apiserver) bench_apiserver ;;
-  *) die "usage: $0 webhook|apiserver" ;;
+  extender) exec hack/bench-extender.sh ;;
+  *) die "usage: $0 webhook|apiserver|extender" ;;
 esac
