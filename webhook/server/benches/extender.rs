@@ -17,8 +17,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use jellyfin_ha::extender::{ExtenderState, router};
 use jellyfin_ha::metrics::Metrics;
@@ -99,11 +101,11 @@ fn percentile_ms(sorted: &[Duration], percent: usize) -> f64 {
     sorted[index].as_secs_f64() * 1000.0
 }
 
-async fn measure(state: &ExtenderState, path: &str, body: &[u8]) -> Duration {
-    let app = router(state.clone());
+async fn measure(app: &Router, path: &str, body: &Bytes) -> Duration {
+    let app = app.clone();
     let request = Request::post(path)
         .header("content-type", "application/json")
-        .body(Body::from(body.to_vec()))
+        .body(Body::from(body.clone()))
         .unwrap();
     let started = Instant::now();
     let response = app.oneshot(request).await.unwrap();
@@ -130,14 +132,17 @@ async fn run() {
     };
     let pod: Value = serde_json::from_str(POD).unwrap();
     let names: Vec<String> = (0..NODES).map(name).collect();
-    let body = serde_json::to_vec(&json!({"Pod": pod, "Nodes": null, "NodeNames": names})).unwrap();
+    let body = Bytes::from(
+        serde_json::to_vec(&json!({"Pod": pod, "Nodes": null, "NodeNames": names})).unwrap(),
+    );
+    let app = router(state);
     for (verb, path) in [("filter", "/filter"), ("prioritize", "/prioritize")] {
         for _ in 0..50 {
-            measure(&state, path, &body).await;
+            measure(&app, path, &body).await;
         }
         let mut samples = Vec::with_capacity(CALLS);
         for _ in 0..CALLS {
-            samples.push(measure(&state, path, &body).await);
+            samples.push(measure(&app, path, &body).await);
         }
         samples.sort();
         println!(

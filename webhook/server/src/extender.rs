@@ -153,34 +153,28 @@ async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response
     response
 }
 
-/// Parses the call and runs `decide` off the async workers: a full Node list can take tens
-/// of milliseconds to parse. Counts the call by outcome.
+/// Bodies larger than this are parsed and decided on the blocking pool: a full Node list can
+/// take tens of milliseconds to parse, which must not stall the async workers. Calls with node
+/// names (well under this) run inline, saving the thread hand-off (~60 µs).
+const INLINE_BODY_BYTES: usize = 1024 * 1024;
+
+/// Parses the call and runs `decide`, inline or on the blocking pool depending on its size.
+/// Counts the call by outcome.
 async fn decide<T: Send + 'static>(
     state: &ExtenderState,
     verb: Verb,
     body: Bytes,
     decide: fn(&ExtenderState, ExtenderArgs, Timestamp) -> T,
 ) -> Result<T, CallError> {
-    let task_state = state.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let args: ExtenderArgs = serde_json::from_slice(&body).map_err(CallError::Invalid)?;
-        task_state
-            .metrics
-            .extender_candidates
-            .get_or_create(&VerbLabels {
-                verb: verb.as_str().to_string(),
-            })
-            .inc_by(args.candidate_count() as u64);
-        // Checked after parsing so that a call before the first sync is still counted.
-        if !task_state.synced.is_synced() {
-            return Err(CallError::NotSynced);
-        }
-        let now = (task_state.now)();
-        Ok(decide(&task_state, args, now))
-    })
-    .await
-    .map_err(CallError::Task)
-    .and_then(|inner| inner);
+    let result = if body.len() <= INLINE_BODY_BYTES {
+        parse_and_decide(state, verb, &body, decide)
+    } else {
+        let task_state = state.clone();
+        tokio::task::spawn_blocking(move || parse_and_decide(&task_state, verb, &body, decide))
+            .await
+            .map_err(CallError::Task)
+            .and_then(|inner| inner)
+    };
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => {
@@ -197,6 +191,27 @@ async fn decide<T: Send + 'static>(
         })
         .inc();
     result
+}
+
+fn parse_and_decide<T>(
+    state: &ExtenderState,
+    verb: Verb,
+    body: &[u8],
+    decide: fn(&ExtenderState, ExtenderArgs, Timestamp) -> T,
+) -> Result<T, CallError> {
+    let args: ExtenderArgs = serde_json::from_slice(body).map_err(CallError::Invalid)?;
+    state
+        .metrics
+        .extender_candidates
+        .get_or_create(&VerbLabels {
+            verb: verb.as_str().to_string(),
+        })
+        .inc_by(args.candidate_count() as u64);
+    // Checked after parsing so that a call before the first sync is still counted.
+    if !state.synced.is_synced() {
+        return Err(CallError::NotSynced);
+    }
+    Ok(decide(state, args, (state.now)()))
 }
 
 fn observe(state: &ExtenderState, verb: Verb, started: Instant) {

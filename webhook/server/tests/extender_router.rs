@@ -228,3 +228,16 @@ async fn calls_are_counted_by_verb_and_outcome() {
     );
     assert!(text.contains("jellyfin_ha_extender_call_duration_seconds_count{verb=\"filter\"} 2"));
 }
+
+#[tokio::test]
+async fn large_calls_are_decided_off_the_async_workers_alike() {
+    // Past the inline limit, as a full Node list at a few hundred nodes is.
+    let mut body = ARGS_NAMES.to_string();
+    body.push_str(&" ".repeat(2 * 1024 * 1024));
+    let (status, result) = post_json(state(), "/filter", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(result["NodeNames"], json!(["qs-1"]));
+    let (status, result) = post_json(state(), "/prioritize", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(result.as_array().unwrap().len(), 3);
+}
