@@ -1,7 +1,9 @@
 //! Command-line interface. Every flag can also be set from the environment.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use anyhow::Context;
 use axum::Router;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jellyfin_ha_certs::CertFiles;
+use jellyfin_ha_core::extender::ExtenderPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -55,6 +58,9 @@ enum Command {
     Webhook(WebhookArgs),
     /// Serve the kube-scheduler extender (POST /filter, POST /prioritize) over HTTPS.
     Extender(ExtenderRoleArgs),
+    /// Serve the webhook and the extender from one process, on two ports, with one
+    /// certificate and one admin port.
+    Serve(ServeArgs),
     /// Mutate manifests offline exactly as the webhook would, and print the result.
     Mutate(MutateArgs),
     /// Show, from the live cluster, why each node passes or fails the extender's filter for a
@@ -121,6 +127,44 @@ pub struct ExtenderRoleArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTPS address for admission reviews.
+    #[arg(
+        long,
+        env = "JELLYFIN_HA_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub webhook_listen: SocketAddr,
+    /// HTTPS address for the scheduler's filter and prioritize calls.
+    #[arg(
+        long,
+        env = "JELLYFIN_HA_EXTENDER_LISTEN",
+        default_value = "0.0.0.0:8444"
+    )]
+    pub extender_listen: SocketAddr,
+    /// PEM certificate chain for both ports (valid for both Services' names); re-read when it
+    /// changes.
+    #[arg(long, env = "JELLYFIN_HA_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key; re-read when it changes.
+    #[arg(long, env = "JELLYFIN_HA_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Config file (YAML); every field has a default.
+    #[arg(long, env = "JELLYFIN_HA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Plain-HTTP address for /livez, /readyz (ready once every cache has synced) and
+    /// /metrics.
+    #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+    /// How long a shutdown waits for in-flight requests.
+    #[arg(long, env = "JELLYFIN_HA_SHUTDOWN_SECONDS", default_value_t = 20)]
+    pub shutdown_seconds: u64,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "JELLYFIN_HA_CERT_RELOAD_SECONDS", default_value_t = 10)]
+    pub cert_reload_seconds: u64,
+}
+
+#[derive(Debug, Args)]
 struct MutateArgs {
     /// Manifest file (YAML, multi-document YAML, JSON or a v1/List), or - for stdin.
     #[arg(short = 'f', long = "filename")]
@@ -152,6 +196,9 @@ pub fn main() -> ExitCode {
         Command::Extender(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run_extender(args))),
+        Command::Serve(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run_serve(args))),
         Command::Mutate(args) => run_mutate(args),
         Command::Explain(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
@@ -210,8 +257,8 @@ fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
 
 /// What every HTTPS role is served with.
 struct RoleServer {
-    role: &'static str,
-    listen: SocketAddr,
+    /// Each role's HTTPS address and routes; they share the certificate and admin port.
+    roles: Vec<(&'static str, SocketAddr, Router)>,
     admin_listen: SocketAddr,
     tls_cert: PathBuf,
     tls_key: PathBuf,
@@ -229,8 +276,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
     });
     let server = RoleServer {
-        role: "webhook",
-        listen: args.listen,
+        roles: vec![("webhook", args.listen, app)],
         admin_listen: args.admin_listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
@@ -239,58 +285,100 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     };
     // Nothing to wait for: ready as soon as both ports listen.
     let ready_when = |ready: Arc<AtomicBool>| async move { ready.store(true, Ordering::Release) };
-    serve_role(server, app, metrics, ready, ready_when, shutdown).await
+    serve_roles(server, metrics, ready, ready_when, shutdown).await
 }
 
 async fn run_extender(args: ExtenderRoleArgs) -> anyhow::Result<()> {
     let policy = Arc::new(load_config(args.config.as_deref())?.extender);
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
-    let snapshot = SharedSnapshot::default();
-    let synced = SyncState::default();
-    reflect::spawn_watchers(&client, Arc::clone(&policy), &snapshot, &synced, &shutdown);
-    let app = crate::extender::router(ExtenderState::new(
-        snapshot,
-        synced.clone(),
-        policy,
-        Arc::clone(&metrics),
-    ));
+    let (app, synced) = start_extender(policy, &metrics, &shutdown).await?;
     let server = RoleServer {
-        role: "extender",
-        listen: args.listen,
+        roles: vec![("extender", args.listen, app)],
         admin_listen: args.admin_listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         shutdown_seconds: args.shutdown_seconds,
         cert_reload_seconds: args.cert_reload_seconds,
     };
-    let stop = shutdown.clone();
-    // Ready once every cache holds its first full list: before that, filter would reject
-    // nodes it simply has not seen yet.
-    let ready_when = |ready: Arc<AtomicBool>| async move {
-        let mut ticks = tokio::time::interval(Duration::from_millis(100));
-        while !synced.is_synced() {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                () = stop.cancelled() => return,
-            }
-        }
-        tracing::info!("every cache synced; ready");
-        ready.store(true, Ordering::Release);
-    };
-    serve_role(server, app, metrics, ready, ready_when, shutdown).await
+    let ready_when = ready_when_synced(synced, shutdown.clone());
+    serve_roles(server, metrics, ready, ready_when, shutdown).await
 }
 
-/// Serves `app` over TLS and the admin port until the shutdown signal, reloading the
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown::on_signals();
+    let webhook_app = webhook::router(WebhookState {
+        policy: Arc::new(config.policy),
+        metrics: Arc::clone(&metrics),
+    });
+    let (extender_app, synced) =
+        start_extender(Arc::new(config.extender), &metrics, &shutdown).await?;
+    let server = RoleServer {
+        roles: vec![
+            ("webhook", args.webhook_listen, webhook_app),
+            ("extender", args.extender_listen, extender_app),
+        ],
+        admin_listen: args.admin_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        shutdown_seconds: args.shutdown_seconds,
+        cert_reload_seconds: args.cert_reload_seconds,
+    };
+    let ready_when = ready_when_synced(synced, shutdown.clone());
+    serve_roles(server, metrics, ready, ready_when, shutdown).await
+}
+
+/// Connects to the API, starts the watchers and returns the extender's routes.
+async fn start_extender(
+    policy: Arc<ExtenderPolicy>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Router, SyncState)> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+    let snapshot = SharedSnapshot::default();
+    let synced = SyncState::default();
+    reflect::spawn_watchers(&client, Arc::clone(&policy), &snapshot, &synced, shutdown);
+    let app = crate::extender::router(ExtenderState::new(
+        snapshot,
+        synced.clone(),
+        policy,
+        Arc::clone(metrics),
+    ));
+    Ok((app, synced))
+}
+
+/// Ready once every cache holds its first full list: before that, filter would reject nodes
+/// it simply has not seen yet.
+fn ready_when_synced(
+    synced: SyncState,
+    stop: CancellationToken,
+) -> impl FnOnce(Arc<AtomicBool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    move |ready| {
+        Box::pin(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(100));
+            while !synced.is_synced() {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            tracing::info!("every cache synced; ready");
+            ready.store(true, Ordering::Release);
+        })
+    }
+}
+
+/// Serves each role over TLS and the admin port until the shutdown signal, reloading the
 /// certificate as it changes. `/readyz` turns true when `ready_when` has set `ready`, and
 /// false again on shutdown.
-async fn serve_role<F, Fut>(
+async fn serve_roles<F, Fut>(
     server: RoleServer,
-    app: Router,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     ready_when: F,
@@ -302,13 +390,18 @@ where
 {
     let certs = CertFiles::load(&server.tls_cert, &server.tls_key)?;
     let tls = Arc::new(certs.server_config()?);
-    let listener = TcpListener::bind(server.listen)
-        .await
-        .with_context(|| format!("binding {}", server.listen))?;
+    let mut listeners = Vec::with_capacity(server.roles.len());
+    for (role, listen, app) in server.roles {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen} for the {role}"))?;
+        tracing::info!(role, %listen, "serving");
+        listeners.push((listener, app));
+    }
     let admin_listener = TcpListener::bind(server.admin_listen)
         .await
         .with_context(|| format!("binding {}", server.admin_listen))?;
-    tracing::info!(role = server.role, listen = %server.listen, admin = %server.admin_listen, "serving");
+    tracing::info!(admin = %server.admin_listen, "admin port");
 
     tokio::spawn(reload_certificates(
         certs,
@@ -335,13 +428,10 @@ where
     };
     tokio::spawn(not_ready_on_shutdown);
 
-    serve::serve_tls(
-        listener,
-        tls,
-        app,
-        shutdown,
-        Duration::from_secs(server.shutdown_seconds),
-    )
+    let drain = Duration::from_secs(server.shutdown_seconds);
+    futures::future::join_all(listeners.into_iter().map(|(listener, app)| {
+        serve::serve_tls(listener, Arc::clone(&tls), app, shutdown.clone(), drain)
+    }))
     .await;
     admin
         .await
