@@ -2,8 +2,8 @@
 //! the least-loaded QuickSync node, avoid a node whose Lease went stale while it still says
 //! Ready, follow their attached volume; pods that are not managed never reach the extender.
 //!
-//! Run by `hack/e2e-extender.sh`, which starts the extender and a kube-scheduler profile
-//! configured with it. Without that environment these tests do nothing.
+//! Ignored by default; `hack/e2e-extender.sh` starts the extender and a kube-scheduler
+//! profile configured with it, then runs them with `--ignored`.
 
 #![allow(
     clippy::unwrap_used,
@@ -42,13 +42,9 @@ fn env() -> Option<Env> {
 
 macro_rules! require_env {
     () => {
-        match env() {
-            Some(env) => env,
-            None => {
-                eprintln!("skipped: run the extender end-to-end tests with hack/e2e-extender.sh");
-                return;
-            }
-        }
+        env().expect(
+            "JFHA_E2E_EXTENDER_ADMIN and JFHA_E2E_SCHEDULER_NAME are not set: run hack/e2e-extender.sh",
+        )
     };
 }
 
@@ -209,6 +205,7 @@ async fn setup(prefix: &str) -> (Client, TestNamespace, Api<Pod>) {
 }
 
 #[tokio::test]
+#[ignore = "needs the extender and its scheduler: run hack/e2e-extender.sh"]
 async fn lands_on_the_least_loaded_quicksync_node() {
     let env = require_env!();
     let (_client, _namespace, pods) = setup("ext-load").await;
@@ -235,6 +232,7 @@ async fn lands_on_the_least_loaded_quicksync_node() {
 }
 
 #[tokio::test]
+#[ignore = "needs the extender and its scheduler: run hack/e2e-extender.sh"]
 async fn avoids_a_node_whose_lease_went_stale_while_it_still_says_ready() {
     let env = require_env!();
     let (client, _namespace, pods) = setup("ext-stale").await;
@@ -278,6 +276,7 @@ async fn avoids_a_node_whose_lease_went_stale_while_it_still_says_ready() {
 }
 
 #[tokio::test]
+#[ignore = "needs the extender and its scheduler: run hack/e2e-extender.sh"]
 async fn follows_its_attached_volume() {
     let env = require_env!();
     let (client, namespace, pods) = setup("ext-vol").await;
@@ -354,6 +353,7 @@ async fn follows_its_attached_volume() {
 }
 
 #[tokio::test]
+#[ignore = "needs the extender and its scheduler: run hack/e2e-extender.sh"]
 async fn pods_that_are_not_managed_never_reach_the_extender() {
     let env = require_env!();
     let (_client, _namespace, pods) = setup("ext-plain").await;
