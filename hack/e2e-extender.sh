@@ -65,5 +65,6 @@ done
 log "kube-scheduler profile $SCHEDULER_NAME on 127.0.0.1:$SCHEDULER_PORT"
 
 export JFHA_E2E_EXTENDER_ADMIN=$EXTENDER_ADMIN JFHA_E2E_SCHEDULER_NAME=$SCHEDULER_NAME
+export JFHA_E2E_BIN=$bin JFHA_E2E_EXTENDER_CONFIG=$DIR/config.yaml
 # One at a time: the tests count the extender's calls.
 cargo test -j2 -p jellyfin-ha-e2e --test extender -- --ignored --test-threads=1 "$@"

@@ -29,15 +29,49 @@ use serde_json::{Value, json};
 struct Env {
     admin: String,
     scheduler_name: String,
+    /// The `jellyfin-ha` binary the extender runs, and its config file.
+    bin: String,
+    config: String,
 }
 
 fn env() -> Option<Env> {
-    let admin = std::env::var("JFHA_E2E_EXTENDER_ADMIN").ok()?;
-    let scheduler_name = std::env::var("JFHA_E2E_SCHEDULER_NAME").ok()?;
+    let var = |name: &str| std::env::var(name).ok();
     Some(Env {
-        admin,
-        scheduler_name,
+        admin: var("JFHA_E2E_EXTENDER_ADMIN")?,
+        scheduler_name: var("JFHA_E2E_SCHEDULER_NAME")?,
+        bin: var("JFHA_E2E_BIN")?,
+        config: var("JFHA_E2E_EXTENDER_CONFIG")?,
     })
+}
+
+/// `jellyfin-ha explain` against the local control plane, with the extender's config.
+fn explain(env: &Env, namespace: &str, pod: &str) -> String {
+    let output = Command::new(&env.bin)
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(["explain", pod, "-n", namespace, "--config", &env.config])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "explain: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The explain table's row for `node`, split into columns (the reasons are the rest).
+fn explain_row(table: &str, node: &str) -> Vec<String> {
+    table
+        .lines()
+        .find(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|first| first.trim_end_matches('*') == node)
+        })
+        .unwrap_or_else(|| panic!("no row for {node}:\n{table}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 macro_rules! require_env {
@@ -235,7 +269,7 @@ async fn lands_on_the_least_loaded_quicksync_node() {
 #[ignore = "needs the extender and its scheduler: run hack/e2e-extender.sh"]
 async fn avoids_a_node_whose_lease_went_stale_while_it_still_says_ready() {
     let env = require_env!();
-    let (client, _namespace, pods) = setup("ext-stale").await;
+    let (client, namespace, pods) = setup("ext-stale").await;
     // The idle node, which the scores alone would pick, is the one that dies.
     let _nodes = Nodes::add("stale", &["ext-stale-1", "ext-stale-2"]);
     create_all(&pods, vec![load_pod("busy", "ext-stale-2", None)]).await;
@@ -273,6 +307,17 @@ async fn avoids_a_node_whose_lease_went_stale_while_it_still_says_ready() {
         "True",
         "the node turned NotReady before the pod was placed; raise ENVTEST_NODE_MONITOR_GRACE"
     );
+    // explain says why, from the live cluster.
+    let table = explain(&env, &namespace.name, "jellyfin");
+    let dead = explain_row(&table, "ext-stale-1");
+    assert_eq!(dead[1], "no", "{table}");
+    assert!(
+        table.contains("heartbeat lease not renewed in the last 15s"),
+        "{table}"
+    );
+    let chosen = explain_row(&table, "ext-stale-2");
+    assert_eq!(chosen[0], "ext-stale-2*", "{table}");
+    assert_eq!(chosen[1], "yes", "{table}");
 }
 
 #[tokio::test]
