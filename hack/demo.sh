@@ -120,7 +120,8 @@ echo
 echo "Nodes (nuc-2 still says Ready):"
 kubectl get nodes -L intel.feature.node.kubernetes.io/gpu
 echo
-echo "Why the scheduler extender put it there (jellyfin-ha explain $pod -n $NS):"
+echo "Why the scheduler extender put it there (jellyfin-ha explain $pod -n $NS; now that the"
+echo "volume is attached to $node, every other node also fails the volume check):"
 "$bin" explain "$pod" -n "$NS"
 [[ $node == nuc-3 ]] || die "expected Jellyfin on nuc-3 (idle and alive), not $node"
 [[ $(kubectl get node nuc-2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]] ||
