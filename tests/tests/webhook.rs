@@ -304,7 +304,7 @@ async fn every_manifest_is_accepted_by_the_apiserver() {
         );
     }
     drop(client);
-    for dir in ["manifests/base", "manifests/example"] {
+    for dir in ["manifests/base", "manifests/example", "manifests/scheduler"] {
         let path = repo_root().join(dir);
         let output = kubectl(&["apply", "--dry-run=server", "-k", path.to_str().unwrap()]).unwrap();
         assert!(

@@ -208,7 +208,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe_error(&e));
             ExitCode::FAILURE
         }
     }
@@ -472,5 +472,39 @@ async fn reload_certificates(
                 result: result.to_string(),
             })
             .inc();
+    }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message before it
+/// already quotes (thiserror messages often include their source).
+fn describe_error(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let error = anyhow::Error::new(io)
+            .context("reading /x: No such file")
+            .context("starting the webhook");
+        assert_eq!(
+            describe_error(&error),
+            "starting the webhook: reading /x: No such file"
+        );
     }
 }
