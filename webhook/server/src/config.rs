@@ -133,6 +133,17 @@ mod tests {
         load_policy(Some(&path))
     }
 
+    /// The ConfigMap users install documents every field with its default; keep it true.
+    #[test]
+    fn shipped_config_is_the_default() {
+        let manifest: serde_json::Value =
+            serde_yaml::from_str(include_str!("../../../manifests/base/config.yaml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, manifest["data"]["config.yaml"].as_str().unwrap()).unwrap();
+        assert_eq!(load_config(Some(&path)).unwrap(), ConfigFile::default());
+    }
+
     #[test]
     fn empty_file_is_the_default() {
         assert_eq!(load("").unwrap(), Policy::default());
