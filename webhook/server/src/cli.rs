@@ -70,21 +70,22 @@ enum Command {
     Certs(CertsArgs),
 }
 
+/// Flags every HTTPS role shares.
 #[derive(Debug, Args)]
-pub struct WebhookArgs {
-    /// HTTPS address for admission reviews.
-    #[arg(long, env = "JELLYFIN_HA_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: SocketAddr,
-    /// PEM certificate chain; re-read when it changes.
+pub struct ServerArgs {
+    /// PEM certificate chain (for `serve`, valid for both Services' names); re-read when it
+    /// changes.
     #[arg(long, env = "JELLYFIN_HA_TLS_CERT")]
     pub tls_cert: PathBuf,
     /// PEM private key; re-read when it changes.
     #[arg(long, env = "JELLYFIN_HA_TLS_KEY")]
     pub tls_key: PathBuf,
-    /// Policy file (YAML); every field has a default.
+    /// Config file (YAML): the webhook's policy and the `extender:` section. Every field has
+    /// a default.
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Plain-HTTP address for /livez, /readyz and /metrics.
+    /// Plain-HTTP address for /livez, /readyz and /metrics. /readyz turns true once the
+    /// ports listen and, for the extender, every cache has synced.
     #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
     /// How long a shutdown waits for in-flight requests.
@@ -96,6 +97,15 @@ pub struct WebhookArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// HTTPS address for admission reviews.
+    #[arg(long, env = "JELLYFIN_HA_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ExtenderRoleArgs {
     /// HTTPS address for the scheduler's filter and prioritize calls.
     #[arg(
@@ -104,26 +114,8 @@ pub struct ExtenderRoleArgs {
         default_value = "0.0.0.0:8444"
     )]
     pub listen: SocketAddr,
-    /// PEM certificate chain; re-read when it changes.
-    #[arg(long, env = "JELLYFIN_HA_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key; re-read when it changes.
-    #[arg(long, env = "JELLYFIN_HA_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// Config file (YAML); the extender reads its `extender:` section. Every field has a
-    /// default.
-    #[arg(long, env = "JELLYFIN_HA_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Plain-HTTP address for /livez, /readyz (ready once every cache has synced) and
-    /// /metrics.
-    #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    pub admin_listen: SocketAddr,
-    /// How long a shutdown waits for in-flight requests.
-    #[arg(long, env = "JELLYFIN_HA_SHUTDOWN_SECONDS", default_value_t = 20)]
-    pub shutdown_seconds: u64,
-    /// How often the certificate files are checked for changes.
-    #[arg(long, env = "JELLYFIN_HA_CERT_RELOAD_SECONDS", default_value_t = 10)]
-    pub cert_reload_seconds: u64,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -142,26 +134,8 @@ pub struct ServeArgs {
         default_value = "0.0.0.0:8444"
     )]
     pub extender_listen: SocketAddr,
-    /// PEM certificate chain for both ports (valid for both Services' names); re-read when it
-    /// changes.
-    #[arg(long, env = "JELLYFIN_HA_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key; re-read when it changes.
-    #[arg(long, env = "JELLYFIN_HA_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// Config file (YAML); every field has a default.
-    #[arg(long, env = "JELLYFIN_HA_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Plain-HTTP address for /livez, /readyz (ready once every cache has synced) and
-    /// /metrics.
-    #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    pub admin_listen: SocketAddr,
-    /// How long a shutdown waits for in-flight requests.
-    #[arg(long, env = "JELLYFIN_HA_SHUTDOWN_SECONDS", default_value_t = 20)]
-    pub shutdown_seconds: u64,
-    /// How often the certificate files are checked for changes.
-    #[arg(long, env = "JELLYFIN_HA_CERT_RELOAD_SECONDS", default_value_t = 10)]
-    pub cert_reload_seconds: u64,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -259,15 +233,11 @@ fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
 struct RoleServer {
     /// Each role's HTTPS address and routes; they share the certificate and admin port.
     roles: Vec<(&'static str, SocketAddr, Router)>,
-    admin_listen: SocketAddr,
-    tls_cert: PathBuf,
-    tls_key: PathBuf,
-    shutdown_seconds: u64,
-    cert_reload_seconds: u64,
+    args: ServerArgs,
 }
 
 async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
-    let policy = Arc::new(load_policy(args.config.as_deref())?);
+    let policy = Arc::new(load_policy(args.server.config.as_deref())?);
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
@@ -277,11 +247,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     });
     let server = RoleServer {
         roles: vec![("webhook", args.listen, app)],
-        admin_listen: args.admin_listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        shutdown_seconds: args.shutdown_seconds,
-        cert_reload_seconds: args.cert_reload_seconds,
+        args: args.server,
     };
     // Nothing to wait for: ready as soon as both ports listen.
     let ready_when = |ready: Arc<AtomicBool>| async move { ready.store(true, Ordering::Release) };
@@ -289,25 +255,21 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
 }
 
 async fn run_extender(args: ExtenderRoleArgs) -> anyhow::Result<()> {
-    let policy = Arc::new(load_config(args.config.as_deref())?.extender);
+    let policy = Arc::new(load_config(args.server.config.as_deref())?.extender);
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
     let (app, synced) = start_extender(policy, &metrics, &shutdown).await?;
     let server = RoleServer {
         roles: vec![("extender", args.listen, app)],
-        admin_listen: args.admin_listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        shutdown_seconds: args.shutdown_seconds,
-        cert_reload_seconds: args.cert_reload_seconds,
+        args: args.server,
     };
     let ready_when = ready_when_synced(synced, shutdown.clone());
     serve_roles(server, metrics, ready, ready_when, shutdown).await
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = load_config(args.config.as_deref())?;
+    let config = load_config(args.server.config.as_deref())?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
@@ -322,11 +284,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             ("webhook", args.webhook_listen, webhook_app),
             ("extender", args.extender_listen, extender_app),
         ],
-        admin_listen: args.admin_listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        shutdown_seconds: args.shutdown_seconds,
-        cert_reload_seconds: args.cert_reload_seconds,
+        args: args.server,
     };
     let ready_when = ready_when_synced(synced, shutdown.clone());
     serve_roles(server, metrics, ready, ready_when, shutdown).await
@@ -388,7 +346,7 @@ where
     F: FnOnce(Arc<AtomicBool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let certs = CertFiles::load(&server.tls_cert, &server.tls_key)?;
+    let certs = CertFiles::load(&server.args.tls_cert, &server.args.tls_key)?;
     let tls = Arc::new(certs.server_config()?);
     let mut listeners = Vec::with_capacity(server.roles.len());
     for (role, listen, app) in server.roles {
@@ -398,14 +356,14 @@ where
         tracing::info!(role, %listen, "serving");
         listeners.push((listener, app));
     }
-    let admin_listener = TcpListener::bind(server.admin_listen)
+    let admin_listener = TcpListener::bind(server.args.admin_listen)
         .await
-        .with_context(|| format!("binding {}", server.admin_listen))?;
-    tracing::info!(admin = %server.admin_listen, "admin port");
+        .with_context(|| format!("binding {}", server.args.admin_listen))?;
+    tracing::info!(admin = %server.args.admin_listen, "admin port");
 
     tokio::spawn(reload_certificates(
         certs,
-        Duration::from_secs(server.cert_reload_seconds.max(1)),
+        Duration::from_secs(server.args.cert_reload_seconds.max(1)),
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
@@ -428,7 +386,7 @@ where
     };
     tokio::spawn(not_ready_on_shutdown);
 
-    let drain = Duration::from_secs(server.shutdown_seconds);
+    let drain = Duration::from_secs(server.args.shutdown_seconds);
     futures::future::join_all(listeners.into_iter().map(|(listener, app)| {
         serve::serve_tls(listener, Arc::clone(&tls), app, shutdown.clone(), drain)
     }))
