@@ -577,6 +577,7 @@ fn parts_with(snapshot: &Snapshot, pod: &Pod, node: &str, policy: &ExtenderPolic
 #[case::no_capacity_idle(None, 0, 100)]
 #[case::no_capacity_busy(None, 1, 0)]
 #[case::zero_capacity_busy(Some(0), 1, 0)]
+#[case::zero_capacity_idle(Some(0), 0, 0)]
 fn gpu_load_counts_managed_pods_against_capacity(
     #[case] capacity: Option<i64>,
     #[case] pods: usize,

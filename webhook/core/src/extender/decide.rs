@@ -550,13 +550,15 @@ impl<'a> Evaluation<'a> {
     }
 
     /// 100 minus the load: managed pods against capacity, blended with the measured
-    /// busyness when fresh. Without a known capacity any managed pod counts as full load.
+    /// busyness when fresh. Without a known capacity (no device plugin, as in hostpath mode)
+    /// any managed pod counts as full load; a node that advertises no iGPU share has none.
     fn gpu_load_part(&self, facts: &NodeFacts) -> u8 {
         let pods = u64::from(facts.managed_pods);
         let declared = match facts.gpu_capacity.and_then(|c| u64::try_from(c).ok()) {
-            Some(capacity) if capacity > 0 => (pods * BEST / capacity).min(BEST),
-            _ if pods == 0 => 0,
-            _ => BEST,
+            Some(0) => BEST,
+            Some(capacity) => (pods * BEST / capacity).min(BEST),
+            None if pods == 0 => 0,
+            None => BEST,
         };
         let load = match facts.measured_busy_percent {
             Some(measured) => {
