@@ -16,6 +16,9 @@
     clippy::panic
 )]
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,17 +28,14 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::Request;
 use hyper_util::rt::TokioIo;
 use jellyfin_ha_certs::{CertFiles, client_config, generate};
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use serde_json::json;
+use support::{connect, free_port, review_request, write_certs};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-const REVIEW: &str = include_str!("../tests/fixtures/review-pod-create.json");
 const CONNECTIONS: usize = 4;
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
@@ -153,31 +153,10 @@ async fn start_noop(dir: &Path) -> Child {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn review_request() -> Request<Full<Bytes>> {
-    Request::post("/mutate")
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(REVIEW.as_bytes())))
-        .unwrap()
-}
-
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn open(addr: SocketAddr, tls: &Arc<ClientConfig>) -> Sender {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let stream = TlsConnector::from(Arc::clone(tls))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let stream = connect(addr, Arc::clone(tls)).await.unwrap();
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -240,8 +219,7 @@ fn p99_ms(latencies: &mut [Duration]) -> f64 {
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let generated = generate(&["localhost".into()]).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), &generated.cert_pem).unwrap();
-    std::fs::write(dir.path().join("tls.key"), &generated.key_pem).unwrap();
+    write_certs(dir.path(), &generated);
     let tls = Arc::new(client_config(&generated.ca_pem, &[b"http/1.1"]).unwrap());
 
     let noop = start_noop(dir.path()).await;

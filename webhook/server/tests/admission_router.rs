@@ -7,20 +7,20 @@
     clippy::panic
 )]
 
+mod support;
+
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use base64::Engine;
-use http_body_util::BodyExt;
 use jellyfin_ha::metrics::Metrics;
 use jellyfin_ha::webhook::{MAX_REVIEW_BYTES, WebhookState, router};
 use jellyfin_ha_core::Policy;
 use rstest::rstest;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-const POD_CREATE: &str = include_str!("fixtures/review-pod-create.json");
+use support::POD_CREATE;
 
 fn state() -> WebhookState {
     WebhookState {
@@ -35,25 +35,7 @@ async fn send(
     path: &str,
     body: impl Into<Body>,
 ) -> (StatusCode, Vec<u8>) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json");
-    let response = router(state)
-        .oneshot(request.body(body.into()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    (
-        status,
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
+    support::oneshot(router(state), method, path, body).await
 }
 
 async fn review(body: impl Into<Body>) -> Value {

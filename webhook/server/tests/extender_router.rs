@@ -1,4 +1,4 @@
-//! The extender router in process: calls captured from kube-scheduler, both node modes,
+//! The extender router in process: calls in kube-scheduler's wire shape, both node modes,
 //! hostile bodies, a cache that is not synced yet, and the metrics.
 
 #![allow(
@@ -8,11 +8,12 @@
     clippy::panic
 )]
 
+mod support;
+
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use jellyfin_ha::extender::{ExtenderState, MAX_EXTENDER_ARGS_BYTES, router};
 use jellyfin_ha::metrics::Metrics;
 use jellyfin_ha::reflect::{SharedSnapshot, SyncState};
@@ -22,7 +23,6 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use rstest::rstest;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const ARGS_NAMES: &str = include_str!("../../core/tests/fixtures/extender/filter-args-names.json");
 const ARGS_NODES: &str = include_str!("../../core/tests/fixtures/extender/filter-args-nodes.json");
@@ -74,17 +74,7 @@ async fn send(
     path: &str,
     body: impl Into<Body>,
 ) -> (StatusCode, Vec<u8>) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json");
-    let response = router(state)
-        .oneshot(request.body(body.into()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, bytes.to_vec())
+    support::oneshot(router(state), method, path, body).await
 }
 
 async fn post_json(state: ExtenderState, path: &str, body: &str) -> (StatusCode, Value) {

@@ -8,8 +8,9 @@
     clippy::panic
 )]
 
+mod support;
+
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,18 +21,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jellyfin_ha::metrics::Metrics;
 use jellyfin_ha::serve::serve_tls;
 use jellyfin_ha::webhook::{WebhookState, router};
-use jellyfin_ha_certs::{CertFiles, GeneratedCerts, generate};
+use jellyfin_ha_certs::{CertFiles, generate};
 use jellyfin_ha_core::Policy;
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use serde_json::Value;
+use support::{connect, free_port, review_request, write_certs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
-
-const POD_CREATE: &str = include_str!("fixtures/review-pod-create.json");
 
 struct Server {
     addr: SocketAddr,
@@ -40,11 +37,6 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
     dir: tempfile::TempDir,
     ca_pem: String,
-}
-
-fn write_certs(dir: &Path, generated: &GeneratedCerts) {
-    std::fs::write(dir.join("tls.crt"), &generated.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.key"), &generated.key_pem).unwrap();
 }
 
 async fn start() -> Server {
@@ -79,24 +71,6 @@ async fn start() -> Server {
 
 fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     Arc::new(jellyfin_ha_certs::client_config(ca_pem, alpn).unwrap())
-}
-
-async fn connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-}
-
-fn review_request() -> Request<Full<Bytes>> {
-    Request::post("/mutate")
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(POD_CREATE.as_bytes())))
-        .unwrap()
 }
 
 async fn allowed(response: hyper::Response<hyper::body::Incoming>) -> bool {
@@ -235,14 +209,6 @@ async fn shutdown_closes_idle_keep_alive_connections_and_returns() {
         TcpStream::connect(server.addr).await.is_err(),
         "listener closed"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
