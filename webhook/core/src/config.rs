@@ -127,9 +127,7 @@ impl Policy {
                 message,
             })
         };
-        if let Err(why) = check_qualified_name(&self.gpu.resource_name, true) {
-            return fail("gpu.resourceName", why);
-        }
+        check_resource_name("gpu.resourceName", &self.gpu.resource_name)?;
         for (i, gid) in self.render_groups.iter().enumerate() {
             if !(0..=i64::from(i32::MAX)).contains(gid) {
                 return fail(
@@ -138,20 +136,7 @@ impl Policy {
                 );
             }
         }
-        if let Err(why) = check_qualified_name(&self.node_affinity.key, false) {
-            return fail("nodeAffinity.key", why);
-        }
-        if self.node_affinity.values.is_empty() {
-            return fail(
-                "nodeAffinity.values",
-                "must list at least one label value".into(),
-            );
-        }
-        for (i, value) in self.node_affinity.values.iter().enumerate() {
-            if let Err(why) = check_label_value(value) {
-                return fail(&format!("nodeAffinity.values[{i}]"), why);
-            }
-        }
+        self.node_affinity.validate("nodeAffinity")?;
         if !(0..=crate::annotations::MAX_FAILOVER_SECONDS).contains(&self.failover_seconds) {
             return fail(
                 "failoverSeconds",
@@ -166,6 +151,36 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+impl NodeAffinityPolicy {
+    /// Label key and values as Kubernetes accepts them; `section` names this block in errors.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let fail = |field: String, message: String| Err(ConfigError { field, message });
+        if let Err(why) = check_qualified_name(&self.key, false) {
+            return fail(format!("{section}.key"), why);
+        }
+        if self.values.is_empty() {
+            return fail(
+                format!("{section}.values"),
+                "must list at least one label value".into(),
+            );
+        }
+        for (i, value) in self.values.iter().enumerate() {
+            if let Err(why) = check_label_value(value) {
+                return fail(format!("{section}.values[{i}]"), why);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An extended resource name such as `gpu.intel.com/i915`; `field` names it in errors.
+pub fn check_resource_name(field: &str, value: &str) -> Result<(), ConfigError> {
+    check_qualified_name(value, true).map_err(|message| ConfigError {
+        field: field.into(),
+        message,
+    })
 }
 
 /// `prefix/name` as Kubernetes label keys and resource names use it. Extended resources need

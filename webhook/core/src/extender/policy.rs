@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, NodeAffinityPolicy};
+use crate::config::{ConfigError, NodeAffinityPolicy, check_resource_name};
 
 /// The kubelet renews its Lease every 10 s (a quarter of the 40 s lease duration). Two missed
 /// renewals mean the kubelet or its node is gone long before `node-monitor-grace-period`
@@ -135,37 +135,10 @@ impl ExtenderPolicy {
                 "at least one weight must be positive, or every node scores 0".into(),
             );
         }
-        let key = &self.quick_sync_label.key;
-        if key.is_empty() || key.len() > 316 || !key.chars().all(is_label_key_char) {
-            return fail("quickSyncLabel.key", format!("{key:?} is not a label key"));
-        }
-        if self.quick_sync_label.values.is_empty() {
-            return fail(
-                "quickSyncLabel.values",
-                "must list at least one label value".into(),
-            );
-        }
-        match self.gpu_resource_name.split_once('/') {
-            Some((domain, name))
-                if !domain.is_empty()
-                    && !name.is_empty()
-                    && self.gpu_resource_name.chars().all(is_label_key_char) => {}
-            _ => {
-                return fail(
-                    "gpuResourceName",
-                    format!(
-                        "{:?} is not an extended resource name like gpu.intel.com/i915",
-                        self.gpu_resource_name
-                    ),
-                );
-            }
-        }
+        self.quick_sync_label.validate("quickSyncLabel")?;
+        check_resource_name("gpuResourceName", &self.gpu_resource_name)?;
         Ok(())
     }
-}
-
-fn is_label_key_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
 }
 
 #[cfg(test)]
@@ -219,6 +192,8 @@ mod tests {
     #[case("quickSyncLabel:\n  values: []\n", "quickSyncLabel.values")]
     #[case("gpuResourceName: i915\n", "gpuResourceName")]
     #[case("gpuResourceName: gpu.intel.com/\n", "gpuResourceName")]
+    #[case("gpuResourceName: Intel.com/i915\n", "gpuResourceName")]
+    #[case("quickSyncLabel:\n  values: ['-x']\n", "quickSyncLabel.values[0]")]
     fn invalid_values_name_the_field(#[case] yaml: &str, #[case] field: &str) {
         let policy: ExtenderPolicy = serde_yaml::from_str(yaml).unwrap();
         let err = policy.validate().unwrap_err();
