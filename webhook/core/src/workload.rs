@@ -5,6 +5,11 @@
 //! mutated, the typed before/after are diffed, and only that delta is applied to the original
 //! JSON: whatever we do not understand passes through untouched.
 
+use json_patch::jsonptr::{Pointer, PointerBuf};
+use json_patch::{
+    AddOperation, CopyOperation, MoveOperation, Patch, PatchOperation, RemoveOperation,
+    ReplaceOperation, TestOperation,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,6 +24,9 @@ use crate::record;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mutation {
     pub object: Value,
+    /// The RFC 6902 patch from the input to `object`; empty when nothing changed. It is the
+    /// patch that produced `object`, so nobody has to diff the two again.
+    pub patch: Patch,
     pub changes: Vec<Change>,
     pub warnings: Vec<String>,
 }
@@ -27,18 +35,16 @@ impl Mutation {
     fn unchanged(object: &Value) -> Self {
         Self {
             object: object.clone(),
+            patch: Patch::default(),
             changes: Vec::new(),
             warnings: Vec::new(),
         }
     }
 
-    /// The RFC 6902 patch from `original` to the mutated object; empty when nothing changed.
-    pub fn patch(&self, original: &Value) -> json_patch::Patch {
-        json_patch::diff(original, &self.object)
-    }
-
+    /// Adds a mutation made to this one's result.
     fn absorb(&mut self, other: Mutation) {
         self.object = other.object;
+        self.patch.0.extend(other.patch.0);
         self.changes.extend(other.changes);
         self.warnings.extend(other.warnings);
     }
@@ -92,6 +98,7 @@ fn mutate_list(list: &Value, policy: &Policy) -> Result<Mutation, MutationError>
     let Some(items) = result.object.get_mut("items").and_then(Value::as_array_mut) else {
         return Ok(result);
     };
+    let mut patch = Patch::default();
     let mut changes = Vec::new();
     let mut warnings = Vec::new();
     for (index, item) in items.iter_mut().enumerate() {
@@ -101,6 +108,8 @@ fn mutate_list(list: &Value, policy: &Policy) -> Result<Mutation, MutationError>
                 source: Box::new(source),
             })?;
         *item = mutation.object;
+        let at = PointerBuf::from_tokens(["items".to_string(), index.to_string()]);
+        patch.0.extend(rebase(mutation.patch, &at).0);
         changes.extend(mutation.changes);
         warnings.extend(
             mutation
@@ -109,6 +118,7 @@ fn mutate_list(list: &Value, policy: &Policy) -> Result<Mutation, MutationError>
                 .map(|w| format!("items[{index}]: {w}")),
         );
     }
+    result.patch = patch;
     result.changes = changes;
     result.warnings = warnings;
     Ok(result)
@@ -170,17 +180,19 @@ fn mutate_template_at(
     let outcome = mutate_pod_template(&mut template, policy, &prefix)?;
     let after = serde_json::to_value(&template).map_err(internal)?;
 
+    let at = PointerBuf::parse(pointer).map_err(|e| MutationError::Malformed {
+        field: prefix.clone(),
+        message: e.to_string(),
+    })?;
+    let patch = rebase(json_patch::diff(&before, &after), &at);
     let mut mutated = object.clone();
-    if let Some(slot) = mutated.pointer_mut(pointer) {
-        json_patch::patch(slot, &json_patch::diff(&before, &after)).map_err(|e| {
-            MutationError::Malformed {
-                field: join_field(&prefix, &field_name(&e.path.to_string())),
-                message: format!("cannot be mutated: {}", e.kind),
-            }
-        })?;
-    }
+    json_patch::patch(&mut mutated, &patch).map_err(|e| MutationError::Malformed {
+        field: field_name(&e.path.to_string()),
+        message: format!("cannot be mutated: {}", e.kind),
+    })?;
     Ok(Mutation {
         object: mutated,
+        patch,
         changes: outcome.changes,
         warnings: outcome.warnings,
     })
@@ -239,9 +251,48 @@ pub fn mutate_deployment_strategy(deployment: &Value) -> Mutation {
             annotations.insert(annotations::MUTATIONS.to_string(), Value::String(merged));
         }
     }
+    // Rare and small next to pod creation, so a diff is the plainest way to the patch.
     Mutation {
+        patch: json_patch::diff(deployment, &mutated),
         object: mutated,
         changes,
         warnings,
     }
+}
+
+/// Moves every path of `patch` under `at`: a patch for a pod template becomes a patch for the
+/// object that holds it.
+fn rebase(patch: Patch, at: &Pointer) -> Patch {
+    let under = |path: PointerBuf| at.concat(&path);
+    Patch(
+        patch
+            .0
+            .into_iter()
+            .map(|operation| match operation {
+                PatchOperation::Add(op) => PatchOperation::Add(AddOperation {
+                    path: under(op.path),
+                    ..op
+                }),
+                PatchOperation::Remove(op) => PatchOperation::Remove(RemoveOperation {
+                    path: under(op.path),
+                }),
+                PatchOperation::Replace(op) => PatchOperation::Replace(ReplaceOperation {
+                    path: under(op.path),
+                    ..op
+                }),
+                PatchOperation::Move(op) => PatchOperation::Move(MoveOperation {
+                    from: under(op.from),
+                    path: under(op.path),
+                }),
+                PatchOperation::Copy(op) => PatchOperation::Copy(CopyOperation {
+                    from: under(op.from),
+                    path: under(op.path),
+                }),
+                PatchOperation::Test(op) => PatchOperation::Test(TestOperation {
+                    path: under(op.path),
+                    ..op
+                }),
+            })
+            .collect(),
+    )
 }

@@ -176,11 +176,11 @@ fn user_expression_on_the_same_key_is_kept_with_a_warning() {
 #[case::deployment(deployment())]
 fn mutation_is_idempotent_and_second_pass_sends_no_patch(#[case] input: Value) {
     let once = mutate_manifest(&input, &Policy::default()).unwrap();
-    assert!(!once.patch(&input).0.is_empty());
+    assert!(!once.patch.0.is_empty());
     let twice = mutate_manifest(&once.object, &Policy::default()).unwrap();
     assert_eq!(twice.object, once.object);
     assert!(twice.changes.is_empty(), "{:?}", twice.changes);
-    assert!(twice.patch(&once.object).0.is_empty());
+    assert!(twice.patch.0.is_empty());
 }
 
 #[rstest]
@@ -495,4 +495,24 @@ fn template_field_is_named_in_workload_errors() {
             .starts_with("spec.template.spec.tolerations"),
         "{err}"
     );
+}
+
+fn cronjob() -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "scan"},
+           "spec": {"jobTemplate": {"spec": {"template": pod()}}}})
+}
+
+/// The patch a mutation carries is the one the webhook sends: applied to the input it must
+/// give exactly the mutated object, wherever the template sits.
+#[rstest]
+#[case::pod_at_the_root(pod())]
+#[case::deployment_template_and_strategy(deployment())]
+#[case::cronjob_template(cronjob())]
+#[case::list_items(json!({"apiVersion": "v1", "kind": "List", "items": [deployment(), {"kind": "Service"}, pod()]}))]
+fn carried_patch_turns_the_input_into_the_output(#[case] input: Value) {
+    let mutation = mutate_manifest(&input, &Policy::default()).unwrap();
+    assert!(!mutation.patch.0.is_empty());
+    let mut patched = input.clone();
+    json_patch::patch(&mut patched, &mutation.patch).unwrap();
+    assert_eq!(patched, mutation.object);
 }

@@ -130,6 +130,15 @@ proptest! {
     }
 
     #[test]
+    fn carried_patch_turns_the_input_into_the_output(input in pod()) {
+        if let Ok(mutation) = mutate_pod(&input, &Policy::default()) {
+            let mut patched = input.clone();
+            json_patch::patch(&mut patched, &mutation.patch).unwrap();
+            prop_assert_eq!(patched, mutation.object);
+        }
+    }
+
+    #[test]
     fn not_opted_in_means_unchanged(input in pod()) {
         let opted_in = input["metadata"]["annotations"]["jellyfin-ha.io/inject"] == "true";
         let mutation = mutate_pod(&input, &Policy::default()).unwrap();

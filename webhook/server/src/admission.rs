@@ -226,7 +226,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
             summary,
         ),
         Ok(mutation) => {
-            let patch = mutation.patch(&object);
+            let patch = &mutation.patch;
             if patch.0.is_empty() {
                 return unchanged(
                     parsed.api_version,

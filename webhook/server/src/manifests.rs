@@ -204,7 +204,7 @@ pub fn render(mutated: &[Mutated], format: OutputFormat) -> Result<String, Manif
         }
         OutputFormat::Patch => {
             for m in mutated {
-                out += &to_json(&m.mutation.patch(&m.document.object), false)?;
+                out += &to_json(&m.mutation.patch, false)?;
                 out.push('\n');
             }
         }
