@@ -126,7 +126,10 @@ async fn example_deployment_pod_is_mutated_by_the_real_apiserver() {
         );
         assert_eq!(matching[0]["tolerationSeconds"], 15);
     }
-    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 15);
+    assert_eq!(
+        pod["spec"]["terminationGracePeriodSeconds"], 600,
+        "grace raised to the clean-shutdown floor"
+    );
     assert_eq!(pod["metadata"]["labels"]["jellyfin-ha.io/managed"], "true");
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["resources"]["limits"]["gpu.intel.com/i915"], "1");

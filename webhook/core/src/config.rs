@@ -4,9 +4,22 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Render-group GIDs seen on real QuickSync hosts. The webhook runs before scheduling, so it
-/// cannot know which one the chosen node uses; adding all of them is harmless.
-pub const DEFAULT_RENDER_GROUPS: [i64; 7] = [44, 109, 110, 122, 989, 991, 993];
+/// GIDs that own `/dev/dri/renderD*` on the hosts QuickSync users run. The webhook runs before
+/// scheduling, so it cannot know the chosen node's GID, and only Fedora fixes it; elsewhere
+/// `render` is allocated when udev is installed, so it differs between hosts:
+///
+/// | GIDs | where they come from |
+/// |---|---|
+/// | 44 | `video` (Debian base-passwd; Ubuntu, Proxmox VE, TrueNAS): owns `card*`, and render nodes where udev has no `render` group. Not `render` itself. |
+/// | 103-110 | `addgroup --system render` in Debian/Ubuntu udev's postinst, allocated upwards: Proxmox VE 7 103, VE 8 104, Debian 11/12 105-106, TrueNAS SCALE 107, Ubuntu 20.04/22.04 109-110. |
+/// | 105 | Fedora: fixed by `-Drender-gid=105` in its systemd build (video is 39 there). |
+/// | 989-993 | systemd-sysusers, allocated downwards from 999: Arch (989), Debian 13, Ubuntu 24.04 and later, Proxmox VE 9 (991-993). |
+///
+/// Talos has no `render` group: its udev leaves render nodes `root:root 0666`, so none is
+/// needed there. A supplemental group grants nothing but access to files that group owns.
+pub const DEFAULT_RENDER_GROUPS: [i64; 14] = [
+    44, 103, 104, 105, 106, 107, 108, 109, 110, 989, 990, 991, 992, 993,
+];
 
 /// Not-ready/unreachable `tolerationSeconds`. The node is only tainted after
 /// `node-monitor-grace-period` (40-50 s) without heartbeats, which already rides out blips;
@@ -14,9 +27,16 @@ pub const DEFAULT_RENDER_GROUPS: [i64; 7] = [44, 109, 110, 122, 989, 991, 993];
 /// eviction far from being the slowest step of a failover.
 pub const DEFAULT_FAILOVER_SECONDS: i64 = 15;
 
-/// Upper bound for `terminationGracePeriodSeconds`. Jellyfin stops transcodes and checkpoints
-/// its SQLite databases in a few seconds; 15 s keeps drains and Recreate rollouts short.
-pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 15;
+/// Floor for `terminationGracePeriodSeconds`. On SIGTERM Jellyfin runs `VACUUM` and `ANALYZE` on
+/// its SQLite library, and a SIGKILL in the middle corrupts it: its maintainers advise minutes
+/// (jellyfin/jellyfin#17831), a 15 s stop timeout left databases unclean
+/// (jellyfin/jellyfin-packaging#104), and home-lab clusters settled on 600 s. A long grace costs
+/// nothing where failover speed is decided: a live node's pod is gone as soon as Jellyfin exits,
+/// and a dead node's pod is force-deleted by the fencer, which skips grace.
+pub const DEFAULT_MIN_TERMINATION_GRACE_SECONDS: i64 = 600;
+
+/// The largest floor accepted: an hour is already far past any clean shutdown.
+pub const MAX_MIN_TERMINATION_GRACE_SECONDS: i64 = 3600;
 
 /// The label Intel's NFD rules set on nodes with a QuickSync-capable GPU.
 pub const DEFAULT_QUICKSYNC_LABEL: &str = "intel.feature.node.kubernetes.io/gpu";
@@ -32,8 +52,9 @@ pub struct Policy {
     pub node_affinity: NodeAffinityPolicy,
     /// `tolerationSeconds` for the not-ready and unreachable NoExecute tolerations.
     pub failover_seconds: i64,
-    /// Upper bound for `terminationGracePeriodSeconds`; a lower value set by the user is kept.
-    pub termination_grace_seconds: i64,
+    /// Floor for `terminationGracePeriodSeconds`, plus any preStop sleep; a longer value set by
+    /// the user is kept, and 0 leaves the grace alone.
+    pub min_termination_grace_seconds: i64,
 }
 
 impl Default for Policy {
@@ -43,7 +64,7 @@ impl Default for Policy {
             render_groups: DEFAULT_RENDER_GROUPS.to_vec(),
             node_affinity: NodeAffinityPolicy::default(),
             failover_seconds: DEFAULT_FAILOVER_SECONDS,
-            termination_grace_seconds: DEFAULT_TERMINATION_GRACE_SECONDS,
+            min_termination_grace_seconds: DEFAULT_MIN_TERMINATION_GRACE_SECONDS,
         }
     }
 }
@@ -143,10 +164,13 @@ impl Policy {
                 format!("{} is not from 0 to 300", self.failover_seconds),
             );
         }
-        if !(1..=300).contains(&self.termination_grace_seconds) {
+        if !(0..=MAX_MIN_TERMINATION_GRACE_SECONDS).contains(&self.min_termination_grace_seconds) {
             return fail(
-                "terminationGraceSeconds",
-                format!("{} is not from 1 to 300", self.termination_grace_seconds),
+                "minTerminationGraceSeconds",
+                format!(
+                    "{} is not from 0 to {MAX_MIN_TERMINATION_GRACE_SECONDS}",
+                    self.min_termination_grace_seconds
+                ),
             );
         }
         Ok(())
@@ -261,6 +285,13 @@ mod tests {
         assert!(err.to_string().contains("resourceNmae"), "{err}");
     }
 
+    #[test]
+    fn the_old_grace_cap_is_refused_not_read_as_a_floor() {
+        let err = serde_yaml::from_str::<Policy>("terminationGraceSeconds: 15\n").unwrap_err();
+        assert!(err.to_string().contains("terminationGraceSeconds"), "{err}");
+        assert!(err.to_string().contains("minTerminationGraceSeconds"), "{err}");
+    }
+
     #[rstest]
     #[case("gpu:\n  resourceName: i915\n", "gpu.resourceName")]
     #[case("gpu:\n  resourceName: Intel.com/i915\n", "gpu.resourceName")]
@@ -269,7 +300,8 @@ mod tests {
     #[case("nodeAffinity:\n  values: []\n", "nodeAffinity.values")]
     #[case("nodeAffinity:\n  values: ['-x']\n", "nodeAffinity.values[0]")]
     #[case("failoverSeconds: 301\n", "failoverSeconds")]
-    #[case("terminationGraceSeconds: 0\n", "terminationGraceSeconds")]
+    #[case("minTerminationGraceSeconds: -1\n", "minTerminationGraceSeconds")]
+    #[case("minTerminationGraceSeconds: 3601\n", "minTerminationGraceSeconds")]
     fn invalid_values_name_the_field(#[case] yaml: &str, #[case] field: &str) {
         let policy: Policy = serde_yaml::from_str(yaml).unwrap();
         let err = policy.validate().unwrap_err();

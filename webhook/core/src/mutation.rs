@@ -142,10 +142,13 @@ pub fn mutate_pod_template(
         .unwrap_or(policy.failover_seconds);
     outcome.note(ensure_failover_tolerations(spec, failover_seconds));
     warn_out_of_service_tolerations(spec, &mut outcome.warnings);
-    outcome.note(cap_termination_grace(
-        spec,
-        policy.termination_grace_seconds,
-    ));
+    let gpu = gpu_container(spec, gpu_index)?;
+    warn_unclean_shutdown(gpu, &mut outcome.warnings);
+    warn_liveness_without_startup_probe(gpu, &mut outcome.warnings);
+    let shutdown_needs = policy
+        .min_termination_grace_seconds
+        .saturating_add(pre_stop_sleep_seconds(gpu));
+    outcome.note(ensure_termination_grace(spec, shutdown_needs));
     outcome.note(mark_managed(metadata, gpu_container(spec, gpu_index)?));
 
     if !outcome.changes.is_empty() {
@@ -382,14 +385,97 @@ fn warn_out_of_service_tolerations(spec: &PodSpec, warnings: &mut Vec<String>) {
     }
 }
 
-/// Lowers `terminationGracePeriodSeconds` to the cap; never raises a shorter one.
-fn cap_termination_grace(spec: &mut PodSpec, cap: i64) -> Option<Change> {
-    match spec.termination_grace_period_seconds {
-        Some(current) if current <= cap => None,
-        _ => {
-            spec.termination_grace_period_seconds = Some(cap);
-            Some(Change::TerminationGrace(cap))
-        }
+/// Kubernetes' default `terminationGracePeriodSeconds`, which a template may leave unset.
+const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
+
+/// Raises `terminationGracePeriodSeconds` to what a clean Jellyfin shutdown needs; never lowers
+/// it. Grace only delays a failover on a dead node, and there the fencer force-deletes the pod,
+/// which skips grace; on a live node a pod is gone as soon as Jellyfin exits.
+fn ensure_termination_grace(spec: &mut PodSpec, needed: i64) -> Option<Change> {
+    let current = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_POD_GRACE_SECONDS);
+    if current >= needed {
+        return None;
+    }
+    spec.termination_grace_period_seconds = Some(needed);
+    Some(Change::TerminationGrace(needed))
+}
+
+/// Seconds a native `preStop: {sleep: ...}` hook holds back SIGTERM: grace counts from the
+/// start of the hook, so Jellyfin's own shutdown gets only what is left after it.
+fn pre_stop_sleep_seconds(container: &Container) -> i64 {
+    container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map_or(0, |s| s.seconds.max(0))
+}
+
+/// Settings of the Jellyfin container that cut its clean shutdown short whatever the grace.
+fn warn_unclean_shutdown(container: &Container, warnings: &mut Vec<String>) {
+    if let Some(script) = shell_script_without_exec(container) {
+        warnings.push(format!(
+            "container {:?} runs through a shell ({script:?}) without exec: the shell ignores \
+             SIGTERM as PID 1, so Jellyfin never starts its database shutdown and is killed at \
+             the end of the grace period; start it with exec",
+            container.name
+        ));
+    }
+    let hook = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref());
+    if hook.is_some_and(|h| h.exec.is_some() || h.http_get.is_some() || h.tcp_socket.is_some()) {
+        warnings.push(format!(
+            "container {:?} has a preStop hook: its run time counts against the grace period \
+             and Jellyfin gets SIGTERM only after it ends; keep it short, or use a preStop \
+             sleep, which the grace is raised to cover",
+            container.name
+        ));
+    }
+}
+
+/// The script of a `sh -c SCRIPT` style entrypoint that does not `exec` its last command.
+fn shell_script_without_exec(container: &Container) -> Option<String> {
+    const SHELLS: [&str; 4] = ["sh", "bash", "ash", "dash"];
+    let argv: Vec<&str> = container
+        .command
+        .iter()
+        .flatten()
+        .chain(container.args.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let (program, rest) = argv.split_first()?;
+    let shell = program.rsplit('/').next().unwrap_or(program);
+    if !SHELLS.contains(&shell) {
+        return None;
+    }
+    let flag = rest
+        .iter()
+        .position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))?;
+    let script = rest.get(flag + 1)?;
+    let commands: Vec<&str> = script
+        .split(['\n', ';', '&', '|'])
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    // A lone command is exec'd by the shell itself (bash, dash, busybox ash).
+    let execs = commands.len() <= 1 || commands.iter().any(|c| c.starts_with("exec "));
+    (!execs).then(|| script.to_string())
+}
+
+/// Jellyfin migrates its database on the first start after an upgrade, which can take far
+/// longer than a liveness probe's patience; killing it mid-migration loses the library.
+fn warn_liveness_without_startup_probe(container: &Container, warnings: &mut Vec<String>) {
+    if container.liveness_probe.is_some() && container.startup_probe.is_none() {
+        warnings.push(format!(
+            "container {:?} has a liveness probe but no startup probe: a long database \
+             migration after an upgrade would be killed mid-way; add a startupProbe with a \
+             generous failureThreshold",
+            container.name
+        ));
     }
 }
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 const DEFAULTED_POD: &str = include_str!("fixtures/pod-defaulted.json");
 const DEPLOYMENT: &str = include_str!("fixtures/deployment.yaml");
+const LONG_GRACE_DEPLOYMENT: &str = include_str!("fixtures/deployment-long-grace.yaml");
 
 fn pod() -> Value {
     serde_json::from_str(DEFAULTED_POD).unwrap()
@@ -315,28 +316,127 @@ fn render_groups_keep_the_users_and_add_the_rest() {
     let mutated = mutate_pod(&pod(), &Policy::default()).unwrap().object;
     assert_eq!(
         mutated["spec"]["securityContext"]["supplementalGroups"],
-        json!([1000, 44, 109, 110, 122, 989, 991, 993])
+        json!([
+            1000, 44, 103, 104, 105, 106, 107, 108, 109, 110, 989, 990, 991, 992, 993
+        ])
     );
 }
 
+fn with_grace(mut pod: Value, seconds: Option<i64>) -> Value {
+    let spec = pod["spec"].as_object_mut().unwrap();
+    match seconds {
+        Some(seconds) => spec.insert("terminationGracePeriodSeconds".into(), json!(seconds)),
+        None => spec.remove("terminationGracePeriodSeconds"),
+    };
+    pod
+}
+
 #[rstest]
-#[case::default_30_is_lowered(Some(30), 15)]
-#[case::unset_gets_the_cap(None, 15)]
-#[case::shorter_is_kept(Some(5), 5)]
-#[case::zero_is_kept(Some(0), 0)]
-fn termination_grace_is_capped_never_raised(#[case] current: Option<i64>, #[case] expected: i64) {
-    let mut input = pod();
-    match current {
-        Some(seconds) => input["spec"]["terminationGracePeriodSeconds"] = json!(seconds),
-        None => drop(
-            input["spec"]
-                .as_object_mut()
-                .unwrap()
-                .remove("terminationGracePeriodSeconds"),
-        ),
-    }
+#[case::default_30_is_raised(Some(30), 600)]
+#[case::unset_gets_the_floor(None, 600)]
+#[case::zero_is_raised(Some(0), 600)]
+#[case::floor_is_kept(Some(600), 600)]
+#[case::longer_is_kept(Some(1800), 1800)]
+fn termination_grace_is_raised_to_the_floor_never_lowered(
+    #[case] current: Option<i64>,
+    #[case] expected: i64,
+) {
+    let input = with_grace(pod(), current);
     let mutated = mutate_pod(&input, &Policy::default()).unwrap().object;
     assert_eq!(mutated["spec"]["terminationGracePeriodSeconds"], expected);
+}
+
+#[test]
+fn a_users_long_grace_survives_untouched() {
+    let input: Value = serde_yaml::from_str(LONG_GRACE_DEPLOYMENT).unwrap();
+    let mutation = mutate_manifest(&input, &Policy::default()).unwrap();
+    let template = &mutation.object["spec"]["template"];
+    assert_eq!(template["spec"]["terminationGracePeriodSeconds"], 900);
+    let record = template["metadata"]["annotations"][MUTATIONS]
+        .as_str()
+        .unwrap();
+    assert!(!record.contains("termination-grace"), "{record}");
+    assert!(
+        !mutation
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::TerminationGrace(_))),
+        "{:?}",
+        mutation.changes
+    );
+}
+
+#[test]
+fn zero_floor_leaves_grace_alone() {
+    let policy = Policy {
+        min_termination_grace_seconds: 0,
+        ..Policy::default()
+    };
+    for grace in [None, Some(5)] {
+        let mutated = mutate_pod(&with_grace(pod(), grace), &policy)
+            .unwrap()
+            .object;
+        assert_eq!(
+            mutated["spec"].get("terminationGracePeriodSeconds"),
+            grace.map(|g| json!(g)).as_ref()
+        );
+    }
+}
+
+#[rstest]
+#[case::none_needs_the_floor(None, Some(30), 600)]
+#[case::sleep_adds_to_the_floor(Some(20), Some(30), 620)]
+#[case::sleep_covered_by_a_long_grace(Some(20), Some(700), 700)]
+fn pre_stop_sleep_is_added_to_the_grace(
+    #[case] sleep: Option<i64>,
+    #[case] current: Option<i64>,
+    #[case] expected: i64,
+) {
+    let mut input = with_grace(pod(), current);
+    if let Some(seconds) = sleep {
+        input["spec"]["containers"][0]["lifecycle"] =
+            json!({"preStop": {"sleep": {"seconds": seconds}}});
+    }
+    let mutation = mutate_pod(&input, &Policy::default()).unwrap();
+    assert_eq!(
+        mutation.object["spec"]["terminationGracePeriodSeconds"],
+        expected
+    );
+    let again = mutate_pod(&mutation.object, &Policy::default()).unwrap();
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+}
+
+fn warnings_for(container_patch: Value) -> Vec<String> {
+    let mut input = pod();
+    let container = input["spec"]["containers"][0].as_object_mut().unwrap();
+    for (key, value) in container_patch.as_object().unwrap() {
+        container.insert(key.clone(), value.clone());
+    }
+    mutate_pod(&input, &Policy::default()).unwrap().warnings
+}
+
+#[rstest]
+#[case::shell_without_exec(json!({"command": ["/bin/sh", "-c", "chown -R 1000 /config; /jellyfin/jellyfin"]}), Some("without exec"))]
+#[case::bash_args_without_exec(json!({"command": ["bash"], "args": ["-ec", "sleep 1\n/jellyfin/jellyfin"]}), Some("without exec"))]
+#[case::shell_with_exec(json!({"command": ["sh", "-c", "chown -R 1000 /config && exec /jellyfin/jellyfin"]}), None)]
+#[case::shell_single_command(json!({"command": ["sh", "-c", "/jellyfin/jellyfin --datadir /config"]}), None)]
+#[case::direct_command(json!({"command": ["/jellyfin/jellyfin"]}), None)]
+#[case::exec_pre_stop(json!({"lifecycle": {"preStop": {"exec": {"command": ["curl", "-X", "POST", "localhost/System/Shutdown"]}}}}), Some("preStop hook"))]
+#[case::sleep_pre_stop(json!({"lifecycle": {"preStop": {"sleep": {"seconds": 5}}}}), None)]
+#[case::liveness_without_startup(json!({"livenessProbe": {"httpGet": {"path": "/health", "port": 8096}}}), Some("no startup probe"))]
+#[case::liveness_with_startup(json!({
+    "livenessProbe": {"httpGet": {"path": "/health", "port": 8096}},
+    "startupProbe": {"httpGet": {"path": "/health", "port": 8096}, "failureThreshold": 360},
+}), None)]
+fn settings_that_cut_a_clean_shutdown_short_are_warned(
+    #[case] container: Value,
+    #[case] expected: Option<&str>,
+) {
+    let warnings = warnings_for(container);
+    match expected {
+        Some(text) => assert!(warnings.iter().any(|w| w.contains(text)), "{warnings:?}"),
+        None => assert!(warnings.is_empty(), "{warnings:?}"),
+    }
 }
 
 #[rstest]
@@ -391,7 +491,7 @@ fn record_annotation_says_what_changed() {
     assert_eq!(
         mutated["metadata"]["annotations"][MUTATIONS],
         "failover-tolerations=15s; igpu=gpu.intel.com/i915; node-affinity=intel.feature.node.kubernetes.io/gpu In [true]; \
-         render-groups=44,109,110,122,989,991,993; scheduling-marker=jellyfin-ha.io/managed; termination-grace=15s"
+         render-groups=44,103,104,105,106,107,108,109,110,989,990,991,992,993; scheduling-marker=jellyfin-ha.io/managed; termination-grace=600s"
     );
 }
 

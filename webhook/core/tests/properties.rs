@@ -94,7 +94,8 @@ prop_compose! {
         affinity in affinity(),
         containers in prop::collection::vec(container(), 1..3),
         groups in prop::option::of(prop::collection::vec(prop::sample::select(&[0i64, 44, 109, 1000, 65534][..]), 0..4)),
-        grace in prop::option::of(0i64..120),
+        grace in prop::option::of(0i64..1200),
+        pre_stop_sleep in prop::option::of(0i64..120),
     ) -> Value {
         let mut annotations = serde_json::Map::new();
         if let Some(v) = inject { annotations.insert("jellyfin-ha.io/inject".into(), json!(v)); }
@@ -104,6 +105,11 @@ prop_compose! {
         if let Some(a) = affinity { spec["affinity"] = a }
         if let Some(g) = groups { spec["securityContext"] = json!({"supplementalGroups": g}) }
         if let Some(g) = grace { spec["terminationGracePeriodSeconds"] = json!(g) }
+        if let Some(s) = pre_stop_sleep {
+            for c in spec["containers"].as_array_mut().into_iter().flatten() {
+                c["lifecycle"] = json!({"preStop": {"sleep": {"seconds": s}}});
+            }
+        }
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": annotations}, "spec": spec})
     }
 }
@@ -161,5 +167,19 @@ proptest! {
             prop_assert_eq!(noexecute[0].toleration_seconds, Some(15));
         }
         prop_assert_eq!(count_out_of_service(&mutated), count_out_of_service(&input));
+    }
+
+    #[test]
+    fn grace_is_never_lowered_and_covers_the_clean_shutdown(mut input in pod()) {
+        input["metadata"]["annotations"]["jellyfin-ha.io/inject"] = json!("true");
+        let policy = Policy::default();
+        let mutated = mutate_pod(&input, &policy).unwrap().object;
+        let before = input["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+        let after = mutated["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap();
+        let sleep = input["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_i64()
+            .unwrap_or(0);
+        prop_assert!(after >= before, "lowered {} to {}", before, after);
+        prop_assert_eq!(after, before.max(policy.min_termination_grace_seconds + sleep));
     }
 }

@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(value["kind"], "List");
         assert_eq!(
             value["items"][0]["spec"]["terminationGracePeriodSeconds"],
-            15
+            600
         );
     }
 
@@ -296,7 +296,7 @@ mod tests {
     fn diff_output_shows_added_lines() {
         let out = run(POD, OutputFormat::Diff).unwrap();
         assert!(
-            out.contains("+  terminationGracePeriodSeconds: 15"),
+            out.contains("+  terminationGracePeriodSeconds: 600"),
             "{out}"
         );
         assert!(out.contains("document 1 (Pod jf)"), "{out}");
