@@ -7,6 +7,7 @@
 pub mod annotations;
 pub mod config;
 pub mod extender;
+pub mod fencing;
 pub mod mutation;
 pub mod record;
 pub mod taints;

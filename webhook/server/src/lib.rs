@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod extender;
+pub mod fencer;
 pub mod manifests;
 pub mod metrics;
 pub mod reflect;

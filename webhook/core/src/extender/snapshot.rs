@@ -125,6 +125,20 @@ pub struct ReadyCondition {
     pub last_transition: Option<Timestamp>,
 }
 
+impl ReadyCondition {
+    /// The `Ready` condition among a Node's conditions, if it reports one.
+    pub fn of(node: &Node) -> Option<Self> {
+        node.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| Self {
+                status: ConditionStatus::parse(&c.status),
+                last_transition: c.last_transition_time.as_ref().map(|t| t.0),
+            })
+    }
+}
+
 /// What the extender keeps of a Node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -165,13 +179,7 @@ impl NodeInfo {
                 .and_then(|spec| spec.taints.as_ref())
                 .is_some_and(|taints| taints.iter().any(|t| t.key == OUT_OF_SERVICE)),
             fencing: annotation(FENCING_ANNOTATION).is_some(),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
-                .map(|c| ReadyCondition {
-                    status: ConditionStatus::parse(&c.status),
-                    last_transition: c.last_transition_time.as_ref().map(|t| t.0),
-                }),
+            ready: ReadyCondition::of(node),
             gpu_allocatable: status
                 .and_then(|s| s.allocatable.as_ref())
                 .and_then(|a| a.get(&policy.gpu_resource_name))

@@ -1,0 +1,282 @@
+//! Which nodes to fence, refuse, keep fenced or give back, from what the cluster shows now.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::config::{CONTROL_PLANE_LABEL, FencerPolicy, selector_matches};
+use super::record::{FENCED_ANNOTATION, FenceRecord};
+use crate::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
+use crate::taints::OUT_OF_SERVICE;
+
+/// The kubelet's default `leaseDurationSeconds`, for a Lease that does not say.
+pub const DEFAULT_NODE_LEASE_SECONDS: i32 = 40;
+
+/// What the fencer knows of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: Option<ReadyCondition>,
+    pub boot_id: String,
+    pub lease: Option<LeaseInfo>,
+    /// Carries a `node.kubernetes.io/out-of-service` taint, ours or anyone's.
+    pub out_of_service: bool,
+    /// Our [`FenceRecord`], when the annotation is present and well-formed.
+    pub record: Option<FenceRecord>,
+}
+
+impl NodeFacts {
+    pub fn from_node(node: &Node, lease: Option<&Lease>) -> Option<Self> {
+        let meta = &node.metadata;
+        let status = node.status.as_ref();
+        Some(Self {
+            name: meta.name.clone()?,
+            labels: meta.labels.clone().unwrap_or_default(),
+            ready: ReadyCondition::of(node),
+            boot_id: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.boot_id.clone())
+                .unwrap_or_default(),
+            lease: lease.and_then(LeaseInfo::from_lease),
+            out_of_service: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|taints| taints.iter().any(|t| t.key == OUT_OF_SERVICE)),
+            record: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(FENCED_ANNOTATION))
+                .and_then(|v| FenceRecord::from_annotation(v).ok()),
+        })
+    }
+
+    /// How long since the Lease was renewed, past one renew interval: positive means a
+    /// heartbeat is overdue. `None` without a renewed Lease: nothing to judge by.
+    pub fn overdue(&self, now: Timestamp) -> Option<SignedDuration> {
+        let lease = self.lease.as_ref()?;
+        let renewed = lease.renew_time?;
+        let duration = lease
+            .lease_duration_seconds
+            .filter(|d| *d > 0)
+            .unwrap_or(DEFAULT_NODE_LEASE_SECONDS);
+        let interval = SignedDuration::from_millis(i64::from(duration) * 250);
+        Some(now.duration_since(renewed) - interval)
+    }
+
+    pub fn silent_for(&self, now: Timestamp) -> Option<SignedDuration> {
+        let renewed = self.lease.as_ref()?.renew_time?;
+        Some(now.duration_since(renewed))
+    }
+
+    fn is_silent(&self, policy: &FencerPolicy, now: Timestamp) -> bool {
+        let margin = SignedDuration::from_secs(i64::from(policy.suspect_margin_seconds));
+        self.overdue(now).is_some_and(|late| late > margin)
+    }
+
+    fn fenced_by_us(&self) -> bool {
+        self.out_of_service && self.record.is_some()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.is_some_and(|r| r.status == ConditionStatus::True)
+    }
+}
+
+/// Why a silent node is not fenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not selected by `fencer.nodeSelector`.
+    NotEligible,
+    /// A control-plane node, and `fenceControlPlane` is off.
+    ControlPlane,
+    /// No agent selects the node.
+    NoAgent,
+    /// Too many eligible nodes are silent at once.
+    TooManySilent { silent: usize, eligible: usize, max_percent: u32 },
+    /// As many nodes as allowed are fenced or being proven off already.
+    TooManyFenced { fenced: usize, max: u32 },
+    /// The node renewed its Lease while it was being proven off: the device may be wired to
+    /// another machine.
+    HeartbeatDuringProof,
+    /// The device could not prove it off.
+    NotProven(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotEligible => f.write_str("not selected by fencer.nodeSelector"),
+            Self::ControlPlane => f.write_str(
+                "a control-plane node, and fencer.fenceControlPlane is false",
+            ),
+            Self::NoAgent => f.write_str("no fence agent in fencer.agents selects this node"),
+            Self::TooManySilent {
+                silent,
+                eligible,
+                max_percent,
+            } => write!(
+                f,
+                "{silent} of {eligible} eligible nodes are silent at once, more than \
+                 {max_percent}%: that looks like a partition or a control-plane fault, not \
+                 dead machines"
+            ),
+            Self::TooManyFenced { fenced, max } => write!(
+                f,
+                "{fenced} node(s) already fenced or being proven off; fencer.maxFenced is {max}"
+            ),
+            Self::HeartbeatDuringProof => f.write_str(
+                "the node renewed its Lease while its device said off: the agent may be \
+                 wired to another machine",
+            ),
+            Self::NotProven(why) => write!(f, "not proven off: {why}"),
+        }
+    }
+}
+
+impl Refusal {
+    /// A short CamelCase reason for Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotEligible => "NotEligible",
+            Self::ControlPlane => "ControlPlane",
+            Self::NoAgent => "NoFenceAgent",
+            Self::TooManySilent { .. } => "TooManySilent",
+            Self::TooManyFenced { .. } => "TooManyFenced",
+            Self::HeartbeatDuringProof => "HeartbeatDuringProof",
+            Self::NotProven(_) => "NotProvenOff",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Heartbeats arrive, or there is nothing to judge by.
+    Healthy,
+    /// Silent and fenceable: prove it off with agent `agent` (an index into `agents`).
+    Prove { agent: usize, silent_for: SignedDuration },
+    /// Being proven off already.
+    Proving,
+    /// Silent, but it will not be fenced.
+    Refused(Refusal),
+    /// Fenced by us and not back yet.
+    Fenced,
+    /// Fenced by us, back and Ready with a new boot ID: it power-cycled, remove the taint.
+    Unfence { boot_id: String },
+    /// Fenced by us and back, with the boot ID it had when fenced: it never power-cycled
+    /// (a partition healed, or the device lied), so whatever it ran may still be running.
+    KeepFenced { boot_id: String },
+    /// Tainted out-of-service by someone else: left alone.
+    ForeignTaint,
+}
+
+/// The decision for every node, sorted by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub decisions: Vec<(String, Decision)>,
+}
+
+impl Plan {
+    pub fn get(&self, node: &str) -> Option<&Decision> {
+        self.decisions
+            .iter()
+            .find(|(name, _)| name == node)
+            .map(|(_, d)| d)
+    }
+}
+
+/// Decides every node. `proving` names the nodes whose proof is under way.
+pub fn plan(
+    nodes: &[NodeFacts],
+    policy: &FencerPolicy,
+    now: Timestamp,
+    proving: &BTreeSet<String>,
+) -> Plan {
+    let eligibility = |node: &NodeFacts| -> Result<(), Refusal> {
+        if !selector_matches(&policy.node_selector, &node.labels) {
+            return Err(Refusal::NotEligible);
+        }
+        if !policy.fence_control_plane && node.labels.contains_key(CONTROL_PLANE_LABEL) {
+            return Err(Refusal::ControlPlane);
+        }
+        Ok(())
+    };
+    let eligible: Vec<&NodeFacts> = nodes.iter().filter(|n| eligibility(n).is_ok()).collect();
+    let silent = eligible.iter().filter(|n| n.is_silent(policy, now)).count();
+    let too_many_silent = silent * 100 > policy.max_silent_percent as usize * eligible.len();
+    let mut busy = nodes.iter().filter(|n| n.fenced_by_us()).count()
+        + proving
+            .iter()
+            .filter(|p| nodes.iter().any(|n| &n.name == *p && !n.fenced_by_us()))
+            .count();
+
+    let mut sorted: Vec<&NodeFacts> = nodes.iter().collect();
+    // The longest-silent node first, so that a cap on fences picks the one down longest.
+    sorted.sort_by_key(|n| (std::cmp::Reverse(n.silent_for(now)), n.name.clone()));
+    let mut decisions = Vec::with_capacity(nodes.len());
+    for node in sorted {
+        let decision = if node.fenced_by_us() {
+            recovery(node, policy, now)
+        } else if node.out_of_service {
+            Decision::ForeignTaint
+        } else if !node.is_silent(policy, now) {
+            Decision::Healthy
+        } else if proving.contains(&node.name) {
+            Decision::Proving
+        } else if let Err(refusal) = eligibility(node) {
+            Decision::Refused(refusal)
+        } else if too_many_silent {
+            Decision::Refused(Refusal::TooManySilent {
+                silent,
+                eligible: eligible.len(),
+                max_percent: policy.max_silent_percent,
+            })
+        } else if busy >= policy.max_fenced as usize {
+            Decision::Refused(Refusal::TooManyFenced {
+                fenced: busy,
+                max: policy.max_fenced,
+            })
+        } else if let Some((agent, _)) = policy.agent_for(&node.name, &node.labels) {
+            busy += 1;
+            Decision::Prove {
+                agent,
+                silent_for: node.silent_for(now).unwrap_or_default(),
+            }
+        } else {
+            Decision::Refused(Refusal::NoAgent)
+        };
+        decisions.push((node.name.clone(), decision));
+    }
+    decisions.sort_by(|a, b| a.0.cmp(&b.0));
+    Plan { decisions }
+}
+
+fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision {
+    let back = node.is_ready() && !node.is_silent(policy, now);
+    let Some(record) = node.record.as_ref().filter(|_| back) else {
+        return Decision::Fenced;
+    };
+    if node.boot_id.is_empty() || node.boot_id == record.boot_id {
+        Decision::KeepFenced {
+            boot_id: node.boot_id.clone(),
+        }
+    } else {
+        Decision::Unfence {
+            boot_id: node.boot_id.clone(),
+        }
+    }
+}
+
+/// The last check before tainting a node its device proved off: it must not have renewed its
+/// Lease since the proof began.
+pub fn confirm(node: &NodeFacts, proof_started: Timestamp) -> Result<(), Refusal> {
+    let renewed = node.lease.as_ref().and_then(|l| l.renew_time);
+    match renewed {
+        Some(renewed) if renewed > proof_started => Err(Refusal::HeartbeatDuringProof),
+        _ => Ok(()),
+    }
+}

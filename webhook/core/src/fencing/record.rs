@@ -1,0 +1,57 @@
+//! What the fencer writes on a Node it fenced, next to the out-of-service taint. It is the
+//! fencer's whole memory: a restarted or newly elected fencer reads it back from the cluster.
+
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Node annotation holding a [`FenceRecord`] as JSON.
+pub const FENCED_ANNOTATION: &str = "jellyfin-ha.io/fenced";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceRecord {
+    /// When the taint was applied.
+    pub fenced_at: Timestamp,
+    /// Why the node was suspected, e.g. `Lease not renewed for 12.4 s`.
+    pub reason: String,
+    /// The agent from the config that proved it off.
+    pub agent: String,
+    /// What the device said, e.g. `redfish PowerState Off after ForceOff`.
+    pub proof: String,
+    /// `status.nodeInfo.bootID` when fenced; the taint stays until it changes.
+    pub boot_id: String,
+    /// The fencer replica that acted.
+    pub fenced_by: String,
+}
+
+impl FenceRecord {
+    pub fn to_annotation(&self) -> String {
+        // A struct of strings and a timestamp always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_annotation(value: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_annotation() {
+        let record = FenceRecord {
+            fenced_at: "2026-11-25T18:00:00Z".parse().unwrap(),
+            reason: "Lease not renewed for 12.0 s".into(),
+            agent: "bmc".into(),
+            proof: "redfish PowerState Off".into(),
+            boot_id: "b-1".into(),
+            fenced_by: "fencer-0".into(),
+        };
+        let text = record.to_annotation();
+        assert!(text.contains("\"bootId\":\"b-1\""), "{text}");
+        assert_eq!(FenceRecord::from_annotation(&text).unwrap(), record);
+        assert!(FenceRecord::from_annotation("{}").is_err());
+    }
+}
