@@ -289,7 +289,10 @@ mod tests {
     fn the_old_grace_cap_is_refused_not_read_as_a_floor() {
         let err = serde_yaml::from_str::<Policy>("terminationGraceSeconds: 15\n").unwrap_err();
         assert!(err.to_string().contains("terminationGraceSeconds"), "{err}");
-        assert!(err.to_string().contains("minTerminationGraceSeconds"), "{err}");
+        assert!(
+            err.to_string().contains("minTerminationGraceSeconds"),
+            "{err}"
+        );
     }
 
     #[rstest]

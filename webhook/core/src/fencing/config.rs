@@ -29,7 +29,8 @@ pub const DEFAULT_PROOF_DEADLINE_SECONDS: u32 = 60;
 pub const DEFAULT_AGENT_TIMEOUT_SECONDS: u32 = 10;
 
 /// What `none:` must say, word for word: fencing on detection alone can make two writers.
-pub const NONE_ACKNOWLEDGEMENT: &str = "I accept that a silent node is fenced without proof that it is off";
+pub const NONE_ACKNOWLEDGEMENT: &str =
+    "I accept that a silent node is fenced without proof that it is off";
 
 /// The label kubeadm and most distributions put on control-plane nodes.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
@@ -290,7 +291,10 @@ fn validate_kind(i: usize, agent: &AgentConfig, kind: AgentKind<'_>) -> Result<(
     if needs_credentials && agent.credentials_secret.is_none() {
         return fail(
             "credentialsSecret",
-            format!("a {} agent needs a Secret with its credentials", kind.name()),
+            format!(
+                "a {} agent needs a Secret with its credentials",
+                kind.name()
+            ),
         );
     }
     match kind {
@@ -298,13 +302,19 @@ fn validate_kind(i: usize, agent: &AgentConfig, kind: AgentKind<'_>) -> Result<(
             if !redfish.address.starts_with("https://") {
                 return fail(
                     "redfish.address",
-                    format!("{:?} must start with https://: credentials are sent", redfish.address),
+                    format!(
+                        "{:?} must start with https://: credentials are sent",
+                        redfish.address
+                    ),
                 );
             }
             if !redfish.system_path.starts_with("/redfish/v1/Systems/") {
                 return fail(
                     "redfish.systemPath",
-                    format!("{:?} must start with /redfish/v1/Systems/", redfish.system_path),
+                    format!(
+                        "{:?} must start with /redfish/v1/Systems/",
+                        redfish.system_path
+                    ),
                 );
             }
         }
@@ -331,19 +341,19 @@ fn validate_kind(i: usize, agent: &AgentConfig, kind: AgentKind<'_>) -> Result<(
             }
         }
         AgentKind::FenceAgent(program) => {
-            let name_ok = program
-                .program
-                .strip_prefix("fence_")
-                .is_some_and(|rest| {
-                    !rest.is_empty()
-                        && rest
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                });
+            let name_ok = program.program.strip_prefix("fence_").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            });
             if !name_ok {
                 return fail(
                     "fenceAgent.program",
-                    format!("{:?} is not a fence agent name like fence_ipmilan", program.program),
+                    format!(
+                        "{:?} is not a fence agent name like fence_ipmilan",
+                        program.program
+                    ),
                 );
             }
             for (key, value) in &program.options {
@@ -357,7 +367,10 @@ fn validate_kind(i: usize, agent: &AgentConfig, kind: AgentKind<'_>) -> Result<(
                         "keys are letters, digits, '_' and '-'; values are one line".into(),
                     );
                 }
-                if matches!(key.as_str(), "action" | "username" | "password" | "login" | "passwd") {
+                if matches!(
+                    key.as_str(),
+                    "action" | "username" | "password" | "login" | "passwd"
+                ) {
                     return fail(
                         &format!("fenceAgent.options.{key}"),
                         "is set by the fencer (credentials come from credentialsSecret)".into(),
@@ -407,7 +420,10 @@ mod tests {
         assert!(policy.agent_for("b", &labels).is_none());
         let (_, agent) = policy.agent_for("a", &labels).unwrap();
         assert!(matches!(agent.kind(), Some(AgentKind::Redfish(_))));
-        assert_eq!(for_node(&agent.redfish.as_ref().unwrap().address, "a"), "https://a-bmc");
+        assert_eq!(
+            for_node(&agent.redfish.as_ref().unwrap().address, "a"),
+            "https://a-bmc"
+        );
     }
 
     #[test]
@@ -422,7 +438,11 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>()
         };
-        assert!(policy.agent_for("x", &labels(&[("pool", "pve"), ("zone", "a")])).is_some());
+        assert!(
+            policy
+                .agent_for("x", &labels(&[("pool", "pve"), ("zone", "a")]))
+                .is_some()
+        );
         assert!(policy.agent_for("x", &labels(&[("pool", "pve")])).is_none());
     }
 
@@ -432,16 +452,43 @@ mod tests {
     #[case::fenced("maxFenced: 0\n", "maxFenced")]
     #[case::deadline("proofDeadlineSeconds: 1\n", "proofDeadlineSeconds")]
     #[case::unnamed("agents:\n- nodes: [a]\n  none: {}\n", "agents[0].name")]
-    #[case::no_nodes("agents:\n- name: x\n  fenceAgent: {program: fence_ipmilan}\n", "agents[0].nodes")]
+    #[case::no_nodes(
+        "agents:\n- name: x\n  fenceAgent: {program: fence_ipmilan}\n",
+        "agents[0].nodes"
+    )]
     #[case::no_type("agents:\n- name: x\n  nodes: [a]\n", "agents[0].redfish")]
-    #[case::two_types("agents:\n- name: x\n  nodes: [a]\n  none: {}\n  fenceAgent: {program: fence_ipmilan}\n", "agents[0].redfish")]
-    #[case::plain_http("agents:\n- name: x\n  nodes: [a]\n  credentialsSecret: s\n  redfish: {address: 'http://bmc', systemPath: /redfish/v1/Systems/1}\n", "agents[0].redfish.address")]
-    #[case::no_secret("agents:\n- name: x\n  nodes: [a]\n  redfish: {address: 'https://bmc', systemPath: /redfish/v1/Systems/1}\n", "agents[0].credentialsSecret")]
-    #[case::program_path("agents:\n- name: x\n  nodes: [a]\n  fenceAgent: {program: /bin/sh}\n", "agents[0].fenceAgent.program")]
-    #[case::option_newline("agents:\n- name: x\n  nodes: [a]\n  fenceAgent: {program: fence_ipmilan, options: {ip: \"a\\naction=off\"}}\n", "agents[0].fenceAgent.options.ip")]
-    #[case::option_action("agents:\n- name: x\n  nodes: [a]\n  fenceAgent: {program: fence_ipmilan, options: {action: 'off'}}\n", "agents[0].fenceAgent.options.action")]
-    #[case::none_unacknowledged("agents:\n- name: x\n  nodes: [a]\n  none: {acknowledge: yes}\n", "agents[0].none.acknowledge")]
-    #[case::proxmox_without_vms("agents:\n- name: x\n  nodes: [a]\n  credentialsSecret: s\n  proxmox: {endpoint: 'https://pve:8006'}\n", "agents[0].proxmox.vms")]
+    #[case::two_types(
+        "agents:\n- name: x\n  nodes: [a]\n  none: {}\n  fenceAgent: {program: fence_ipmilan}\n",
+        "agents[0].redfish"
+    )]
+    #[case::plain_http(
+        "agents:\n- name: x\n  nodes: [a]\n  credentialsSecret: s\n  redfish: {address: 'http://bmc', systemPath: /redfish/v1/Systems/1}\n",
+        "agents[0].redfish.address"
+    )]
+    #[case::no_secret(
+        "agents:\n- name: x\n  nodes: [a]\n  redfish: {address: 'https://bmc', systemPath: /redfish/v1/Systems/1}\n",
+        "agents[0].credentialsSecret"
+    )]
+    #[case::program_path(
+        "agents:\n- name: x\n  nodes: [a]\n  fenceAgent: {program: /bin/sh}\n",
+        "agents[0].fenceAgent.program"
+    )]
+    #[case::option_newline(
+        "agents:\n- name: x\n  nodes: [a]\n  fenceAgent: {program: fence_ipmilan, options: {ip: \"a\\naction=off\"}}\n",
+        "agents[0].fenceAgent.options.ip"
+    )]
+    #[case::option_action(
+        "agents:\n- name: x\n  nodes: [a]\n  fenceAgent: {program: fence_ipmilan, options: {action: 'off'}}\n",
+        "agents[0].fenceAgent.options.action"
+    )]
+    #[case::none_unacknowledged(
+        "agents:\n- name: x\n  nodes: [a]\n  none: {acknowledge: yes}\n",
+        "agents[0].none.acknowledge"
+    )]
+    #[case::proxmox_without_vms(
+        "agents:\n- name: x\n  nodes: [a]\n  credentialsSecret: s\n  proxmox: {endpoint: 'https://pve:8006'}\n",
+        "agents[0].proxmox.vms"
+    )]
     fn invalid_values_name_the_field(#[case] yaml: &str, #[case] field: &str) {
         let err = parse(yaml).validate().unwrap_err();
         assert_eq!(err.field, field, "{err}");
@@ -449,14 +496,18 @@ mod tests {
 
     #[test]
     fn duplicate_agent_names_are_refused() {
-        let yaml = format!("{REDFISH}- name: bmc\n  nodes: [b]\n  fenceAgent: {{program: fence_ipmilan}}\n");
+        let yaml = format!(
+            "{REDFISH}- name: bmc\n  nodes: [b]\n  fenceAgent: {{program: fence_ipmilan}}\n"
+        );
         let err = parse(&yaml).validate().unwrap_err();
         assert_eq!(err.field, "agents[1].name");
     }
 
     #[test]
     fn none_needs_the_exact_acknowledgement() {
-        let yaml = format!("agents:\n- name: x\n  nodes: [a]\n  none: {{acknowledge: {NONE_ACKNOWLEDGEMENT:?}}}\n");
+        let yaml = format!(
+            "agents:\n- name: x\n  nodes: [a]\n  none: {{acknowledge: {NONE_ACKNOWLEDGEMENT:?}}}\n"
+        );
         parse(&yaml).validate().unwrap();
     }
 }

@@ -83,7 +83,8 @@ impl NodeFacts {
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.is_some_and(|r| r.status == ConditionStatus::True)
+        self.ready
+            .is_some_and(|r| r.status == ConditionStatus::True)
     }
 }
 
@@ -97,7 +98,11 @@ pub enum Refusal {
     /// No agent selects the node.
     NoAgent,
     /// Too many eligible nodes are silent at once.
-    TooManySilent { silent: usize, eligible: usize, max_percent: u32 },
+    TooManySilent {
+        silent: usize,
+        eligible: usize,
+        max_percent: u32,
+    },
     /// As many nodes as allowed are fenced or being proven off already.
     TooManyFenced { fenced: usize, max: u32 },
     /// The node renewed its Lease while it was being proven off: the device may be wired to
@@ -111,9 +116,9 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotEligible => f.write_str("not selected by fencer.nodeSelector"),
-            Self::ControlPlane => f.write_str(
-                "a control-plane node, and fencer.fenceControlPlane is false",
-            ),
+            Self::ControlPlane => {
+                f.write_str("a control-plane node, and fencer.fenceControlPlane is false")
+            }
             Self::NoAgent => f.write_str("no fence agent in fencer.agents selects this node"),
             Self::TooManySilent {
                 silent,
@@ -158,7 +163,10 @@ pub enum Decision {
     /// Heartbeats arrive, or there is nothing to judge by.
     Healthy,
     /// Silent and fenceable: prove it off with agent `agent` (an index into `agents`).
-    Prove { agent: usize, silent_for: SignedDuration },
+    Prove {
+        agent: usize,
+        silent_for: SignedDuration,
+    },
     /// Being proven off already.
     Proving,
     /// Silent, but it will not be fenced.

@@ -22,7 +22,9 @@ pub enum ProofStep {
     Proven,
     /// Ask the device to power the machine off now, then read again.
     PowerOff,
-    ReadAgain { after: Duration },
+    ReadAgain {
+        after: Duration,
+    },
     /// No proof; do not fence. The text says why.
     GiveUp(String),
 }
@@ -102,7 +104,11 @@ impl Proof {
             state,
             PowerState::On | PowerState::PoweringOn | PowerState::Paused
         );
-        match (still_running, self.power_off_requested, self.power_off_allowed) {
+        match (
+            still_running,
+            self.power_off_requested,
+            self.power_off_allowed,
+        ) {
             (true, false, true) => ProofStep::PowerOff,
             (true, false, false) => ProofStep::GiveUp(format!(
                 "the device says {state}: the node is alive but unreachable, and this agent \
@@ -129,34 +135,62 @@ mod tests {
 
     #[test]
     fn off_is_proof() {
-        assert_eq!(proof(false).next(Reading::Power(PowerState::Off), at(1)), ProofStep::Proven);
+        assert_eq!(
+            proof(false).next(Reading::Power(PowerState::Off), at(1)),
+            ProofStep::Proven
+        );
     }
 
     #[test]
     fn on_without_permission_is_never_fenced() {
         let step = proof(false).next(Reading::Power(PowerState::On), at(1));
-        assert!(matches!(&step, ProofStep::GiveUp(why) if why.contains("powerOff: false")), "{step:?}");
+        assert!(
+            matches!(&step, ProofStep::GiveUp(why) if why.contains("powerOff: false")),
+            "{step:?}"
+        );
     }
 
     #[test]
     fn on_with_permission_is_powered_off_once_then_polled_until_off() {
         let mut proof = proof(true);
-        assert_eq!(proof.next(Reading::Power(PowerState::On), at(1)), ProofStep::PowerOff);
+        assert_eq!(
+            proof.next(Reading::Power(PowerState::On), at(1)),
+            ProofStep::PowerOff
+        );
         proof.power_off_sent();
         for t in 2..8 {
             let step = proof.next(Reading::Power(PowerState::On), at(t));
-            assert_eq!(step, ProofStep::ReadAgain { after: POLL_INTERVAL });
+            assert_eq!(
+                step,
+                ProofStep::ReadAgain {
+                    after: POLL_INTERVAL
+                }
+            );
         }
-        assert_eq!(proof.next(Reading::Power(PowerState::PoweringOff), at(9)), ProofStep::ReadAgain { after: POLL_INTERVAL });
-        assert_eq!(proof.next(Reading::Power(PowerState::Off), at(10)), ProofStep::Proven);
+        assert_eq!(
+            proof.next(Reading::Power(PowerState::PoweringOff), at(9)),
+            ProofStep::ReadAgain {
+                after: POLL_INTERVAL
+            }
+        );
+        assert_eq!(
+            proof.next(Reading::Power(PowerState::Off), at(10)),
+            ProofStep::Proven
+        );
         assert!(proof.powered_off());
     }
 
     #[test]
     fn powering_off_paused_and_unknown_are_not_off() {
-        for state in [PowerState::PoweringOff, PowerState::Unknown("Standby".into())] {
+        for state in [
+            PowerState::PoweringOff,
+            PowerState::Unknown("Standby".into()),
+        ] {
             let step = proof(false).next(Reading::Power(state.clone()), at(1));
-            assert!(matches!(step, ProofStep::ReadAgain { .. }), "{state}: {step:?}");
+            assert!(
+                matches!(step, ProofStep::ReadAgain { .. }),
+                "{state}: {step:?}"
+            );
         }
         let step = proof(false).next(Reading::Power(PowerState::Paused), at(1));
         assert!(matches!(step, ProofStep::GiveUp(_)), "{step:?}");
@@ -170,9 +204,14 @@ mod tests {
             .collect();
         assert_eq!(
             waits,
-            [2, 4, 5, 5].map(|s| ProofStep::ReadAgain { after: Duration::from_secs(s) })
+            [2, 4, 5, 5].map(|s| ProofStep::ReadAgain {
+                after: Duration::from_secs(s)
+            })
         );
         let step = proof.next(Reading::Failed("timed out".into()), at(60));
-        assert!(matches!(&step, ProofStep::GiveUp(why) if why.contains("timed out") && why.contains("60s")), "{step:?}");
+        assert!(
+            matches!(&step, ProofStep::GiveUp(why) if why.contains("timed out") && why.contains("60s")),
+            "{step:?}"
+        );
     }
 }

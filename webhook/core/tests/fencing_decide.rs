@@ -1,0 +1,281 @@
+//! The fencer's per-node decisions over small clusters, one rule per case.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jellyfin_ha_core::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
+use jellyfin_ha_core::fencing::config::{AgentConfig, CONTROL_PLANE_LABEL, NoneAgent};
+use jellyfin_ha_core::fencing::{
+    Decision, FenceRecord, FencerPolicy, NodeFacts, Refusal, confirm, plan,
+};
+use k8s_openapi::jiff::Timestamp;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+}
+
+const NOW: i64 = 1000;
+
+/// A node whose kubelet last renewed its 40 s Lease `silent` seconds before NOW.
+fn node(name: &str, silent: i64) -> NodeFacts {
+    NodeFacts {
+        name: name.into(),
+        labels: BTreeMap::new(),
+        ready: Some(ReadyCondition {
+            status: ConditionStatus::True,
+            last_transition: None,
+        }),
+        boot_id: format!("{name}-boot-1"),
+        lease: Some(LeaseInfo {
+            node_name: name.into(),
+            renew_time: Some(at(NOW - silent)),
+            lease_duration_seconds: Some(40),
+        }),
+        out_of_service: false,
+        record: None,
+    }
+}
+
+fn fenced(mut node: NodeFacts, boot_id: &str) -> NodeFacts {
+    node.out_of_service = true;
+    node.record = Some(FenceRecord {
+        fenced_at: at(NOW - 60),
+        reason: "test".into(),
+        agent: "all".into(),
+        proof: "test".into(),
+        boot_id: boot_id.into(),
+        fenced_by: "fencer-0".into(),
+    });
+    node
+}
+
+fn policy() -> FencerPolicy {
+    FencerPolicy {
+        agents: vec![AgentConfig {
+            name: "all".into(),
+            node_selector: BTreeMap::from([("kubernetes.io/os".into(), "linux".into())]),
+            nodes: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            none: Some(NoneAgent::default()),
+            ..AgentConfig::default()
+        }],
+        ..FencerPolicy::default()
+    }
+}
+
+fn decide(nodes: &[NodeFacts]) -> Vec<(String, Decision)> {
+    plan(nodes, &policy(), at(NOW), &BTreeSet::new()).decisions
+}
+
+fn decision(nodes: &[NodeFacts], name: &str) -> Decision {
+    plan(nodes, &policy(), at(NOW), &BTreeSet::new())
+        .get(name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_renewal_overdue_by_more_than_the_margin_is_suspected() {
+    // 40 s Lease: renewals every 10 s; margin 2 s.
+    assert_eq!(
+        decision(&[node("a", 12), node("b", 1), node("c", 1)], "a"),
+        Decision::Healthy
+    );
+    assert!(matches!(
+        decision(&[node("a", 13), node("b", 1), node("c", 1)], "a"),
+        Decision::Prove { agent: 0, .. }
+    ));
+}
+
+#[test]
+fn a_tuned_lease_is_suspected_sooner() {
+    let mut quick = node("a", 5);
+    quick.lease.as_mut().unwrap().lease_duration_seconds = Some(10);
+    assert!(matches!(
+        decision(&[quick, node("b", 1), node("c", 1)], "a"),
+        Decision::Prove { .. }
+    ));
+}
+
+#[test]
+fn a_node_without_a_lease_is_not_judged() {
+    let mut new = node("a", 0);
+    new.lease = None;
+    assert_eq!(decision(&[new, node("b", 1)], "a"), Decision::Healthy);
+}
+
+#[test]
+fn more_than_half_silent_fences_nothing_and_says_why() {
+    let nodes = [node("a", 30), node("b", 30), node("c", 1)];
+    for (name, decision) in decide(&nodes) {
+        if name == "c" {
+            assert_eq!(decision, Decision::Healthy);
+            continue;
+        }
+        let Decision::Refused(
+            refusal @ Refusal::TooManySilent {
+                silent: 2,
+                eligible: 3,
+                ..
+            },
+        ) = &decision
+        else {
+            panic!("{name}: {decision:?}");
+        };
+        assert!(refusal.to_string().contains("partition"), "{refusal}");
+    }
+}
+
+#[test]
+fn half_silent_in_a_two_node_cluster_may_be_fenced() {
+    assert!(matches!(
+        decision(&[node("a", 30), node("b", 1)], "a"),
+        Decision::Prove { .. }
+    ));
+}
+
+#[test]
+fn at_most_max_fenced_at_once_longest_silent_first() {
+    let nodes = [node("a", 20), node("b", 40), node("c", 1), node("d", 1)];
+    let decisions = decide(&nodes);
+    assert!(
+        matches!(decisions[1].1, Decision::Prove { .. }),
+        "{decisions:?}"
+    );
+    assert_eq!(
+        decisions[0].1,
+        Decision::Refused(Refusal::TooManyFenced { fenced: 1, max: 1 })
+    );
+    // A node fenced already uses up the allowance.
+    let nodes = [
+        fenced(node("a", 100), "a-boot-1"),
+        node("b", 40),
+        node("c", 1),
+        node("d", 1),
+    ];
+    assert!(matches!(
+        decision(&nodes, "b"),
+        Decision::Refused(Refusal::TooManyFenced { .. })
+    ));
+}
+
+#[test]
+fn a_proof_under_way_is_not_started_twice_and_counts_against_the_cap() {
+    let nodes = [node("a", 40), node("b", 30), node("c", 1), node("d", 1)];
+    let proving = BTreeSet::from(["a".to_string()]);
+    let decided = plan(&nodes, &policy(), at(NOW), &proving);
+    assert_eq!(decided.get("a"), Some(&Decision::Proving));
+    assert!(matches!(
+        decided.get("b"),
+        Some(Decision::Refused(Refusal::TooManyFenced { .. }))
+    ));
+}
+
+#[test]
+fn control_plane_and_unselected_nodes_are_refused() {
+    let mut control = node("a", 30);
+    control
+        .labels
+        .insert(CONTROL_PLANE_LABEL.into(), String::new());
+    assert_eq!(
+        decision(&[control.clone(), node("b", 1), node("c", 1)], "a"),
+        Decision::Refused(Refusal::ControlPlane)
+    );
+    let allowed = FencerPolicy {
+        fence_control_plane: true,
+        ..policy()
+    };
+    let decided = plan(
+        &[control, node("b", 1), node("c", 1)],
+        &allowed,
+        at(NOW),
+        &BTreeSet::new(),
+    );
+    assert!(matches!(decided.get("a"), Some(Decision::Prove { .. })));
+
+    let selective = FencerPolicy {
+        node_selector: BTreeMap::from([("fence".into(), "yes".into())]),
+        ..policy()
+    };
+    let decided = plan(
+        &[node("a", 30), node("b", 1)],
+        &selective,
+        at(NOW),
+        &BTreeSet::new(),
+    );
+    assert_eq!(
+        decided.get("a"),
+        Some(&Decision::Refused(Refusal::NotEligible))
+    );
+}
+
+#[test]
+fn a_node_no_agent_selects_is_refused() {
+    assert_eq!(
+        decision(&[node("x", 30), node("b", 1), node("c", 1)], "x"),
+        Decision::Refused(Refusal::NoAgent)
+    );
+}
+
+#[test]
+fn someone_elses_out_of_service_taint_is_left_alone() {
+    let mut theirs = node("a", 100);
+    theirs.out_of_service = true;
+    assert_eq!(
+        decision(&[theirs, node("b", 1)], "a"),
+        Decision::ForeignTaint
+    );
+}
+
+#[test]
+fn the_taint_comes_off_only_after_a_power_cycle() {
+    let down = fenced(node("a", 100), "a-boot-1");
+    assert_eq!(decision(&[down, node("b", 1)], "a"), Decision::Fenced);
+
+    let same_boot = fenced(node("a", 1), "a-boot-1");
+    assert_eq!(
+        decision(&[same_boot, node("b", 1)], "a"),
+        Decision::KeepFenced {
+            boot_id: "a-boot-1".into()
+        }
+    );
+
+    let mut rebooted = fenced(node("a", 1), "a-boot-1");
+    rebooted.boot_id = "a-boot-2".into();
+    assert_eq!(
+        decision(&[rebooted.clone(), node("b", 1)], "a"),
+        Decision::Unfence {
+            boot_id: "a-boot-2".into()
+        }
+    );
+
+    // Heartbeats back but not Ready yet: keep waiting.
+    rebooted.ready = Some(ReadyCondition {
+        status: ConditionStatus::Unknown,
+        last_transition: None,
+    });
+    assert_eq!(decision(&[rebooted, node("b", 1)], "a"), Decision::Fenced);
+
+    // A node that reports no boot ID cannot show a power cycle.
+    let mut blank = fenced(node("a", 1), "a-boot-1");
+    blank.boot_id = String::new();
+    assert!(matches!(
+        decision(&[blank, node("b", 1)], "a"),
+        Decision::KeepFenced { .. }
+    ));
+}
+
+#[test]
+fn a_heartbeat_during_the_proof_blocks_the_fence() {
+    let node = node("a", 3);
+    assert_eq!(
+        confirm(&node, at(NOW - 10)),
+        Err(Refusal::HeartbeatDuringProof)
+    );
+    assert_eq!(confirm(&node, at(NOW - 1)), Ok(()));
+}
