@@ -1,18 +1,21 @@
 //! Loading the cluster-wide policy file.
 //!
-//! One file for every role: the webhook's [`Policy`] fields at the top level and the
-//! scheduler extender's [`ExtenderPolicy`] under `extender:`. Each role reads its part; both
-//! parts are checked whichever role loads the file, so a typo never waits for the other role
-//! to start.
+//! One file for every role: the webhook's [`Policy`] fields at the top level, the scheduler
+//! extender's [`ExtenderPolicy`] under `extender:` and the fencer's [`FencerPolicy`] under
+//! `fencer:`. Each role reads its part; every part is checked whichever role loads the file,
+//! so a typo never waits for another role to start.
 
 use std::path::Path;
 
 use jellyfin_ha_core::Policy;
 use jellyfin_ha_core::config::ConfigError;
 use jellyfin_ha_core::extender::ExtenderPolicy;
+use jellyfin_ha_core::fencing::FencerPolicy;
 
 /// The key of the extender's section.
 pub const EXTENDER_SECTION: &str = "extender";
+/// The key of the fencer's section.
+pub const FENCER_SECTION: &str = "fencer";
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,6 +24,8 @@ pub struct ConfigFile {
     pub policy: Policy,
     /// The `extender:` section.
     pub extender: ExtenderPolicy,
+    /// The `fencer:` section.
+    pub fencer: FencerPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,53 +68,80 @@ pub fn load_config(path: Option<&Path>) -> Result<ConfigFile, ConfigFileError> {
         path: shown.clone(),
         source,
     };
-    let (policy_text, extender_text) = split_extender_section(&text).map_err(parse_error)?;
+    let (policy_text, mut sections) =
+        split_sections(&text, &[EXTENDER_SECTION, FENCER_SECTION]).map_err(parse_error)?;
     let policy: Policy = parse_or_default(&policy_text).map_err(parse_error)?;
-    let extender: ExtenderPolicy = match extender_text {
-        Some(section) => parse_or_default(&section).map_err(|source| ConfigFileError::Parse {
-            path: format!("{shown}: section {EXTENDER_SECTION}"),
-            source,
-        })?,
-        None => ExtenderPolicy::default(),
-    };
+    let mut section = |name: &str| sections.remove(name).unwrap_or_default();
+    let (extender_text, fencer_text) = (section(EXTENDER_SECTION), section(FENCER_SECTION));
+    let extender: ExtenderPolicy = parse_section(&shown, EXTENDER_SECTION, &extender_text)?;
+    let fencer: FencerPolicy = parse_section(&shown, FENCER_SECTION, &fencer_text)?;
     let invalid = |source| ConfigFileError::Invalid {
         path: shown.clone(),
         source,
     };
     policy.validate().map_err(invalid)?;
+    let in_section = |section: &'static str| {
+        move |e: ConfigError| ConfigError {
+            field: format!("{section}.{}", e.field),
+            message: e.message,
+        }
+    };
     extender
         .validate()
-        .map_err(|e| ConfigError {
-            field: format!("{EXTENDER_SECTION}.{}", e.field),
-            message: e.message,
-        })
+        .map_err(in_section(EXTENDER_SECTION))
         .map_err(invalid)?;
-    Ok(ConfigFile { policy, extender })
+    fencer
+        .validate()
+        .map_err(in_section(FENCER_SECTION))
+        .map_err(invalid)?;
+    Ok(ConfigFile {
+        policy,
+        extender,
+        fencer,
+    })
 }
 
-/// Splits off the `extender:` section. When there is none, the text comes back unchanged, so
+fn parse_section<T: Default + serde::de::DeserializeOwned>(
+    path: &str,
+    section: &str,
+    text: &str,
+) -> Result<T, ConfigFileError> {
+    parse_or_default(text).map_err(|source| ConfigFileError::Parse {
+        path: format!("{path}: section {section}"),
+        source,
+    })
+}
+
+/// Splits off the named sections. When there is none, the text comes back unchanged, so
 /// errors keep their line numbers.
-fn split_extender_section(text: &str) -> Result<(String, Option<String>), serde_yaml::Error> {
+fn split_sections(
+    text: &str,
+    names: &[&str],
+) -> Result<(String, std::collections::BTreeMap<String, String>), serde_yaml::Error> {
+    let mut sections = std::collections::BTreeMap::new();
     if text.trim().is_empty() {
-        return Ok((String::new(), None));
+        return Ok((String::new(), sections));
     }
     let mut document: serde_yaml::Value = serde_yaml::from_str(text)?;
-    let section = match document.as_mapping_mut() {
-        Some(mapping) => mapping.remove(EXTENDER_SECTION),
-        None => None,
-    };
-    let Some(section) = section else {
-        return Ok((text.to_string(), None));
-    };
+    let mut removed = false;
+    for name in names {
+        let section = match document.as_mapping_mut() {
+            Some(mapping) => mapping.remove(*name),
+            None => None,
+        };
+        removed |= section.is_some();
+        if let Some(section) = section.filter(|s| !s.is_null()) {
+            sections.insert((*name).to_string(), serde_yaml::to_string(&section)?);
+        }
+    }
+    if !removed {
+        return Ok((text.to_string(), sections));
+    }
     let rest = match &document {
         serde_yaml::Value::Mapping(mapping) if mapping.is_empty() => String::new(),
         _ => serde_yaml::to_string(&document)?,
     };
-    let section = match section {
-        serde_yaml::Value::Null => String::new(),
-        section => serde_yaml::to_string(&section)?,
-    };
-    Ok((rest, Some(section)))
+    Ok((rest, sections))
 }
 
 fn parse_or_default<T: Default + serde::de::DeserializeOwned>(
@@ -208,6 +240,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("gpu.mode"), "{err}");
+    }
+
+    #[test]
+    fn fencer_section_is_read_and_its_errors_name_the_field() {
+        let config = load_all(
+            "extender:\n  leaseStaleSeconds: 25\nfencer:\n  maxFenced: 2\n  agents:\n  - name: bmc\n    nodes: [a]\n    fenceAgent: {program: fence_ipmilan}\n",
+        )
+        .unwrap();
+        assert_eq!(config.fencer.max_fenced, 2);
+        assert_eq!(config.fencer.agents.len(), 1);
+        assert_eq!(config.extender.lease_stale_seconds, 25);
+        let err = load_all("fencer:\n  agents:\n  - name: x\n    nodes: [a]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fencer.agents[0].redfish"), "{err}");
     }
 
     #[test]
