@@ -22,7 +22,9 @@ pub fn client(
             .map_err(|e| AgentError::Credentials(format!("CA file {path}: {e}")))?;
         let ca = reqwest::Certificate::from_pem(&pem)
             .map_err(|e| AgentError::Credentials(format!("CA file {path}: {e}")))?;
-        builder = builder.tls_built_in_root_certs(false).add_root_certificate(ca);
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
     }
     if insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
