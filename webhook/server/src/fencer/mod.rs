@@ -3,4 +3,6 @@
 
 pub mod agent;
 pub mod http;
+pub mod program;
 pub mod proxmox;
+pub mod redfish;
