@@ -25,7 +25,7 @@ use crate::manifests::{self, OutputFormat};
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::reflect::{self, SharedSnapshot, SyncState};
 use crate::webhook::{self, WebhookState};
-use crate::{explain, serve, shutdown};
+use crate::{explain, fencer, serve, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,8 +59,11 @@ enum Command {
     /// Serve the kube-scheduler extender (POST /filter, POST /prioritize) over HTTPS.
     Extender(ExtenderRoleArgs),
     /// Serve the webhook and the extender from one process, on two ports, with one
-    /// certificate and one admin port.
+    /// certificate and one admin port, and run the fencer beside them.
     Serve(ServeArgs),
+    /// Prove silent nodes powered off through their fence devices, taint them out-of-service
+    /// so Jellyfin's volume moves at once, and untaint them after a power cycle.
+    Fencer(fencer::FencerArgs),
     /// Mutate manifests offline exactly as the webhook would, and print the result.
     Mutate(MutateArgs),
     /// Show, from the live cluster, why each node passes or fails the extender's filter for a
@@ -136,6 +139,8 @@ pub struct ServeArgs {
     pub extender_listen: SocketAddr,
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub fencer: fencer::FencerFlags,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +178,9 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run_serve(args))),
+        Command::Fencer(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(fencer::run(args))),
         Command::Mutate(args) => run_mutate(args),
         Command::Explain(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
@@ -279,6 +287,18 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let (extender_app, synced) =
         start_extender(Arc::new(config.extender), &metrics, &shutdown).await?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+    // The fencer has its own caches; serve's readiness stays the extender's.
+    let fencer = tokio::spawn(fencer::lead(
+        client,
+        Arc::new(config.fencer),
+        args.fencer,
+        Arc::clone(&metrics),
+        Arc::new(AtomicBool::new(false)),
+        shutdown.clone(),
+    ));
     let server = RoleServer {
         roles: vec![
             ("webhook", args.webhook_listen, webhook_app),
@@ -287,7 +307,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         args: args.server,
     };
     let ready_when = ready_when_synced(synced, shutdown.clone());
-    serve_roles(server, metrics, ready, ready_when, shutdown).await
+    let served = serve_roles(server, metrics, ready, ready_when, shutdown.clone()).await;
+    shutdown.cancel();
+    fencer.await.context("fencer")??;
+    served
 }
 
 /// Connects to the API, starts the watchers and returns the extender's routes.

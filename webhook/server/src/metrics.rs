@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +32,20 @@ pub struct VerbLabels {
     pub verb: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A fixed CamelCase reason from the fencing core.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProofLabels {
+    /// The agent's name from the config.
+    pub agent: String,
+    /// `off` (proven) or `failed`.
+    pub outcome: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
@@ -42,6 +57,14 @@ pub struct Metrics {
     /// Candidate nodes per call, by verb: shows whether the scheduler sends names or objects
     /// for how many nodes.
     pub extender_candidates: Family<VerbLabels, Counter>,
+    pub fencer_leader: Gauge,
+    pub fencer_suspects: Counter,
+    pub fencer_proofs: Family<ProofLabels, Counter>,
+    pub fencer_refusals: Family<ReasonLabels, Counter>,
+    pub fencer_fences: Counter,
+    pub fencer_fence_seconds: Histogram,
+    pub fencer_unfences: Counter,
+    pub fencer_pods_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +110,55 @@ impl Default for Metrics {
             "Candidate nodes received in scheduler extender calls, by verb",
             extender_candidates.clone(),
         );
+        let fencer_leader = Gauge::default();
+        registry.register(
+            "fencer_leader",
+            "1 while this fencer replica holds the leader Lease",
+            fencer_leader.clone(),
+        );
+        let fencer_suspects = Counter::default();
+        registry.register(
+            "fencer_suspects",
+            "Nodes suspected dead (a Lease renewal overdue) and sent to their fence device",
+            fencer_suspects.clone(),
+        );
+        let fencer_proofs = Family::<ProofLabels, Counter>::default();
+        registry.register(
+            "fencer_proofs",
+            "Proofs of power-off finished, by agent and outcome",
+            fencer_proofs.clone(),
+        );
+        let fencer_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "fencer_refusals",
+            "Silent nodes not fenced, by reason",
+            fencer_refusals.clone(),
+        );
+        let fencer_fences = Counter::default();
+        registry.register(
+            "fencer_fences",
+            "Nodes tainted out-of-service after a proof",
+            fencer_fences.clone(),
+        );
+        // 0.1 s .. ~100 s: from suspicion to taint, mostly the device's answer.
+        let fencer_fence_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 11));
+        registry.register(
+            "fencer_fence_duration_seconds",
+            "Time from suspicion to taint",
+            fencer_fence_seconds.clone(),
+        );
+        let fencer_unfences = Counter::default();
+        registry.register(
+            "fencer_unfences",
+            "Fenced nodes given back after a power cycle",
+            fencer_unfences.clone(),
+        );
+        let fencer_pods_deleted = Counter::default();
+        registry.register(
+            "fencer_pods_deleted",
+            "Pods force-deleted from fenced nodes",
+            fencer_pods_deleted.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -95,6 +167,14 @@ impl Default for Metrics {
             extender_calls,
             extender_call_seconds,
             extender_candidates,
+            fencer_leader,
+            fencer_suspects,
+            fencer_proofs,
+            fencer_refusals,
+            fencer_fences,
+            fencer_fence_seconds,
+            fencer_unfences,
+            fencer_pods_deleted,
         }
     }
 }

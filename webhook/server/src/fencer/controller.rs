@@ -1,0 +1,514 @@
+//! The fencer's loop while it leads: decide every node from the watched cluster, prove silent
+//! nodes off through their devices, fence, sweep their pods, and give power-cycled nodes back.
+//! Every decision comes from `jellyfin_ha_core::fencing`; this file only performs them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jellyfin_ha_core::annotations::MANAGED;
+use jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
+use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
+use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
+use jellyfin_ha_core::fencing::{
+    Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal, confirm,
+    plan,
+};
+use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::agent::{AgentError, FenceAgent};
+use super::device::Device;
+use crate::metrics::Metrics;
+
+/// How often the leader re-decides; watches keep the stores current in between.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// Everything the loop needs that outlives one tick.
+pub struct Fencer {
+    pub client: Client,
+    pub policy: Arc<FencerPolicy>,
+    pub nodes: Store<Node>,
+    pub leases: Store<Lease>,
+    /// Where the credential Secrets are, and jellyfin-ha's own pods.
+    pub namespace: String,
+    /// This replica's name, for the fence record and Events.
+    pub identity: String,
+    pub dry_run: bool,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What one leader term remembers: proofs under way, and what it has already said.
+#[derive(Default)]
+pub struct Term {
+    proving: HashMap<String, JoinHandle<()>>,
+    /// (node, reason) pairs already reported, so a refusal is one Event, not one per tick.
+    reported: BTreeSet<(String, String)>,
+    /// Fenced nodes whose pods this term has swept.
+    swept: BTreeSet<String>,
+}
+
+impl Term {
+    /// Ends every proof under way: leadership is gone, and the next leader starts over.
+    pub fn abort(self) {
+        for (_, task) in self.proving {
+            task.abort();
+        }
+    }
+}
+
+impl Fencer {
+    fn facts(&self) -> Vec<NodeFacts> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|node| {
+                let lease = self.leases.get(
+                    &ObjectRef::new(&node.name_any())
+                        .within(jellyfin_ha_core::extender::snapshot::NODE_LEASE_NAMESPACE),
+                );
+                NodeFacts::from_node(node, lease.as_deref())
+            })
+            .collect()
+    }
+
+    /// One pass over every node.
+    pub async fn tick(self: &Arc<Self>, term: &mut Term) {
+        term.proving.retain(|_, task| !task.is_finished());
+        let proving: BTreeSet<String> = term.proving.keys().cloned().collect();
+        let facts = self.facts();
+        let decided = plan(&facts, &self.policy, Timestamp::now(), &proving);
+        for (node, decision) in decided.decisions {
+            match decision {
+                Decision::Healthy => {
+                    term.reported.retain(|(n, _)| n != &node);
+                }
+                Decision::Prove { agent, silent_for } => {
+                    let Some(agent) = self.policy.agents.get(agent).cloned() else {
+                        continue;
+                    };
+                    let reason = format!("Lease not renewed for {:.1} s", silent_for.as_secs_f64());
+                    tracing::warn!(%node, agent = %agent.name, %reason, "suspected; proving it off");
+                    self.metrics.fencer_suspects.inc();
+                    let fencer = Arc::clone(self);
+                    let name = node.clone();
+                    let task = tokio::spawn(async move {
+                        fencer.prove_and_fence(&name, &agent, &reason).await;
+                    });
+                    term.proving.insert(node, task);
+                }
+                Decision::Proving | Decision::ForeignTaint => {}
+                Decision::Refused(refusal) => {
+                    self.report_refusal(term, &node, &refusal).await;
+                }
+                Decision::Fenced => {
+                    if !term.swept.contains(&node) && self.sweep(&node).await {
+                        term.swept.insert(node);
+                    }
+                }
+                Decision::Unfence { boot_id } => {
+                    if self.unfence(&node, &boot_id).await {
+                        term.swept.remove(&node);
+                        term.reported.retain(|(n, _)| n != &node);
+                    }
+                }
+                Decision::KeepFenced { boot_id } => {
+                    let key = (node.clone(), format!("KeepFenced/{boot_id}"));
+                    if term.reported.insert(key) {
+                        let note = format!(
+                            "back with the bootID {boot_id:?} it had when fenced: it was never \
+                             power-cycled, so the taint stays until it reboots"
+                        );
+                        tracing::warn!(%node, "{note}");
+                        self.event(&node, EventType::Warning, "FenceKept", "Unfence", note)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report_refusal(&self, term: &mut Term, node: &str, refusal: &Refusal) {
+        let key = (node.to_string(), refusal.reason().to_string());
+        if !term.reported.insert(key) {
+            return;
+        }
+        tracing::warn!(%node, reason = refusal.reason(), "silent, not fenced: {refusal}");
+        self.metrics
+            .fencer_refusals
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: refusal.reason().to_string(),
+            })
+            .inc();
+        self.event(
+            node,
+            EventType::Warning,
+            refusal.reason(),
+            "Fence",
+            format!("silent, not fenced: {refusal}"),
+        )
+        .await;
+    }
+
+    /// Proves the node off and fences it; any failure leaves it unfenced and says why.
+    async fn prove_and_fence(&self, node: &str, agent: &AgentConfig, reason: &str) {
+        let started = Instant::now();
+        let proof = match self.prove(node, agent).await {
+            Ok(proof) => proof,
+            Err(refusal) => {
+                self.proof_failed(node, agent, &refusal).await;
+                return;
+            }
+        };
+        let Some(facts) = self.facts().into_iter().find(|f| f.name == node) else {
+            return;
+        };
+        if let Err(refusal) = confirm(&facts, proof.started) {
+            self.proof_failed(node, agent, &refusal).await;
+            return;
+        }
+        let record = FenceRecord {
+            fenced_at: Timestamp::now(),
+            reason: reason.to_string(),
+            agent: agent.name.clone(),
+            proof: proof.said.clone(),
+            boot_id: facts.boot_id.clone(),
+            fenced_by: self.identity.clone(),
+        };
+        if self.dry_run {
+            tracing::warn!(%node, proof = %proof.said, "dry run: would taint {OUT_OF_SERVICE} and delete its pods");
+            return;
+        }
+        match self.taint(node, &record).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(%node, error = %e, "proven off, but the taint could not be written; retrying on the next tick");
+                return;
+            }
+        }
+        self.metrics.fencer_fences.inc();
+        self.metrics
+            .fencer_fence_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let note = format!(
+            "{reason}; {} proved it off ({}); tainted {OUT_OF_SERVICE} so its volumes detach now",
+            agent.name, proof.said
+        );
+        tracing::warn!(%node, "fenced: {note}");
+        self.event(node, EventType::Warning, "Fenced", "Fence", note)
+            .await;
+        self.sweep(node).await;
+    }
+
+    async fn proof_failed(&self, node: &str, agent: &AgentConfig, refusal: &Refusal) {
+        tracing::warn!(%node, agent = %agent.name, "not fenced: {refusal}");
+        self.metrics
+            .fencer_refusals
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: refusal.reason().to_string(),
+            })
+            .inc();
+        if !self.dry_run {
+            self.clear_fencing_mark(node).await;
+        }
+        self.event(
+            node,
+            EventType::Warning,
+            refusal.reason(),
+            "Fence",
+            format!("not fenced: {refusal}"),
+        )
+        .await;
+    }
+
+    /// Asks the device until it says off, powering the machine off when allowed.
+    async fn prove(&self, node: &str, agent: &AgentConfig) -> Result<Proven, Refusal> {
+        let now = Timestamp::now();
+        if !self.dry_run {
+            self.mark_fencing(node, agent, now).await;
+        }
+        if let Some(AgentKind::None(_)) = agent.kind() {
+            tracing::warn!(%node, agent = %agent.name, "no fence device: fencing on detection alone, as acknowledged in the config");
+            return Ok(Proven {
+                started: now,
+                said: "no fence device; fenced on silence alone (acknowledged in config)".into(),
+            });
+        }
+        let timeout = Duration::from_secs(u64::from(self.policy.agent_timeout_seconds));
+        let device = Device::build(&self.client, &self.namespace, agent, node, timeout)
+            .await
+            .map_err(|e| Refusal::NotProven(e.to_string()))?;
+        let deadline = Duration::from_secs(u64::from(self.policy.proof_deadline_seconds));
+        let mut proof = Proof::new(now, deadline, agent.power_off && !self.dry_run);
+        let result = |outcome: &str| crate::metrics::ProofLabels {
+            agent: agent.name.clone(),
+            outcome: outcome.to_string(),
+        };
+        loop {
+            let reading = match tokio::time::timeout(timeout, device.power_state()).await {
+                Ok(Ok(state)) => Reading::Power(state),
+                Ok(Err(e)) => Reading::Failed(e.to_string()),
+                Err(_) => Reading::Failed(AgentError::Timeout(timeout.as_secs()).to_string()),
+            };
+            if let Reading::Failed(why) = &reading {
+                tracing::warn!(%node, agent = %agent.name, "fence device: {why}");
+            }
+            let step = proof.next(reading, Timestamp::now());
+            match step {
+                ProofStep::Proven => {
+                    self.metrics
+                        .fencer_proofs
+                        .get_or_create(&result("off"))
+                        .inc();
+                    let said = match proof.powered_off() {
+                        true => format!("{} said Off after a power-off", device.kind()),
+                        false => format!("{} said Off", device.kind()),
+                    };
+                    return Ok(Proven {
+                        started: proof.started(),
+                        said,
+                    });
+                }
+                ProofStep::PowerOff => {
+                    tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
+                    match tokio::time::timeout(timeout, device.power_off()).await {
+                        Ok(Ok(())) => proof.power_off_sent(),
+                        Ok(Err(e)) => {
+                            if let ProofStep::GiveUp(why) =
+                                proof.power_off_failed(&e.to_string(), Timestamp::now())
+                            {
+                                self.metrics
+                                    .fencer_proofs
+                                    .get_or_create(&result("failed"))
+                                    .inc();
+                                return Err(Refusal::NotProven(why));
+                            }
+                        }
+                        Err(_) => {
+                            let why = AgentError::Timeout(timeout.as_secs()).to_string();
+                            if let ProofStep::GiveUp(why) =
+                                proof.power_off_failed(&why, Timestamp::now())
+                            {
+                                self.metrics
+                                    .fencer_proofs
+                                    .get_or_create(&result("failed"))
+                                    .inc();
+                                return Err(Refusal::NotProven(why));
+                            }
+                        }
+                    }
+                }
+                ProofStep::ReadAgain { after } => tokio::time::sleep(after).await,
+                ProofStep::GiveUp(why) => {
+                    self.metrics
+                        .fencer_proofs
+                        .get_or_create(&result("failed"))
+                        .inc();
+                    return Err(Refusal::NotProven(why));
+                }
+            }
+        }
+    }
+
+    /// Marks the node as being fenced, so the extender stops placing pods on it.
+    async fn mark_fencing(&self, node: &str, agent: &AgentConfig, now: Timestamp) {
+        let value = json!({"agent": agent.name, "since": now.to_string()}).to_string();
+        let patch = json!({"metadata": {"annotations": {FENCING_ANNOTATION: value}}});
+        if let Err(e) = self
+            .nodes_api()
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(%node, error = %e, "could not mark the node as being fenced");
+        }
+    }
+
+    async fn clear_fencing_mark(&self, node: &str) {
+        let patch = json!({"metadata": {"annotations": {FENCING_ANNOTATION: null}}});
+        if let Err(e) = self
+            .nodes_api()
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(%node, error = %e, "could not clear the being-fenced mark");
+        }
+    }
+
+    /// Adds the taint and the record in one write, on the Node as last read: a concurrent
+    /// change to its taints makes the write fail instead of being overwritten.
+    async fn taint(&self, node: &str, record: &FenceRecord) -> Result<(), kube::Error> {
+        let api = self.nodes_api();
+        let current = api.get(node).await?;
+        let mut taints = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        taints.retain(|t| t.key != OUT_OF_SERVICE);
+        let mut taint = taints::out_of_service();
+        taint.time_added = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            record.fenced_at,
+        ));
+        taints.push(taint);
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": current.resource_version(),
+                "annotations": {FENCED_ANNOTATION: record.to_annotation(), FENCING_ANNOTATION: null},
+            },
+            "spec": {"taints": taints},
+        });
+        api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(drop)
+    }
+
+    /// Removes the taint and the record in one write; true when done.
+    async fn unfence(&self, node: &str, boot_id: &str) -> bool {
+        if self.dry_run {
+            tracing::info!(%node, "dry run: would remove {OUT_OF_SERVICE}");
+            return false;
+        }
+        let api = self.nodes_api();
+        let result = async {
+            let current = api.get(node).await?;
+            let taints: Vec<_> = current
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| t.key != OUT_OF_SERVICE)
+                .collect();
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": current.resource_version(),
+                    "annotations": {FENCED_ANNOTATION: null, FENCING_ANNOTATION: null},
+                },
+                "spec": {"taints": taints},
+            });
+            api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.metrics.fencer_unfences.inc();
+                let note = format!(
+                    "back Ready with a new bootID {boot_id:?}: it power-cycled; {OUT_OF_SERVICE} removed"
+                );
+                tracing::info!(%node, "{note}");
+                self.event(node, EventType::Normal, "Unfenced", "Unfence", note)
+                    .await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "could not remove the taint; retrying");
+                false
+            }
+        }
+    }
+
+    /// Force-deletes the pods left on a fenced node: jellyfin-ha's own first, so no Service
+    /// keeps routing to a dead webhook or extender replica, then the managed pods, so their
+    /// replacements are created now rather than at PodGC's next pass, then the rest. Pods
+    /// that tolerate the out-of-service taint asked to stay. True when every delete went
+    /// through.
+    async fn sweep(&self, node: &str) -> bool {
+        if self.dry_run {
+            return true;
+        }
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let listed = pods
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await;
+        let mut pods_on_node = match listed {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "could not list the fenced node's pods");
+                return false;
+            }
+        };
+        let taint = taints::out_of_service();
+        pods_on_node.retain(|pod| {
+            !pod.spec
+                .iter()
+                .flat_map(|s| s.tolerations.iter().flatten())
+                .any(|t| taints::tolerates(t, &taint))
+        });
+        pods_on_node.sort_by_key(|pod| {
+            let ours = pod.namespace().as_deref() == Some(self.namespace.as_str());
+            let managed = pod.labels().get(MANAGED).map(String::as_str) == Some("true");
+            (!ours, !managed)
+        });
+        let mut all_done = true;
+        for pod in pods_on_node {
+            let (Some(namespace), name) = (pod.namespace(), pod.name_any()) else {
+                continue;
+            };
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+            match api
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(%node, pod = %format!("{namespace}/{name}"), "force-deleted from the fenced node");
+                    self.metrics.fencer_pods_deleted.inc();
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(%node, pod = %name, error = %e, "could not force-delete");
+                    all_done = false;
+                }
+            }
+        }
+        all_done
+    }
+
+    fn nodes_api(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    /// Records an Event on the Node; in a dry run it is only logged.
+    async fn event(&self, node: &str, type_: EventType, reason: &str, action: &str, note: String) {
+        if self.dry_run {
+            return;
+        }
+        let reference = Node::object_ref(
+            &Node {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(node.to_string()),
+                    uid: self.nodes.get(&ObjectRef::new(node)).and_then(|n| n.uid()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &(),
+        );
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%node, error = %e, "could not record an Event");
+        }
+    }
+}
+
+/// A device's proof, as written into the fence record.
+struct Proven {
+    started: Timestamp,
+    said: String,
+}
