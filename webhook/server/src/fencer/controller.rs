@@ -254,10 +254,11 @@ impl Fencer {
             outcome: outcome.to_string(),
         };
         loop {
-            let reading = match tokio::time::timeout(timeout, device.power_state()).await {
+            // Each device times its own calls out; this is the backstop.
+            let reading = match tokio::time::timeout(deadline, device.power_state()).await {
                 Ok(Ok(state)) => Reading::Power(state),
                 Ok(Err(e)) => Reading::Failed(e.to_string()),
-                Err(_) => Reading::Failed(AgentError::Timeout(timeout.as_secs()).to_string()),
+                Err(_) => Reading::Failed(AgentError::Timeout(deadline.as_secs()).to_string()),
             };
             if let Reading::Failed(why) = &reading {
                 tracing::warn!(%node, agent = %agent.name, "fence device: {why}");
@@ -280,31 +281,23 @@ impl Fencer {
                 }
                 ProofStep::PowerOff => {
                     tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
-                    match tokio::time::timeout(timeout, device.power_off()).await {
-                        Ok(Ok(())) => proof.power_off_sent(),
-                        Ok(Err(e)) => {
-                            if let ProofStep::GiveUp(why) =
-                                proof.power_off_failed(&e.to_string(), Timestamp::now())
-                            {
+                    let sent = match tokio::time::timeout(deadline, device.power_off()).await {
+                        Ok(sent) => sent,
+                        Err(_) => Err(AgentError::Timeout(deadline.as_secs())),
+                    };
+                    match sent {
+                        Ok(()) => proof.power_off_sent(),
+                        Err(e) => match proof.power_off_failed(&e.to_string(), Timestamp::now()) {
+                            ProofStep::GiveUp(why) => {
                                 self.metrics
                                     .fencer_proofs
                                     .get_or_create(&result("failed"))
                                     .inc();
                                 return Err(Refusal::NotProven(why));
                             }
-                        }
-                        Err(_) => {
-                            let why = AgentError::Timeout(timeout.as_secs()).to_string();
-                            if let ProofStep::GiveUp(why) =
-                                proof.power_off_failed(&why, Timestamp::now())
-                            {
-                                self.metrics
-                                    .fencer_proofs
-                                    .get_or_create(&result("failed"))
-                                    .inc();
-                                return Err(Refusal::NotProven(why));
-                            }
-                        }
+                            ProofStep::ReadAgain { after } => tokio::time::sleep(after).await,
+                            ProofStep::Proven | ProofStep::PowerOff => {}
+                        },
                     }
                 }
                 ProofStep::ReadAgain { after } => tokio::time::sleep(after).await,

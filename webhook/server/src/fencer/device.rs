@@ -12,6 +12,10 @@ use super::program::ProgramAgent;
 use super::proxmox::ProxmoxVmAgent;
 use super::redfish::RedfishSystem;
 
+/// A fence agent's `off` waits itself until the machine reads off (fence-agents'
+/// `power_timeout`, 20 s by default), after logging in; give it that and a margin.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(40);
+
 /// The secret keys each device type reads.
 const USERNAME_KEYS: [&str; 2] = ["username", "tokenId"];
 const PASSWORD_KEYS: [&str; 2] = ["password", "tokenSecret"];
@@ -65,7 +69,7 @@ impl Device {
                 config,
                 node,
                 credentials,
-                timeout,
+                timeout.max(PROGRAM_TIMEOUT),
             )?)),
             Some(AgentKind::None(_)) | None => Err(AgentError::Credentials(format!(
                 "agent {} has no fence device",
