@@ -6,6 +6,7 @@
 #   hack/envtest.sh build | up | env | status | down
 #   hack/envtest.sh node-add NAME [--gpu-count N | --no-gpu]
 #   hack/envtest.sh node-power-off NAME | node-power-on NAME | node-delete NAME
+#   hack/envtest.sh node-partition NAME | node-reconnect NAME | node-bmc NAME
 # See hack/envtest/README.md.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ ETCD_VERSION=v3.7.3   # go.etcd.io/etcd/server/v3 (k8s v1.37 vendors etcd client
 KWOK_VERSION=v0.8.0   # sigs.k8s.io/kwok
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$REPO_ROOT/hack/lib-bmc.sh"
 FIXTURES="$REPO_ROOT/hack/envtest"
 CACHE_DIR=${JFHA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jellyfin-ha}
 K8S_DIR="$CACHE_DIR/kubernetes-$K8S_VERSION"
@@ -28,6 +30,7 @@ PKI_DIR="$STATE_DIR/pki"
 LOG_DIR="$STATE_DIR/logs"
 PID_DIR="$STATE_DIR/pids"
 KUBECONFIG_FILE="$STATE_DIR/kubeconfig"
+BMC_DIR="$STATE_DIR/bmc"                  # one directory per node's BMC
 
 # Loopback ports; overridable so two checkouts can run side by side.
 ETCD_CLIENT_PORT=${ENVTEST_ETCD_PORT:-12379}
@@ -36,6 +39,7 @@ APISERVER_PORT=${ENVTEST_APISERVER_PORT:-16443}
 KCM_PORT=${ENVTEST_KCM_PORT:-10257}
 SCHEDULER_PORT=${ENVTEST_SCHEDULER_PORT:-10259}
 KWOK_PORT=${ENVTEST_KWOK_PORT:-10247}       # the cluster-wide kwok's healthz
+BMC_PORT_BASE=${ENVTEST_BMC_PORT_BASE:-16600} # nodes' BMCs take the first free ports from here
 
 NODE_MONITOR_GRACE=${ENVTEST_NODE_MONITOR_GRACE:-40s}
 NODE_MONITOR_PERIOD=${ENVTEST_NODE_MONITOR_PERIOD:-5s}
@@ -43,7 +47,7 @@ NODE_MONITOR_PERIOD=${ENVTEST_NODE_MONITOR_PERIOD:-5s}
 NODE_LEASE_DURATION=${ENVTEST_NODE_LEASE_DURATION:-40}
 SCHEDULER_CONFIG=${ENVTEST_SCHEDULER_CONFIG:-}
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok attach-gate)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -406,6 +410,16 @@ subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubern
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
   issue_cert front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$PKI_DIR/sa.key" 2>/dev/null
+  # The nodes' BMCs share one serving certificate from a CA of their own: what a fencer
+  # trusts for Redfish need not let it trust the apiserver's CA.
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+    -keyout "$PKI_DIR/bmc-ca.key" -out "$PKI_DIR/bmc-ca.crt" -days 3650 -sha256 \
+    -subj "/CN=jellyfin-ha-envtest-bmc-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  issue_cert bmc "/CN=envtest-bmc" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost" bmc-ca
   openssl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
 }
 
@@ -536,6 +550,32 @@ start_kwok() {
     --server-address="127.0.0.1:$KWOK_PORT"
 }
 
+# A kubelet starts a pod's containers only once its volumes are attached; kwok does not
+# wait. The gate (hack/envtest/attach-gate.py) annotates a pod that uses a claim once its CSI
+# volumes are attached to the pod's node, and the node kwoks' pod-ready stage waits for that.
+start_attach_gate() {
+  rm -f "$STATE_DIR/attach-gate.ready"
+  start_proc attach-gate "$BMC_VENV/bin/python3" -u "$FIXTURES/attach-gate.py" \
+    "https://127.0.0.1:$APISERVER_PORT" "$PKI_DIR/ca.crt" "$PKI_DIR/admin.crt" "$PKI_DIR/admin.key" \
+    "$STATE_DIR/attach-gate.ready"
+}
+
+# kwok's stock kubelet stages with its pod-ready stage left out: the node kwoks run
+# hack/envtest/kubelet/pod-ready.yaml instead, which waits for the attach gate.
+write_kubelet_stages() {
+  awk '
+    function flush() {
+      if (doc != "" && doc !~ /\n  name: pod-ready\n/) { printf "%s%s", sep, doc; sep = "---\n" }
+      doc = ""
+    }
+    $0 == "---" { flush(); next }
+    { doc = doc $0 "\n" }
+    END { flush() }
+  ' "$KWOK_DIR/share/node-stages.yaml" >"$STATE_DIR/kubelet-stages.yaml"
+  grep -q '^  name: pod-ready$' "$STATE_DIR/kubelet-stages.yaml" && die "could not drop kwok's pod-ready stage"
+  grep -q '^  name: pod-delete$' "$STATE_DIR/kubelet-stages.yaml" || die "kwok's stages in $KWOK_DIR/share/node-stages.yaml are not as expected"
+}
+
 apply_fixtures() {
   kc apply -f "$KWOK_DIR/share/stage-crd.yaml" >/dev/null
   kc wait --for=condition=Established --timeout=30s crd/stages.kwok.x-k8s.io >/dev/null
@@ -566,12 +606,12 @@ cmd_up() {
     cmd_down
   fi
   cmd_build
-  need_cmd openssl
-  need_cmd curl
+  ensure_bmc_tools
   check_ports_free
-  mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR" "$STATE_DIR/kwok-home"
+  mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR" "$STATE_DIR/kwok-home" "$BMC_DIR"
   settings >"$STATE_DIR/settings"
   gen_pki
+  write_kubelet_stages
   write_kubeconfig "$STATE_DIR/admin.kubeconfig" admin
 
   start_etcd
@@ -586,9 +626,11 @@ cmd_up() {
   start_scheduler
   apply_fixtures || fail_start kube-apiserver "applying fixtures from $FIXTURES failed"
   start_kwok
+  start_attach_gate
   wait_for kube-controller-manager 30 https_ok "https://127.0.0.1:$KCM_PORT/healthz"
   wait_for kube-scheduler 30 https_ok "https://127.0.0.1:$SCHEDULER_PORT/healthz"
   wait_for kwok 30 kwok_ok
+  wait_for attach-gate 30 test -f "$STATE_DIR/attach-gate.ready"
   # Pods are rejected until the namespace's default ServiceAccount exists.
   wait_for kube-controller-manager 30 kc -n default get serviceaccount default
   log "up in $(elapsed "$t0") s; export KUBECONFIG=$KUBECONFIG_FILE"
@@ -628,7 +670,14 @@ cmd_status() {
     sed 's/^/setting /' "$STATE_DIR/settings" 2>/dev/null || true
     for c in $(kc get nodes -l type=kwok -o name 2>/dev/null); do
       c=${c#node/}
-      if pid=$(pid_of "kwok-node-$c"); then state="powered on (kubelet pid $pid)"; else state="powered off"; fi
+      if pid=$(pid_of "kwok-node-$c"); then
+        state="kubelet running (pid $pid)"
+      elif [[ -f $BMC_DIR/$c/partitioned ]]; then
+        state="partitioned"
+      else
+        state="powered off"
+      fi
+      state+=", BMC $(bmc_power_state "$c" 2>/dev/null || echo "not answering")"
       printf 'node %-19s %s\n' "$c" "$state"
     done
     echo "up: KUBECONFIG=$KUBECONFIG_FILE"
@@ -639,23 +688,120 @@ cmd_status() {
   return $rc
 }
 
+# ---- BMCs -----------------------------------------------------------------------
+# Every node has a Redfish BMC: a sushy-tools emulator on loopback with one fake system (the
+# node's systemUUID), HTTPS with the BMC CA in $PKI_DIR, basic auth with a password of its
+# own. Its facts live in $BMC_DIR/NAME. Like hardware, the fake system applies a reset 1 to
+# 11 s after it is requested.
+
+# Sets BMC_ADDRESS, BMC_SYSTEM_PATH, BMC_USERNAME, BMC_PASSWORD, BMC_CA for node $1.
+load_bmc() {
+  local dir="$BMC_DIR/$1"
+  [[ -f $dir/port && -f $dir/uuid ]] || die "node $1 has no BMC (nodes get one from: $0 node-add)"
+  BMC_ADDRESS="https://127.0.0.1:$(<"$dir/port")"
+  BMC_SYSTEM_PATH="/redfish/v1/Systems/$(<"$dir/uuid")"
+  BMC_USERNAME=$(<"$dir/username")
+  BMC_PASSWORD=$(<"$dir/password")
+  BMC_CA="$PKI_DIR/bmc-ca.crt"
+}
+
+bmc_power_state() {
+  load_bmc "$1"
+  redfish_power_state "$BMC_ADDRESS" "$BMC_CA" "$BMC_USERNAME:$BMC_PASSWORD" "$BMC_SYSTEM_PATH"
+}
+
+bmc_reset() {
+  load_bmc "$1"
+  redfish_reset "$BMC_ADDRESS" "$BMC_CA" "$BMC_USERNAME:$BMC_PASSWORD" "$BMC_SYSTEM_PATH" "$2" ||
+    die "the BMC of $1 refused ResetType $2 (log: $LOG_DIR/bmc-$1.log)"
+}
+
+wait_bmc_power() {
+  local name=$1 want=$2 timeout=${3:-20} state=""
+  local deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    state=$(bmc_power_state "$name" 2>/dev/null) || state=""
+    [[ $state == "$want" ]] && return 0
+    sleep 0.2
+  done
+  die "the BMC of $name did not say PowerState $want within ${timeout}s (last: ${state:-no answer}; log: $LOG_DIR/bmc-$name.log)"
+}
+
+# The lowest free port from $BMC_PORT_BASE, under a lock: tests add nodes in parallel.
+alloc_bmc_port() {
+  local name=$1
+  (
+    flock 7
+    taken=$(cat "$BMC_DIR"/*/port 2>/dev/null || true)
+    for ((port = BMC_PORT_BASE; port < BMC_PORT_BASE + 1000; port++)); do
+      grep -qx "$port" <<<"$taken" && continue
+      port_in_use "$port" && continue
+      echo "$port" >"$BMC_DIR/$name/port"
+      exit 0
+    done
+    exit 1
+  ) 7>"$BMC_DIR/.lock" || die "no free port for the BMC of $name from $BMC_PORT_BASE on"
+}
+
+# A stable locally administered MAC per node name.
+node_mac() {
+  printf '%s' "$1" | cksum | awk '{ n = $1; printf "52:54:00:%02x:%02x:%02x", int(n / 65536) % 256, int(n / 256) % 256, n % 256 }'
+}
+
+start_bmc() {
+  local name=$1 uuid=$2 dir="$BMC_DIR/$1"
+  if [[ ! -f $dir/port ]]; then
+    mkdir -p "$dir/state"
+    echo "$uuid" >"$dir/uuid"
+    echo admin >"$dir/username"
+    openssl rand -hex 12 >"$dir/password"
+    bmc_htpasswd_line admin "$(<"$dir/password")" >"$dir/htpasswd"
+    bmc_write_emulator_config "$dir/emulator.conf" "$name" "$uuid" "$(node_mac "$name")" \
+      "10.255.0.$(node_index "$name")" "$dir/htpasswd" "$dir/state"
+    alloc_bmc_port "$name"
+  fi
+  start_proc "bmc-$name" "$BMC_VENV/bin/sushy-emulator" --fake --config "$dir/emulator.conf" \
+    -i 127.0.0.1 -p "$(<"$dir/port")" --ssl-certificate "$PKI_DIR/bmc.crt" --ssl-key "$PKI_DIR/bmc.key"
+}
+
+# The Redfish service root answers without credentials.
+wait_bmc_up() {
+  local name=$1 deadline=$((SECONDS + 30))
+  until curl -fsS --max-time 1 --cacert "$PKI_DIR/bmc-ca.crt" \
+    "https://127.0.0.1:$(<"$BMC_DIR/$name/port")/redfish/v1/" >/dev/null 2>&1; do
+    running "bmc-$name" || fail_bmc "$name" "the BMC of $name exited"
+    ((SECONDS < deadline)) || fail_bmc "$name" "the BMC of $name did not answer within 30s"
+    sleep 0.05
+  done
+}
+
+fail_bmc() {
+  printf 'error: %s\n--- last lines of %s ---\n' "$2" "$LOG_DIR/bmc-$1.log" >&2
+  tail -n 20 "$LOG_DIR/bmc-$1.log" >&2 || true
+  exit 1
+}
+
 # ---- nodes --------------------------------------------------------------------
 
 require_up() { is_up || die "the control plane is not up; run: $0 up"; }
+
+require_node() { kc get node "$1" >/dev/null || die "no node $1"; }
 
 uuid() { cat /proc/sys/kernel/random/uuid; }
 
 # A stable small number per node name, for its pod CIDR and node IP.
 node_index() { printf '%s' "$1" | cksum | awk '{ print $1 % 250 + 1 }'; }
 
-# The node's "kubelet": a kwok that manages only this node, heartbeats its
-# Lease (renewed every duration/4, as the kubelet does) and runs its pods.
+# The node's "kubelet": a kwok that manages only this node, heartbeats its Lease (renewed
+# every duration/4, as the kubelet does) and runs its pods, those with claims only once
+# their volumes are attached.
 start_node_kwok() {
   local name=$1 idx
   idx=$(node_index "$name")
   start_proc "kwok-node-$name" env HOME="$STATE_DIR/kwok-home" "$BIN_DIR/kwok" \
     --kubeconfig="$KUBECONFIG_FILE" \
-    --config="$KWOK_DIR/share/node-stages.yaml" \
+    --config="$STATE_DIR/kubelet-stages.yaml" \
+    --config="$FIXTURES/kubelet/pod-ready.yaml" \
     --manage-single-node="$name" \
     --node-lease-duration-seconds="$NODE_LEASE_DURATION" \
     --node-ip="10.255.0.$idx" \
@@ -690,10 +836,15 @@ cmd_node_add() {
   done
   [[ $gpu =~ ^[0-9]+$ ]] || die "--gpu-count must be a number"
   require_up
+  local system_uuid
   if kc get node "$name" >/dev/null 2>&1; then
-    running "kwok-node-$name" || die "node $name exists but is powered off; use: $0 node-power-on $name"
+    running "kwok-node-$name" ||
+      die "node $name exists but its kubelet is down; use: $0 node-power-on $name (or node-reconnect)"
+    system_uuid=$(kc get node "$name" -o jsonpath='{.status.nodeInfo.systemUUID}')
     log "node $name already exists"
   else
+    # The BMC's system has the node's SMBIOS UUID, as real hardware does.
+    system_uuid=$(uuid)
     local gpu_label="" gpu_res=""
     if [[ $gpu -gt 0 ]]; then
       gpu_label="    intel.feature.node.kubernetes.io/gpu: \"true\""
@@ -731,7 +882,7 @@ status:
     architecture: amd64
     bootID: $(uuid)
     machineID: $(uuid | tr -d -)
-    systemUUID: $(uuid)
+    systemUUID: $system_uuid
     operatingSystem: linux
     osImage: Debian GNU/Linux 13 (trixie)
     kernelVersion: 6.12.0-envtest
@@ -750,9 +901,11 @@ spec:
 YAML
     log "created node $name (gpu.intel.com/i915: $gpu)"
   fi
+  running "bmc-$name" || start_bmc "$name" "$system_uuid"
   running "kwok-node-$name" || start_node_kwok "$name"
+  wait_bmc_up "$name"
   wait_node_ready "$name"
-  log "node $name is Ready"
+  log "node $name is Ready; its BMC answers on $(load_bmc "$name"; echo "$BMC_ADDRESS")"
 }
 
 # JSON list items ("a","b",) of the unique names of volumes attached to a
@@ -770,54 +923,123 @@ volumes_attached_to() {
   } | sort -u | awk 'NF { printf "\"%s\",", $0 }'
 }
 
-cmd_node_power_off() {
-  local name=${1:?usage: $0 node-power-off NAME} pid in_use
-  require_up
-  kc get node "$name" >/dev/null || die "no node $name"
-  if pid=$(pid_of "kwok-node-$name"); then
-    # kwok does not report status.volumesInUse, but a kubelet running pods
-    # with attached volumes has them mounted and reported when it dies. Without
-    # this the attach/detach controller would detach at once instead of
-    # waiting for the unmount (6 min) or the out-of-service taint.
-    in_use=$(volumes_attached_to "$name")
-    if [[ -n $in_use ]]; then
-      kc patch node "$name" --subresource=status --type=merge \
-        -p "{\"status\":{\"volumesInUse\":[${in_use%,}]}}" >/dev/null
-    fi
-    # Power loss: no graceful shutdown, nothing else is written to the API.
-    kill -KILL "$pid"
-    rm -f "$PID_DIR/kwok-node-$name.pid"
-    log "node $name powered off (kubelet pid $pid killed; lease no longer renewed; volumesInUse: [${in_use%,}])"
-  else
-    log "node $name is already powered off"
+# The node's kubelet stops at once, with no goodbye: nothing is written to the API on behalf
+# of the node except status.volumesInUse. kwok does not report it, but a kubelet running pods
+# with attached volumes has them mounted and reported when it stops. Without it the
+# attach/detach controller would detach at once instead of waiting for the unmount (6 min)
+# or the out-of-service taint. Prints the volumes; fails when the kubelet was not running.
+kill_kubelet() {
+  local name=$1 pid in_use
+  pid=$(pid_of "kwok-node-$name") || return 1
+  in_use=$(volumes_attached_to "$name")
+  if [[ -n $in_use ]]; then
+    kc patch node "$name" --subresource=status --type=merge \
+      -p "{\"status\":{\"volumesInUse\":[${in_use%,}]}}" >/dev/null
   fi
+  kill -KILL "$pid"
+  rm -f "$PID_DIR/kwok-node-$name.pid"
+  echo "${in_use:+[${in_use%,}]}"
 }
 
-cmd_node_power_on() {
-  local name=${1:?usage: $0 node-power-on NAME} boot
+# The kubelet comes back: its stale Lease goes first (kwok's holder identity is per process,
+# so it would wait for the old Lease to expire; a kubelet renews its own at once). BOOT_ID
+# empty keeps the node's bootID. volumesInUse is cleared: a running kwok does not report it.
+start_kubelet() {
+  local name=$1 boot=$2 info=""
+  [[ -z $boot ]] || info="\"nodeInfo\":{\"bootID\":\"$boot\"},"
+  kc patch node "$name" --subresource=status --type=merge \
+    -p "{\"status\":{$info\"volumesInUse\":null}}" >/dev/null
+  kc -n kube-node-lease delete lease "$name" --ignore-not-found >/dev/null
+  start_node_kwok "$name"
+  wait_node_ready "$name" 60
+}
+
+# Power loss: the BMC is told ForceOff (it says Off 1-11 s later) and the kubelet dies at
+# once. Also cuts the power of a partitioned node.
+cmd_node_power_off() {
+  local name=${1:?usage: $0 node-power-off NAME} in_use
   require_up
-  kc get node "$name" >/dev/null || die "no node $name"
+  require_node "$name"
+  in_use=$(kill_kubelet "$name") || in_use=""
+  if [[ -f $BMC_DIR/$name/off-requested ]]; then
+    log "node $name is already powered off"
+    return 0
+  fi
+  bmc_reset "$name" ForceOff
+  # node-power-on must wait for this reset to land before it asks for On: the fake hardware
+  # ignores On while a ForceOff is pending and would then turn off anyway.
+  touch "$BMC_DIR/$name/off-requested"
+  rm -f "$BMC_DIR/$name/partitioned"
+  log "node $name powered off (BMC: ForceOff; kubelet killed${in_use:+, volumesInUse: $in_use})"
+}
+
+# The machine boots: Reset On through its BMC, then a kubelet with a new bootID.
+cmd_node_power_on() {
+  local name=${1:?usage: $0 node-power-on NAME} boot state
+  require_up
+  require_node "$name"
   if running "kwok-node-$name"; then
     log "node $name is already powered on"
     return 0
   fi
+  if [[ -f $BMC_DIR/$name/off-requested ]]; then
+    wait_bmc_power "$name" Off
+    rm -f "$BMC_DIR/$name/off-requested"
+  fi
+  state=$(bmc_power_state "$name") || die "the BMC of $name does not answer"
+  if [[ $state != Off ]]; then
+    [[ -f $BMC_DIR/$name/partitioned ]] &&
+      die "node $name is partitioned and its BMC says $state: use $0 node-reconnect $name, or node-power-off first"
+  else
+    bmc_reset "$name" On
+    wait_bmc_power "$name" On
+  fi
+  rm -f "$BMC_DIR/$name/partitioned"
   boot=$(uuid)
-  # New boot: nothing mounted yet.
-  kc patch node "$name" --subresource=status --type=merge \
-    -p "{\"status\":{\"nodeInfo\":{\"bootID\":\"$boot\"},\"volumesInUse\":null}}" >/dev/null
-  # A rebooted kubelet renews its own Lease at once (its holder identity is the
-  # node name); kwok's identity is per process and would wait for the old
-  # Lease to expire, so the stale Lease goes away first.
-  kc -n kube-node-lease delete lease "$name" --ignore-not-found >/dev/null
-  start_node_kwok "$name"
-  wait_node_ready "$name" 60
+  start_kubelet "$name" "$boot"
   log "node $name powered on (bootID $boot)"
+}
+
+# Alive but unreachable: the kubelet's heartbeats stop, the BMC still says On.
+cmd_node_partition() {
+  local name=${1:?usage: $0 node-partition NAME} in_use
+  require_up
+  require_node "$name"
+  in_use=$(kill_kubelet "$name") || die "node $name is not running (powered off or already partitioned)"
+  touch "$BMC_DIR/$name/partitioned"
+  log "node $name partitioned (kubelet killed, BMC still On${in_use:+, volumesInUse: $in_use})"
+}
+
+# The partition heals: the same kubelet, the same boot.
+cmd_node_reconnect() {
+  local name=${1:?usage: $0 node-reconnect NAME} state
+  require_up
+  require_node "$name"
+  running "kwok-node-$name" && die "node $name is not partitioned"
+  [[ -f $BMC_DIR/$name/partitioned ]] || die "node $name is powered off, not partitioned; use: $0 node-power-on $name"
+  state=$(bmc_power_state "$name") || die "the BMC of $name does not answer"
+  # Someone (a fencer) cut its power meanwhile: it can only boot again.
+  [[ $state == On ]] || die "node $name was partitioned but its BMC now says $state; use: $0 node-power-on $name"
+  rm -f "$BMC_DIR/$name/partitioned"
+  start_kubelet "$name" ""
+  log "node $name reconnected (bootID unchanged)"
+}
+
+cmd_node_bmc() {
+  local name=${1:?usage: $0 node-bmc NAME}
+  load_bmc "$name"
+  echo "address=$BMC_ADDRESS"
+  echo "system_path=$BMC_SYSTEM_PATH"
+  echo "username=$BMC_USERNAME"
+  echo "password=$BMC_PASSWORD"
+  echo "ca_file=$BMC_CA"
 }
 
 cmd_node_delete() {
   local name=${1:?usage: $0 node-delete NAME}
   require_up
-  stop_procs 5 "kwok-node-$name"
+  stop_procs 5 "kwok-node-$name" "bmc-$name"
+  rm -rf "${BMC_DIR:?}/$name"
   kc delete node "$name" --ignore-not-found >/dev/null
   kc delete csinode "$name" --ignore-not-found >/dev/null
   kc -n kube-node-lease delete lease "$name" --ignore-not-found >/dev/null
@@ -828,19 +1050,26 @@ usage() {
   cat <<USAGE
 usage: $0 COMMAND
   build                      build the pinned binaries into $CACHE_DIR (cached)
-  up                         start etcd, apiserver, controller-manager, scheduler, kwok on 127.0.0.1
+  up                         start etcd, apiserver, controller-manager, scheduler, kwok and the
+                             attach gate on 127.0.0.1 (installs the BMC tools when missing)
   env                        print KUBECONFIG and PATH exports
   status                     show whether the control plane is up (exit 3 if not)
   down                       stop every process started here and remove target/envtest
   node-add NAME [--gpu-count N | --no-gpu] [--cpu N] [--memory Q]
-  node-power-off NAME        the node's machine dies (lease and pod updates stop)
-  node-power-on NAME         the node comes back with a new bootID
-  node-delete NAME           stop the node's kubelet and delete the Node
+                             a node with its kubelet (kwok) and its Redfish BMC (sushy-emulator)
+  node-power-off NAME        the machine dies: BMC ForceOff (Off 1-11 s later), kubelet killed
+  node-power-on NAME         BMC On, then the kubelet comes back with a new bootID
+  node-partition NAME        alive but unreachable: kubelet killed, the BMC still says On
+  node-reconnect NAME        the partition heals: the kubelet comes back, same bootID
+  node-bmc NAME              the node's BMC as key=value lines: address, system_path,
+                             username, password, ca_file
+  node-delete NAME           stop the node's kubelet and BMC and delete the Node
 environment:
   ENVTEST_NODE_MONITOR_GRACE (40s)  ENVTEST_NODE_MONITOR_PERIOD (5s)
   ENVTEST_NODE_LEASE_DURATION (40, renewed every duration/4)
   ENVTEST_SCHEDULER_CONFIG (KubeSchedulerConfiguration file; @KUBECONFIG@ is substituted)
   ENVTEST_{ETCD,ETCD_PEER,APISERVER,KCM,SCHEDULER,KWOK}_PORT
+  ENVTEST_BMC_PORT_BASE (16600; BMCs take the first free ports from there)
   ENVTEST_GO_JOBS (parallel compiles, default: number of cores)
   JFHA_CACHE (build cache)
 USAGE
@@ -858,6 +1087,9 @@ main() {
     node-add) cmd_node_add "$@" ;;
     node-power-off) cmd_node_power_off "$@" ;;
     node-power-on) cmd_node_power_on "$@" ;;
+    node-partition) cmd_node_partition "$@" ;;
+    node-reconnect) cmd_node_reconnect "$@" ;;
+    node-bmc) cmd_node_bmc "$@" ;;
     node-delete) cmd_node_delete "$@" ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
