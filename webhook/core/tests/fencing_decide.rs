@@ -45,6 +45,8 @@ fn node(name: &str, silent: i64) -> NodeFacts {
 fn fenced(mut node: NodeFacts, boot_id: &str) -> NodeFacts {
     node.out_of_service = true;
     node.record = Some(FenceRecord {
+        suspected_at: at(NOW - 62),
+        proven_at: at(NOW - 61),
         fenced_at: at(NOW - 60),
         reason: "test".into(),
         agent: "all".into(),

@@ -10,6 +10,10 @@ pub const FENCED_ANNOTATION: &str = "jellyfin-ha.io/fenced";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FenceRecord {
+    /// When the proof began: the node had just been suspected.
+    pub suspected_at: Timestamp,
+    /// When the device said off.
+    pub proven_at: Timestamp,
     /// When the taint was applied.
     pub fenced_at: Timestamp,
     /// Why the node was suspected, e.g. `Lease not renewed for 12.4 s`.
@@ -42,6 +46,8 @@ mod tests {
     #[test]
     fn round_trips_through_the_annotation() {
         let record = FenceRecord {
+            suspected_at: "2026-11-25T17:59:58Z".parse().unwrap(),
+            proven_at: "2026-11-25T17:59:59.5Z".parse().unwrap(),
             fenced_at: "2026-11-25T18:00:00Z".parse().unwrap(),
             reason: "Lease not renewed for 12.0 s".into(),
             agent: "bmc".into(),

@@ -177,6 +177,8 @@ impl Fencer {
             return;
         }
         let record = FenceRecord {
+            suspected_at: proof.started,
+            proven_at: proof.at,
             fenced_at: Timestamp::now(),
             reason: reason.to_string(),
             agent: agent.name.clone(),
@@ -240,6 +242,7 @@ impl Fencer {
             tracing::warn!(%node, agent = %agent.name, "no fence device: fencing on detection alone, as acknowledged in the config");
             return Ok(Proven {
                 started: now,
+                at: now,
                 said: "no fence device; fenced on silence alone (acknowledged in config)".into(),
             });
         }
@@ -276,6 +279,7 @@ impl Fencer {
                     };
                     return Ok(Proven {
                         started: proof.started(),
+                        at: Timestamp::now(),
                         said,
                     });
                 }
@@ -503,5 +507,7 @@ impl Fencer {
 /// A device's proof, as written into the fence record.
 struct Proven {
     started: Timestamp,
+    /// When the device said off.
+    at: Timestamp,
     said: String,
 }
