@@ -226,14 +226,80 @@ impl TestNode {
         Ok(Self { name })
     }
 
-    /// The machine dies: its Lease stops being renewed and its pods stop being updated.
+    /// The machine dies: its BMC is told `ForceOff` (it says `Off` 1-11 s later, like
+    /// hardware), its Lease stops being renewed at once and its pods stop being updated.
     pub fn power_off(&self) -> anyhow::Result<()> {
         envtest(&["node-power-off", &self.name]).map(drop)
     }
 
-    /// The machine boots again, with a new bootID.
+    /// The machine boots again: `On` through its BMC, then the kubelet with a new bootID.
     pub fn power_on(&self) -> anyhow::Result<()> {
         envtest(&["node-power-on", &self.name]).map(drop)
+    }
+
+    /// Alive but unreachable: the kubelet's heartbeats stop while the BMC still says `On`.
+    pub fn partition(&self) -> anyhow::Result<()> {
+        envtest(&["node-partition", &self.name]).map(drop)
+    }
+
+    /// The partition heals: the kubelet comes back with the same bootID.
+    pub fn reconnect(&self) -> anyhow::Result<()> {
+        envtest(&["node-reconnect", &self.name]).map(drop)
+    }
+
+    /// The node's Redfish BMC.
+    pub fn bmc(&self) -> anyhow::Result<BmcEndpoint> {
+        BmcEndpoint::parse(&envtest(&["node-bmc", &self.name])?)
+    }
+}
+
+/// A node's Redfish BMC (a sushy-tools emulator on loopback), as `hack/envtest.sh node-bmc`
+/// prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BmcEndpoint {
+    /// `https://127.0.0.1:PORT`
+    pub address: String,
+    /// `/redfish/v1/Systems/<uuid>`; the UUID is the node's `systemUUID`.
+    pub system_path: String,
+    pub username: String,
+    pub password: String,
+    /// The CA certificate (PEM) that signed the BMC's serving certificate.
+    pub ca_file: String,
+}
+
+impl BmcEndpoint {
+    /// Parses `key=value` lines; every field is required.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut fields: std::collections::HashMap<&str, &str> = text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .collect();
+        let mut take = |key: &str| {
+            fields
+                .remove(key)
+                .map(str::to_string)
+                .with_context(|| format!("no {key}= in node-bmc output:\n{text}"))
+        };
+        Ok(Self {
+            address: take("address")?,
+            system_path: take("system_path")?,
+            username: take("username")?,
+            password: take("password")?,
+            ca_file: take("ca_file")?,
+        })
+    }
+
+    /// `(host, port)` of the address, as fence agents take them (`ip=`, `ipport=`).
+    pub fn host_and_port(&self) -> anyhow::Result<(String, u16)> {
+        let rest = self
+            .address
+            .strip_prefix("https://")
+            .with_context(|| format!("not an https address: {}", self.address))?;
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .with_context(|| format!("no port in {}", self.address))?;
+        Ok((host.to_string(), port.parse()?))
     }
 }
 
