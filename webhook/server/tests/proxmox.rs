@@ -544,6 +544,20 @@ async fn answers_that_make_no_sense_are_protocol_errors() {
         r#"{"data":{"vmid":"101","status":"stopped"}}"#,
     );
     assert_eq!(vm.power_state().await, Ok(PowerState::Off));
+    // Near misses are not off, and what the device said is shown on one line.
+    for (status, shown) in [
+        ("stopped ", "stopped"),
+        ("Stopped", "Stopped"),
+        ("stopped\n", "stopped"),
+    ] {
+        let body = serde_json::json!({ "data": { "status": status } }).to_string();
+        fake.answer_with(Endpoint::StatusCurrent, 200, body);
+        assert_eq!(
+            vm.power_state().await,
+            Ok(PowerState::Unknown(shown.into())),
+            "{status:?}"
+        );
+    }
 
     for body in [
         r#"{"data":null}"#,

@@ -221,7 +221,11 @@ impl FenceAgent for ProxmoxVmAgent {
             AgentError::Protocol("status/current: no data.status in the answer".into())
         })?;
         let qmp_status = field("qmpstatus")?;
-        Ok(PowerState::from_proxmox(&self.scrub(status), qmp_status))
+        // Matched verbatim: only exactly `stopped` is off. Scrubbed only to be shown.
+        Ok(match PowerState::from_proxmox(status, qmp_status) {
+            PowerState::Unknown(other) => PowerState::Unknown(self.scrub(&other)),
+            state => state,
+        })
     }
 
     async fn power_off(&self) -> Result<(), AgentError> {

@@ -374,7 +374,7 @@ fn endpoint_key(endpoint: Endpoint) -> &'static str {
     }
 }
 
-/// The answer, and a note for the log.
+/// An answer: status, the reason phrase when it is not the usual one, and the body.
 struct Reply {
     status: StatusCode,
     reason: Option<String>,
