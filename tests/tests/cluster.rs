@@ -1,5 +1,6 @@
 //! The local control plane behaves like a home lab: kwok nodes heartbeat like kubelets, die
-//! and come back like machines, and the real attach/detach controller moves CSI volumes.
+//! and come back like machines with Redfish BMCs, and the real attach/detach controller moves
+//! CSI volumes, which a pod waits for before it runs.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,9 +9,11 @@
     clippy::panic
 )]
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use jellyfin_ha_e2e::{TestNamespace, TestNode, client, eventually};
+use jellyfin_ha_e2e::{BmcEndpoint, TestNamespace, TestNode, client, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
@@ -170,6 +173,324 @@ async fn volume_is_attached_to_the_pods_node_and_detached_when_it_goes() {
         || async {
             let list = attachments.list(&ListParams::default()).await?;
             Ok((!list.items.iter().any(mine)).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    volumes
+        .delete(&pv_name, &DeleteParams::default())
+        .await
+        .ok();
+}
+
+/// Exit code of the real Debian `fence_redfish` (fence-agents) asked for `action` on the
+/// node's BMC: for `status`, 0 = on, 2 = off. `verify_with_ca` checks the BMC's certificate
+/// against the CA `node-bmc` names instead of skipping verification.
+fn fence_redfish(bmc: &BmcEndpoint, action: &str, verify_with_ca: bool) -> Option<i32> {
+    let (host, port) = bmc.host_and_port().unwrap();
+    let mut input = format!(
+        "action={action}\nip={host}\nipport={port}\nusername={}\npassword={}\nsystems-uri={}\n",
+        bmc.username, bmc.password, bmc.system_path
+    );
+    let mut command = Command::new("/usr/sbin/fence_redfish");
+    if verify_with_ca {
+        // fence_redfish verifies through python-requests, which reads this variable.
+        command.env("REQUESTS_CA_BUNDLE", &bmc.ca_file);
+    } else {
+        input.push_str("ssl_insecure=1\n");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("/usr/sbin/fence_redfish (Debian package fence-agents)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait().unwrap().code()
+}
+
+async fn bmc_says(bmc: &BmcEndpoint, state: &str, within: Duration) {
+    let want = match state {
+        "On" => 0,
+        "Off" => 2,
+        _ => panic!("no status code for {state}"),
+    };
+    eventually(within, &format!("the BMC to say {state}"), || async {
+        Ok((fence_redfish(bmc, "status", false) == Some(want)).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn bmc_goes_off_after_power_off_and_on_again_with_a_new_boot() {
+    let client = client().await.unwrap();
+    let node = TestNode::add("e2e-bmc", 1).unwrap();
+    let bmc = node.bmc().unwrap();
+    let uuid = Api::<Node>::all(client.clone())
+        .get(&node.name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .node_info
+        .unwrap()
+        .system_uuid;
+    assert_eq!(
+        bmc.system_path,
+        format!("/redfish/v1/Systems/{uuid}"),
+        "the BMC's system is the node's SMBIOS UUID"
+    );
+    assert_eq!(
+        fence_redfish(&bmc, "status", true),
+        Some(0),
+        "a running node's BMC says on, over TLS verified with {}",
+        bmc.ca_file
+    );
+    let wrong = BmcEndpoint {
+        password: "not-the-password".into(),
+        ..bmc.clone()
+    };
+    assert_eq!(
+        fence_redfish(&wrong, "status", false),
+        Some(1),
+        "the BMC rejects a wrong password"
+    );
+    let boot_before = boot_id(&client, &node.name).await;
+
+    node.power_off().unwrap();
+    let last = renew_time(&client, &node.name).await;
+    // The fake hardware applies a reset 1 to 11 s after it is asked.
+    bmc_says(&bmc, "Off", Duration::from_secs(15)).await;
+    assert_eq!(
+        renew_time(&client, &node.name).await,
+        last,
+        "the kubelet died with the power"
+    );
+
+    node.power_on().unwrap();
+    assert_eq!(
+        fence_redfish(&bmc, "status", false),
+        Some(0),
+        "power-on returns once the BMC says on"
+    );
+    assert_eq!(
+        ready_status(&client, &node.name).await.unwrap().as_deref(),
+        Some("True")
+    );
+    assert_ne!(boot_id(&client, &node.name).await, boot_before);
+}
+
+#[tokio::test]
+async fn partitioned_node_stays_on_stops_heartbeating_and_reconnects_with_the_same_boot() {
+    let client = client().await.unwrap();
+    let node = TestNode::add("e2e-partition", 1).unwrap();
+    let bmc = node.bmc().unwrap();
+    let boot_before = boot_id(&client, &node.name).await;
+
+    node.partition().unwrap();
+    let last = renew_time(&client, &node.name).await;
+    // Longer than a renewal interval (10 s) and than the BMC's longest reset delay (11 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        renew_time(&client, &node.name).await,
+        last,
+        "a partitioned node's Lease is not renewed"
+    );
+    assert_eq!(
+        fence_redfish(&bmc, "status", false),
+        Some(0),
+        "a partitioned node is still powered on"
+    );
+    assert!(
+        node.power_on().is_err(),
+        "a partitioned machine that is still on cannot be booted"
+    );
+
+    node.reconnect().unwrap();
+    assert_eq!(
+        ready_status(&client, &node.name).await.unwrap().as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        boot_id(&client, &node.name).await,
+        boot_before,
+        "a healed partition is the same boot"
+    );
+    let renewed = renew_time(&client, &node.name)
+        .await
+        .expect("the kubelet has a Lease again");
+    eventually(
+        Duration::from_secs(20),
+        "the Lease to be renewed after the reconnect",
+        || async {
+            Ok(renew_time(&client, &node.name)
+                .await
+                .filter(|t| *t != renewed))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn phase(pods: &Api<Pod>, name: &str) -> Option<String> {
+    pods.get(name).await.ok()?.status?.phase
+}
+
+/// `(node, attached)` of the VolumeAttachments of a PV.
+async fn attachments_of(client: &Client, pv: &str) -> Vec<(String, bool)> {
+    let list = Api::<VolumeAttachment>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter(|va| va.spec.source.persistent_volume_name.as_deref() == Some(pv))
+        .map(|va| {
+            let attached = va.status.is_some_and(|s| s.attached);
+            (va.spec.node_name, attached)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pod_with_a_csi_claim_runs_only_once_its_volume_is_attached_to_its_node() {
+    let client = client().await.unwrap();
+    let namespace = TestNamespace::create(&client, "gate").await.unwrap();
+    let ns = namespace.name.as_str();
+    let first = TestNode::add("e2e-gate-a", 0).unwrap();
+    let second = TestNode::add("e2e-gate-b", 0).unwrap();
+    let pv_name = format!("{ns}-data");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd",
+                 "persistentVolumeReclaimPolicy": "Delete", "claimRef": {"namespace": ns, "name": "data"},
+                 "csi": {"driver": "rbd.csi.ceph.com", "volumeHandle": pv_name}}
+    });
+    volumes
+        .create(&PostParams::default(), &serde_json::from_value(pv).unwrap())
+        .await
+        .unwrap();
+    let claim = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd", "resources": {"requests": {"storage": "1Gi"}}}
+    });
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(claim).unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod_on = |name: &str, node: &str, claim: bool| {
+        let volumes = if claim {
+            json!([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value::<Pod>(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": "busybox"}], "volumes": volumes}
+        }))
+        .unwrap()
+    };
+    let running = |name: &'static str| {
+        let pods = pods.clone();
+        move || {
+            let pods = pods.clone();
+            async move { Ok(phase(&pods, name).await.filter(|p| p == "Running")) }
+        }
+    };
+
+    // A pod without a claim does not wait for anything.
+    pods.create(
+        &PostParams::default(),
+        &pod_on("plain", &second.name, false),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the plain pod to run",
+        running("plain"),
+    )
+    .await
+    .unwrap();
+
+    pods.create(&PostParams::default(), &pod_on("first", &first.name, true))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the first pod to run",
+        running("first"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        attachments_of(&client, &pv_name).await,
+        vec![(first.name.clone(), true)],
+        "running means attached to its node"
+    );
+
+    // The volume is ReadWriteOnce and in use on the first node: the attach/detach controller
+    // does not attach it to the second one, so a kubelet there would not start the pod.
+    pods.create(
+        &PostParams::default(),
+        &pod_on("second", &second.name, true),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        phase(&pods, "second").await.as_deref(),
+        Some("Pending"),
+        "the second pod must wait while its volume is attached to {}",
+        first.name
+    );
+    assert!(
+        !attachments_of(&client, &pv_name)
+            .await
+            .iter()
+            .any(|(node, attached)| *node == second.name && *attached),
+        "nothing attached the volume to {}",
+        second.name
+    );
+
+    pods.delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the second pod to run once the volume moved",
+        running("second"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        attachments_of(&client, &pv_name)
+            .await
+            .contains(&(second.name.clone(), true)),
+        "the volume is attached to {} when its pod runs",
+        second.name
+    );
+    pods.delete("second", &DeleteParams::default()).await.ok();
+    eventually(
+        Duration::from_secs(60),
+        "the volume to be detached",
+        || async {
+            Ok(attachments_of(&client, &pv_name)
+                .await
+                .is_empty()
+                .then_some(()))
         },
     )
     .await
