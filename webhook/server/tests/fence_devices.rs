@@ -460,7 +460,12 @@ async fn a_hanging_agent_and_its_children_are_killed_at_the_timeout() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(2);
     while !pids.iter().all(|pid| is_dead(pid)) {
-        assert!(Instant::now() < deadline, "still running: {pids:?}");
+        let running: Vec<String> = pids
+            .iter()
+            .filter(|pid| !is_dead(pid))
+            .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+            .collect();
+        assert!(Instant::now() < deadline, "still running: {running:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
