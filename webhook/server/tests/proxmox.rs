@@ -309,6 +309,55 @@ async fn the_fake_wants_the_csrf_token_with_a_ticket_but_not_with_a_token() {
     );
 }
 
+/// The HA trap the fake must reproduce: the `hastop` task is over while the VM still runs;
+/// without HA the `qmstop` task runs until the VM is stopped.
+#[tokio::test]
+async fn the_fakes_stop_task_ends_before_an_ha_vm_stops_but_not_before_a_plain_one() {
+    let mut pve = config(vec![
+        Vm::running(101, "pve1").ha(),
+        Vm::running(102, "pve1"),
+    ]);
+    pve.stop_delay = Duration::from_secs(30);
+    let fake = FakePve::start(pve).await;
+    let http = raw_client(&fake);
+    let token = format!("PVEAPIToken={TOKEN_ID}={TOKEN_SECRET}");
+    let get = |path: String| {
+        let request = http
+            .get(format!("{}/api2/json/{path}", fake.endpoint()))
+            .header("Authorization", &token);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    for (vmid, task_kind, task_status) in [(101, "hastop", "stopped"), (102, "qmstop", "running")] {
+        let stop: Value = http
+            .post(format!(
+                "{}/api2/json/nodes/pve1/qemu/{vmid}/status/stop",
+                fake.endpoint()
+            ))
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let upid = stop["data"].as_str().unwrap();
+        let task = get(format!("nodes/pve1/tasks/{upid}/status")).await;
+        assert_eq!(task["data"]["type"], task_kind, "{task}");
+        assert_eq!(task["data"]["status"], task_status, "{task}");
+        assert_eq!(
+            task["data"]["exitstatus"].as_str(),
+            (task_status == "stopped").then_some("OK")
+        );
+        let current = get(format!("nodes/pve1/qemu/{vmid}/status/current")).await;
+        assert_eq!(current["data"]["status"], "running", "{current}");
+        assert_eq!(
+            current["data"]["ha"]["managed"],
+            i32::from(vmid == 101),
+            "{current}"
+        );
+    }
+}
+
 fn raw_client(fake: &FakePve) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(fake.ca_pem.as_bytes()).unwrap();
     reqwest::Client::builder()

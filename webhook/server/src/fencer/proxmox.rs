@@ -124,7 +124,7 @@ impl ProxmoxVmAgent {
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(AgentError::Unauthorized(status.as_u16()));
         }
-        // PVE says what went wrong in the reason phrase, and since 8.x also in `message`.
+        // PVE says what went wrong in the reason phrase, and newer releases also in `message`.
         let reason = response
             .extensions()
             .get::<hyper::ext::ReasonPhrase>()

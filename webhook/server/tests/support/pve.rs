@@ -2,17 +2,18 @@
 //! that ClusterLabs' `fence_pve` (fence-agents 4.12.1) and our Proxmox fence device use.
 //!
 //! Shapes follow pve-http-server, pve-manager and qemu-server: every JSON answer is
-//! `{"data": ...}` as `application/json;charset=UTF-8`; an API error also has `message` and
-//! says it in the HTTP reason phrase; a refused login or ticket is a 401 whose only text is
-//! the reason phrase (no body); POSTs with a ticket need the `CSRFPreventionToken` header,
-//! POSTs with an API token do not; a node that is down answers 595 (pveproxy cannot proxy to
-//! it). Stopping an HA-managed VM starts an `hastop` task that only asks the HA manager and
-//! ends at once, and the VM stops `stop_delay` later; a VM without HA stops within its
-//! `qmstop` task. `/cluster/resources` can be frozen to show what it shows for a dead host:
-//! the last state it heard of.
+//! `{"data": ...}` as `application/json;charset=UTF-8`; an API error (a wrong password
+//! included) also has `message` and says it in the HTTP reason phrase; a call with a missing
+//! or bad ticket or token is a 401 whose only text is the reason phrase (no body); POSTs with
+//! a ticket need the `CSRFPreventionToken` header, POSTs with an API token do not; a call
+//! for a node that is down answers 595 (pveproxy cannot proxy it there). Stopping an
+//! HA-managed VM starts an `hastop` task that only asks the HA manager and ends at once, and
+//! the VM stops `stop_delay` later; a VM without HA stops within its `qmstop` task.
+//! `/cluster/resources` can be frozen to show what it shows for a dead host: the last state
+//! it heard of.
 //!
-//! Not modelled: the 3 s delay pveproxy adds to every 401, ticket expiry, permissions
-//! (every valid user or token may do everything), containers.
+//! Not modelled: the 3 s pveproxy waits before refusing a ticket or token, ticket expiry,
+//! permissions (every valid user or token may do everything), containers.
 
 #![allow(
     clippy::unwrap_used,
