@@ -5,6 +5,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$REPO_ROOT/hack/lib-bmc.sh"
 cd "$REPO_ROOT"
 
 ensure_toolchain() {
@@ -30,6 +31,8 @@ trap 'rm -f "$RESULTS"' EXIT
 tested() { "$@" 2>&1 | tee -a "$RESULTS"; }
 
 ensure_toolchain
+# fence_redfish and the Redfish BMC emulator the local control plane gives every node.
+ensure_bmc_tools
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
