@@ -160,6 +160,63 @@ def waiting_for(pod, claims, volumes, drivers, attached):
     return None
 
 
+class Gate:
+    """Annotates pending pods whose volumes are attached to their node."""
+
+    def __init__(self, api, informers):
+        self.api, self.informers = api, informers
+        # Pod uids annotated, so that one is not patched twice before its event arrives.
+        self.opened = set()
+        self.reported = {}
+
+    def reconcile(self):
+        snap = {name: informer.snapshot() for name, informer in self.informers.items()}
+        attached = {
+            (va["spec"]["source"].get("persistentVolumeName"), va["spec"]["nodeName"])
+            for va in snap["attachments"].values()
+            if (va.get("status") or {}).get("attached")
+            and not va["metadata"].get("deletionTimestamp")
+        }
+        for pod in snap["pods"].values():
+            meta, spec = pod["metadata"], pod["spec"]
+            if (
+                not spec.get("nodeName")
+                or meta.get("deletionTimestamp")
+                or (pod.get("status") or {}).get("phase", "Pending") != "Pending"
+                or (meta.get("annotations") or {}).get(ANNOTATION) == "true"
+                or meta["uid"] in self.opened
+                or not claim_names(pod)
+            ):
+                continue
+            reason = waiting_for(
+                pod, snap["claims"], snap["volumes"], snap["drivers"], attached
+            )
+            what = f"{meta['namespace']}/{meta['name']} on {spec['nodeName']}"
+            if reason:
+                if self.reported.get(meta["uid"]) != reason:
+                    self.reported[meta["uid"]] = reason
+                    log(f"{what} waits for {reason}")
+                continue
+            self.open(pod, what)
+        live = {pod["metadata"]["uid"] for pod in snap["pods"].values()}
+        self.opened &= live
+        self.reported = {u: r for u, r in self.reported.items() if u in live}
+
+    def open(self, pod, what):
+        meta = pod["metadata"]
+        patch = json.dumps({"metadata": {"annotations": {ANNOTATION: "true"}}})
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        status, body = self.api.request(
+            "PATCH", path, patch, "application/merge-patch+json"
+        )
+        if status == 200:
+            self.opened.add(meta["uid"])
+            self.reported.pop(meta["uid"], None)
+            log(f"{what}: volumes attached")
+        elif status != 404:  # 404: the pod is gone
+            raise RuntimeError(f"{what}: HTTP {status}: {body}")
+
+
 def main():
     url, ca, cert, key, ready_file = sys.argv[1:6]
     api = Api(url, ca, cert, key)
@@ -182,60 +239,16 @@ def main():
         f.write("ok\n")
     log("synced; gating pods with PersistentVolumeClaims")
 
-    opened = set()  # pod uids annotated, so one is not patched twice before its event arrives
-    reported = {}
+    gate = Gate(api, informers)
     while True:
         changed.wait()
         changed.clear()
-        snap = {name: informer.snapshot() for name, informer in informers.items()}
-        attached = {
-            (va["spec"]["source"].get("persistentVolumeName"), va["spec"]["nodeName"])
-            for va in snap["attachments"].values()
-            if (va.get("status") or {}).get("attached")
-            and not va["metadata"].get("deletionTimestamp")
-        }
-        for pod in snap["pods"].values():
-            meta, spec = pod["metadata"], pod["spec"]
-            if (
-                not spec.get("nodeName")
-                or meta.get("deletionTimestamp")
-                or (pod.get("status") or {}).get("phase", "Pending") != "Pending"
-                or (meta.get("annotations") or {}).get(ANNOTATION) == "true"
-                or meta["uid"] in opened
-                or not claim_names(pod)
-            ):
-                continue
-            what = f"{meta['namespace']}/{meta['name']} on {spec['nodeName']}"
-            reason = waiting_for(
-                pod, snap["claims"], snap["volumes"], snap["drivers"], attached
-            )
-            if reason:
-                if reported.get(meta["uid"]) != reason:
-                    reported[meta["uid"]] = reason
-                    log(f"{what} waits for {reason}")
-                continue
-            patch = json.dumps({"metadata": {"annotations": {ANNOTATION: "true"}}})
-            path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-            try:
-                status, body = api.request(
-                    "PATCH", path, patch, "application/merge-patch+json"
-                )
-            except (OSError, http.client.HTTPException) as e:
-                log(f"{what}: {e!r}")
-                changed.set()
-                time.sleep(0.1)
-                continue
-            if status == 200:
-                opened.add(meta["uid"])
-                reported.pop(meta["uid"], None)
-                log(f"{what}: volumes attached")
-            elif status != 404:
-                log(f"{what}: HTTP {status}: {body}")
-                changed.set()
-                time.sleep(0.1)
-        live = {pod["metadata"]["uid"] for pod in snap["pods"].values()}
-        opened &= live
-        reported = {uid: r for uid, r in reported.items() if uid in live}
+        try:
+            gate.reconcile()
+        except Exception as e:  # noqa: BLE001 - never exit; retry on the next pass
+            log(f"reconcile: {e!r}")
+            changed.set()
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":
