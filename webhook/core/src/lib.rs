@@ -15,4 +15,4 @@ pub mod workload;
 
 pub use config::Policy;
 pub use mutation::{Change, MutationError};
-pub use workload::{Mutation, mutate_deployment_strategy, mutate_manifest, mutate_pod};
+pub use workload::{Mutation, mutate_manifest, mutate_object, mutate_pod};

@@ -30,6 +30,7 @@ pub enum Change {
     QuickSyncAffinity(String),
     FailoverTolerations(i64),
     TerminationGrace(i64),
+    ManagedLabel,
     SchedulingMarker,
     RecreateStrategy,
 }
@@ -42,6 +43,7 @@ impl Change {
             Change::QuickSyncAffinity(_) => "node-affinity",
             Change::FailoverTolerations(_) => "failover-tolerations",
             Change::TerminationGrace(_) => "termination-grace",
+            Change::ManagedLabel => "managed-label",
             Change::SchedulingMarker => "scheduling-marker",
             Change::RecreateStrategy => "strategy",
         }
@@ -60,6 +62,7 @@ impl Change {
             Change::FailoverTolerations(seconds) | Change::TerminationGrace(seconds) => {
                 format!("{seconds}s")
             }
+            Change::ManagedLabel => format!("{MANAGED}=true"),
             Change::SchedulingMarker => MANAGED.to_string(),
             Change::RecreateStrategy => "Recreate".to_string(),
         }
@@ -102,12 +105,26 @@ impl Outcome {
     }
 }
 
+/// What a template is mutated as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A Pod being created: everything, with the scheduling marker.
+    Pod,
+    /// A workload's pod template: everything but the scheduling marker, so that pods are
+    /// complete at birth even when the webhook cannot be reached. The marker is an extended
+    /// resource no node advertises: a template carrying it would leave every future pod
+    /// Pending once the scheduler stops ignoring it (the extender uninstalled), so only the
+    /// Pod mutation adds it, while the webhook (and so the extender install) is there.
+    Template,
+}
+
 /// Mutates a pod template (or a Pod's metadata and spec) that opted in; anything else is left
 /// untouched. `field` names the template's place in its object for error messages.
 pub fn mutate_pod_template(
     template: &mut PodTemplateSpec,
     policy: &Policy,
     field: &str,
+    target: Target,
 ) -> Result<Outcome, MutationError> {
     let PodTemplateSpec { metadata, spec } = template;
     let Some(metadata) = metadata
@@ -149,7 +166,13 @@ pub fn mutate_pod_template(
         .min_termination_grace_seconds
         .saturating_add(pre_stop_sleep_seconds(gpu));
     outcome.note(ensure_termination_grace(spec, shutdown_needs));
-    outcome.note(mark_managed(metadata, gpu_container(spec, gpu_index)?));
+    // The label is harmless without the extender, and lets it count a pod born without the
+    // webhook as iGPU load.
+    outcome.note(ensure_managed_label(metadata));
+    match target {
+        Target::Pod => outcome.note(ensure_scheduling_marker(gpu_container(spec, gpu_index)?)),
+        Target::Template => warn_template_marker(spec, &mut outcome.warnings),
+    }
 
     if !outcome.changes.is_empty() {
         let annotations = metadata.annotations.get_or_insert_default();
@@ -479,18 +502,23 @@ fn warn_liveness_without_startup_probe(container: &Container, warnings: &mut Vec
     }
 }
 
-/// The label and the extended resource that let the scheduler extender see only managed pods.
-fn mark_managed(metadata: &mut ObjectMeta, container: &mut Container) -> Option<Change> {
-    let mut changed = false;
+/// The label the scheduler extender watches managed pods by.
+fn ensure_managed_label(metadata: &mut ObjectMeta) -> Option<Change> {
     let labels = metadata.labels.get_or_insert_default();
-    if labels.get(MANAGED).map(String::as_str) != Some("true") {
-        labels.insert(MANAGED.to_string(), "true".to_string());
-        changed = true;
+    if labels.get(MANAGED).map(String::as_str) == Some("true") {
+        return None;
     }
+    labels.insert(MANAGED.to_string(), "true".to_string());
+    Some(Change::ManagedLabel)
+}
+
+/// The extended resource that makes kube-scheduler send the pod to the extender.
+fn ensure_scheduling_marker(container: &mut Container) -> Option<Change> {
     let one = Quantity("1".to_string());
     let ResourceRequirements {
         limits, requests, ..
     } = container.resources.get_or_insert_default();
+    let mut changed = false;
     for list in [requests, limits] {
         let list = list.get_or_insert_default();
         if list.get(MANAGED) != Some(&one) {
@@ -499,4 +527,26 @@ fn mark_managed(metadata: &mut ObjectMeta, container: &mut Container) -> Option<
         }
     }
     changed.then_some(Change::SchedulingMarker)
+}
+
+/// A template that already asks for the marker (baked in by hand, or by an older `mutate`) is
+/// left as written, but it ties every future pod to a scheduler that ignores the resource.
+fn warn_template_marker(spec: &PodSpec, warnings: &mut Vec<String>) {
+    let asks = |list: &Option<BTreeMap<String, Quantity>>| {
+        list.as_ref().is_some_and(|l| l.contains_key(MANAGED))
+    };
+    for container in &spec.containers {
+        if container
+            .resources
+            .as_ref()
+            .is_some_and(|r| asks(&r.limits) || asks(&r.requests))
+        {
+            warnings.push(format!(
+                "container {:?} of the template requests {MANAGED}: pods stay Pending \
+                 (Insufficient {MANAGED}) wherever the scheduler does not ignore it, e.g. once \
+                 the extender is uninstalled; remove it, the webhook adds it to each pod",
+                container.name
+            ));
+        }
+    }
 }

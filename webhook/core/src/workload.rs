@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::annotations;
 use crate::config::Policy;
-use crate::mutation::{Change, MutationError, mutate_pod_template};
+use crate::mutation::{Change, MutationError, Target, mutate_pod_template};
 use crate::record;
 
 /// A mutated object and what was done to it.
@@ -52,7 +52,7 @@ impl Mutation {
 
 /// What the webhook does to a Pod on CREATE.
 pub fn mutate_pod(pod: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
-    mutate_template_at(pod, "", policy)
+    mutate_template_at(pod, "", policy, Target::Pod)
 }
 
 /// Where each workload kind keeps its pod template, as a JSON pointer.
@@ -68,8 +68,36 @@ fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static str> {
     }
 }
 
-/// What `jellyfin-ha mutate` does to one manifest: Pods and pod templates are mutated as the
-/// webhook would mutate the pods they create; `v1/List` items one by one; other kinds pass.
+/// What the webhook does to an object of API group `group` and kind `kind`, on CREATE (and for
+/// workloads, UPDATE): a Pod gets the whole mutation, a workload's pod template all of it but
+/// the scheduling marker (see [`Target::Template`]), and a Deployment that mounts a claim
+/// `Recreate`. Other kinds pass untouched.
+pub fn mutate_object(
+    object: &Value,
+    group: &str,
+    kind: &str,
+    policy: &Policy,
+) -> Result<Mutation, MutationError> {
+    if !object.is_object() {
+        return Err(MutationError::NotAnObject);
+    }
+    let Some(pointer) = pod_template_pointer(group, kind) else {
+        return Ok(Mutation::unchanged(object));
+    };
+    if pointer.is_empty() {
+        return mutate_pod(object, policy);
+    }
+    let mut mutation = mutate_template_at(object, pointer, policy, Target::Template)?;
+    if (group, kind) == ("apps", "Deployment") {
+        let strategy = mutate_deployment_strategy(&mutation.object);
+        mutation.absorb(strategy);
+    }
+    Ok(mutation)
+}
+
+/// What `jellyfin-ha mutate` does to one manifest: what the webhook would do to it
+/// ([`mutate_object`], by the manifest's own `apiVersion` and `kind`), and `v1/List` items one
+/// by one.
 pub fn mutate_manifest(object: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
     if !object.is_object() {
         return Err(MutationError::NotAnObject);
@@ -82,15 +110,7 @@ pub fn mutate_manifest(object: &Value, policy: &Policy) -> Result<Mutation, Muta
     if (group, kind) == ("", "List") {
         return mutate_list(object, policy);
     }
-    let Some(pointer) = pod_template_pointer(group, kind) else {
-        return Ok(Mutation::unchanged(object));
-    };
-    let mut mutation = mutate_template_at(object, pointer, policy)?;
-    if (group, kind) == ("apps", "Deployment") {
-        let strategy = mutate_deployment_strategy(&mutation.object);
-        mutation.absorb(strategy);
-    }
-    Ok(mutation)
+    mutate_object(object, group, kind, policy)
 }
 
 fn mutate_list(list: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
@@ -152,6 +172,7 @@ fn mutate_template_at(
     object: &Value,
     pointer: &str,
     policy: &Policy,
+    target: Target,
 ) -> Result<Mutation, MutationError> {
     let prefix = field_name(pointer);
     let Some(raw) = object.pointer(pointer).filter(|t| template_opted_in(t)) else {
@@ -177,7 +198,7 @@ fn mutate_template_at(
     };
     let before = serde_json::to_value(&template).map_err(internal)?;
     let mut template = template;
-    let outcome = mutate_pod_template(&mut template, policy, &prefix)?;
+    let outcome = mutate_pod_template(&mut template, policy, &prefix, target)?;
     let after = serde_json::to_value(&template).map_err(internal)?;
 
     let at = PointerBuf::parse(pointer).map_err(|e| MutationError::Malformed {
@@ -200,8 +221,8 @@ fn mutate_template_at(
 
 /// A Deployment whose opted-in template mounts a PersistentVolumeClaim must replace its pod
 /// with `Recreate`: with RollingUpdate the new pod waits forever for the ReadWriteOnce volume
-/// the old pod holds. The webhook applies this on Deployment CREATE and UPDATE.
-pub fn mutate_deployment_strategy(deployment: &Value) -> Mutation {
+/// the old pod holds.
+fn mutate_deployment_strategy(deployment: &Value) -> Mutation {
     let unchanged = || Mutation::unchanged(deployment);
     let Some(template) = deployment
         .pointer("/spec/template")

@@ -9,7 +9,7 @@
 
 use jellyfin_ha_core::annotations::{CONTAINER, FAILOVER_SECONDS, GPU, INJECT, MANAGED, MUTATIONS};
 use jellyfin_ha_core::config::{GpuMode, Policy};
-use jellyfin_ha_core::{Change, MutationError, mutate_manifest, mutate_pod};
+use jellyfin_ha_core::{Change, MutationError, mutate_manifest, mutate_object, mutate_pod};
 use rstest::rstest;
 use serde_json::{Value, json};
 
@@ -175,6 +175,7 @@ fn user_expression_on_the_same_key_is_kept_with_a_warning() {
 #[rstest]
 #[case::defaulted_pod(pod())]
 #[case::deployment(deployment())]
+#[case::statefulset(statefulset())]
 fn mutation_is_idempotent_and_second_pass_sends_no_patch(#[case] input: Value) {
     let once = mutate_manifest(&input, &Policy::default()).unwrap();
     assert!(!once.patch.0.is_empty());
@@ -216,7 +217,24 @@ fn fields_unknown_to_the_schema_survive() {
 }
 
 #[test]
-fn device_plugin_resource_and_marker_go_on_the_gpu_container() {
+fn fields_unknown_to_the_schema_survive_in_workloads() {
+    let mut input = statefulset();
+    input["spec"]["ordinalsFromTheFuture"] = json!({"start": 3});
+    input["spec"]["template"]["spec"]["hostnameOverrideFromTheFuture"] = json!("kept");
+    input["spec"]["template"]["spec"]["containers"][1]["someFieldFromKubernetes140"] = json!(1);
+    let mutated = mutate_manifest(&input, &Policy::default()).unwrap().object;
+    assert_eq!(
+        mutated["spec"]["ordinalsFromTheFuture"],
+        json!({"start": 3})
+    );
+    let template = &mutated["spec"]["template"]["spec"];
+    assert_eq!(template["hostnameOverrideFromTheFuture"], "kept");
+    assert_eq!(template["containers"][1]["someFieldFromKubernetes140"], 1);
+    assert_eq!(template["tolerations"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn device_plugin_resource_and_label_go_on_the_gpu_container_of_a_template() {
     let mutated = mutate_manifest(&deployment(), &Policy::default())
         .unwrap()
         .object;
@@ -228,12 +246,97 @@ fn device_plugin_resource_and_marker_go_on_the_gpu_container() {
     );
     let resources = &containers[1]["resources"];
     assert_eq!(resources["limits"]["gpu.intel.com/i915"], "1");
-    assert_eq!(resources["limits"][MANAGED], "1");
-    assert_eq!(resources["requests"][MANAGED], "1");
     assert_eq!(
         mutated["spec"]["template"]["metadata"]["labels"][MANAGED],
         "true"
     );
+}
+
+/// A template carrying the marker would strand every future pod Pending once the scheduler
+/// stops ignoring it; only pods get it.
+#[rstest]
+#[case::deployment(deployment(), "/spec/template")]
+#[case::statefulset(statefulset(), "/spec/template")]
+#[case::cronjob(cronjob(), "/spec/jobTemplate/spec/template")]
+fn templates_never_get_the_scheduling_marker(#[case] input: Value, #[case] template: &str) {
+    let mutation = mutate_manifest(&input, &Policy::default()).unwrap();
+    let text = serde_json::to_string(&mutation.object.pointer(template).unwrap()["spec"]).unwrap();
+    assert!(!text.contains(MANAGED), "{text}");
+    assert!(!mutation.changes.contains(&Change::SchedulingMarker));
+    assert!(mutation.changes.contains(&Change::ManagedLabel));
+}
+
+#[test]
+fn pods_get_the_scheduling_marker_on_the_gpu_container() {
+    let mutation = mutate_pod(&pod(), &Policy::default()).unwrap();
+    let resources = &mutation.object["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"][MANAGED], "1");
+    assert_eq!(resources["requests"][MANAGED], "1");
+    assert_eq!(mutation.object["metadata"]["labels"][MANAGED], "true");
+}
+
+/// The pod a ReplicaSet makes from a mutated template already has everything but the marker:
+/// the webhook, when it can be reached, adds only that.
+#[test]
+fn a_pod_born_from_a_mutated_template_needs_only_the_marker() {
+    let template = mutate_manifest(&deployment(), &Policy::default())
+        .unwrap()
+        .object["spec"]["template"]
+        .clone();
+    let mut pod = template.clone();
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    let mutation = mutate_pod(&pod, &Policy::default()).unwrap();
+    assert_eq!(mutation.changes, [Change::SchedulingMarker]);
+    let record = mutation.object["metadata"]["annotations"][MUTATIONS]
+        .as_str()
+        .unwrap();
+    assert!(record.contains("failover-tolerations=15s"), "{record}");
+    assert!(
+        record.ends_with("scheduling-marker=jellyfin-ha.io/managed; termination-grace=600s"),
+        "{record}"
+    );
+}
+
+#[test]
+fn a_marker_already_in_a_template_is_kept_with_a_warning() {
+    let mut input = deployment();
+    input["spec"]["template"]["spec"]["containers"][1]["resources"] =
+        json!({"limits": {MANAGED: "1"}, "requests": {MANAGED: "1"}});
+    let mutation = mutate_manifest(&input, &Policy::default()).unwrap();
+    let resources = &mutation.object["spec"]["template"]["spec"]["containers"][1]["resources"];
+    assert_eq!(resources["limits"][MANAGED], "1");
+    assert!(
+        mutation
+            .warnings
+            .iter()
+            .any(|w| w.contains("jellyfin") && w.contains("Insufficient jellyfin-ha.io/managed")),
+        "{:?}",
+        mutation.warnings
+    );
+    let pod = mutate_pod(&pod(), &Policy::default()).unwrap();
+    assert!(
+        !pod.warnings.iter().any(|w| w.contains("Insufficient")),
+        "{:?}",
+        pod.warnings
+    );
+}
+
+/// The webhook decides by the review's kind, `jellyfin-ha mutate` by the manifest's own
+/// `apiVersion` and `kind`: the same object comes out of both.
+#[rstest]
+#[case::pod(pod(), "", "Pod")]
+#[case::deployment(deployment(), "apps", "Deployment")]
+#[case::statefulset(statefulset(), "apps", "StatefulSet")]
+fn the_webhook_and_the_cli_mutate_alike(
+    #[case] input: Value,
+    #[case] group: &str,
+    #[case] kind: &str,
+) {
+    let webhook = mutate_object(&input, group, kind, &Policy::default()).unwrap();
+    let cli = mutate_manifest(&input, &Policy::default()).unwrap();
+    assert_eq!(webhook, cli);
+    assert!(!webhook.changes.is_empty());
 }
 
 #[test]
@@ -490,8 +593,10 @@ fn record_annotation_says_what_changed() {
     let mutated = mutate_pod(&pod(), &Policy::default()).unwrap().object;
     assert_eq!(
         mutated["metadata"]["annotations"][MUTATIONS],
-        "failover-tolerations=15s; igpu=gpu.intel.com/i915; node-affinity=intel.feature.node.kubernetes.io/gpu In [true]; \
-         render-groups=44,103,104,105,106,107,108,109,110,989,990,991,992,993; scheduling-marker=jellyfin-ha.io/managed; termination-grace=600s"
+        "failover-tolerations=15s; igpu=gpu.intel.com/i915; managed-label=jellyfin-ha.io/managed=true; \
+         node-affinity=intel.feature.node.kubernetes.io/gpu In [true]; \
+         render-groups=44,103,104,105,106,107,108,109,110,989,990,991,992,993; \
+         scheduling-marker=jellyfin-ha.io/managed; termination-grace=600s"
     );
 }
 
@@ -595,6 +700,15 @@ fn template_field_is_named_in_workload_errors() {
             .starts_with("spec.template.spec.tolerations"),
         "{err}"
     );
+}
+
+fn statefulset() -> Value {
+    let mut statefulset = deployment();
+    statefulset["kind"] = json!("StatefulSet");
+    let spec = statefulset["spec"].as_object_mut().unwrap();
+    spec.remove("strategy");
+    spec.insert("serviceName".into(), json!("jellyfin"));
+    statefulset
 }
 
 fn cronjob() -> Value {

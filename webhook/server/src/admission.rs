@@ -5,7 +5,7 @@
 //! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
 
 use base64::Engine;
-use jellyfin_ha_core::{Mutation, MutationError, Policy, mutate_deployment_strategy, mutate_pod};
+use jellyfin_ha_core::{Policy, mutate_object};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -205,19 +205,25 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         request.kind.kind.as_str(),
         request.operation.as_str(),
     );
-    let mutate: fn(&Value, &Policy) -> Result<Mutation, MutationError> = match kind {
-        _ if subresource => return unchanged(parsed.api_version, allowed(vec![], None), summary),
-        ("", "Pod", "CREATE") => mutate_pod,
-        ("apps", "Deployment", "CREATE" | "UPDATE") => {
-            |object, _| Ok(mutate_deployment_strategy(object))
+    // Pods on CREATE (the safety net for pods made from templates the webhook never saw);
+    // the pod templates of the workloads Jellyfin runs as, on CREATE and UPDATE, so that their
+    // pods are complete at birth even when the webhook cannot be reached then.
+    let handled = match kind {
+        _ if subresource => false,
+        ("", "Pod", operation) => operation == "CREATE",
+        ("apps", "Deployment" | "StatefulSet", operation) => {
+            matches!(operation, "CREATE" | "UPDATE")
         }
-        _ => return unchanged(parsed.api_version, allowed(vec![], None), summary),
+        _ => false,
     };
+    if !handled {
+        return unchanged(parsed.api_version, allowed(vec![], None), summary);
+    }
     let Some(object) = request.object.filter(Value::is_object) else {
         let message = format!("request.object must be a {} object", request.kind.kind);
         return invalid(parsed.api_version, request.uid, message, summary);
     };
-    match mutate(&object, policy) {
+    match mutate_object(&object, &request.kind.group, &request.kind.kind, policy) {
         Err(e) => refuse(
             Outcome::Denied,
             parsed.api_version,

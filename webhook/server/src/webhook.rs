@@ -64,7 +64,7 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
         .metrics
         .reviews
         .get_or_create(&ReviewLabels {
-            kind: bounded_label(&summary.kind, &["Pod", "Deployment"]),
+            kind: bounded_label(&summary.kind, &["Pod", "Deployment", "StatefulSet"]),
             operation: bounded_label(
                 &summary.operation,
                 &["CREATE", "UPDATE", "DELETE", "CONNECT"],

@@ -146,6 +146,99 @@ async fn deployment_update_switches_to_recreate() {
     );
 }
 
+fn workload_review(kind: &str, operation: &str, object: &Value) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u2", "kind": {"group": "apps", "version": "v1", "kind": kind}, "operation": operation,
+        "object": object, "oldObject": if operation == "UPDATE" { object.clone() } else { Value::Null }
+    }})
+}
+
+fn opted_in_workload(kind: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "jellyfin", "namespace": "media"},
+        "spec": {"selector": {"matchLabels": {"app": "jellyfin"}}, "template": {
+            "metadata": {"labels": {"app": "jellyfin"}, "annotations": {"jellyfin-ha.io/inject": "true"}},
+            "spec": {"containers": [{"name": "jellyfin", "image": "jellyfin/jellyfin"}]}
+        }}
+    })
+}
+
+/// Pods a workload creates while the webhook is unreachable are still complete: the template
+/// carries everything but the scheduling marker. What comes out is what `jellyfin-ha mutate`
+/// prints for the same object.
+#[rstest]
+#[case::deployment_create("Deployment", "CREATE")]
+#[case::deployment_update("Deployment", "UPDATE")]
+#[case::statefulset_create("StatefulSet", "CREATE")]
+#[case::statefulset_update("StatefulSet", "UPDATE")]
+#[tokio::test]
+async fn workload_templates_are_mutated_without_the_marker(
+    #[case] kind: &str,
+    #[case] operation: &str,
+) {
+    let object = opted_in_workload(kind);
+    let response =
+        review(workload_review(kind, operation, &object).to_string()).await["response"].clone();
+    assert_eq!(response["allowed"], true, "{response}");
+    let mut patched = object.clone();
+    json_patch::patch(&mut patched, &decoded_patch(&response)).unwrap();
+    let template = &patched["spec"]["template"];
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(container["resources"]["limits"]["gpu.intel.com/i915"], "1");
+    assert!(
+        container["resources"]["limits"]
+            .get("jellyfin-ha.io/managed")
+            .is_none(),
+        "{container}"
+    );
+    assert!(
+        container["resources"].get("requests").is_none(),
+        "{container}"
+    );
+    assert_eq!(
+        template["metadata"]["labels"]["jellyfin-ha.io/managed"],
+        "true"
+    );
+    assert_eq!(template["spec"]["terminationGracePeriodSeconds"], 600);
+    let seconds: Vec<&Value> = template["spec"]["tolerations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["tolerationSeconds"])
+        .collect();
+    assert_eq!(seconds, [&json!(15), &json!(15)]);
+    let cli = jellyfin_ha_core::mutate_manifest(&object, &Policy::default()).unwrap();
+    assert_eq!(patched, cli.object);
+
+    // Applying the template again (a GitOps sync, the Deployment controller's own updates)
+    // changes nothing.
+    let again =
+        review(workload_review(kind, "UPDATE", &patched).to_string()).await["response"].clone();
+    assert_eq!(again["allowed"], true);
+    assert!(again.get("patch").is_none(), "{again}");
+}
+
+#[rstest]
+#[case::daemonset("DaemonSet")]
+#[case::replicaset("ReplicaSet")]
+#[tokio::test]
+async fn other_workload_kinds_are_left_to_the_pod_mutation(#[case] kind: &str) {
+    let object = opted_in_workload(kind);
+    let response =
+        review(workload_review(kind, "CREATE", &object).to_string()).await["response"].clone();
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+}
+
+#[tokio::test]
+async fn workload_status_updates_are_left_alone() {
+    let object = opted_in_workload("StatefulSet");
+    let mut input = workload_review("StatefulSet", "UPDATE", &object);
+    input["request"]["subResource"] = json!("status");
+    let response = review(input.to_string()).await["response"].clone();
+    assert!(response.get("patch").is_none(), "{response}");
+}
+
 #[tokio::test]
 async fn malformed_override_is_denied_with_a_message() {
     let mut input = pod_review();
