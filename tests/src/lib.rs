@@ -14,6 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, WebhookClientConfig,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -58,11 +59,21 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        Self::create_labelled(client, prefix, &[]).await
+    }
+
+    /// A namespace with `labels` besides the one every test namespace has.
+    pub async fn create_labelled(
+        client: &Client,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let api: Api<Namespace> = Api::all(client.clone());
         let mut namespace = Namespace::default();
         namespace.metadata.generate_name = Some(format!("e2e-{prefix}-"));
-        namespace.metadata.labels =
-            Some([("jellyfin-ha.io/e2e".to_string(), "true".to_string())].into());
+        let mut all = vec![("jellyfin-ha.io/e2e".to_string(), "true".to_string())];
+        all.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        namespace.metadata.labels = Some(all.into_iter().collect());
         let created = api.create(&PostParams::default(), &namespace).await?;
         let name = created
             .metadata
@@ -112,21 +123,61 @@ impl Webhook {
     }
 
     /// Registers the shipped `MutatingWebhookConfiguration`, pointed at this webhook. Every
-    /// rule and match condition is the one users install.
+    /// rule and match condition is the one users install; only namespaces labelled
+    /// [`OWN_REGISTRATION`] are left out, for the tests that register their own.
     pub async fn register(&self, client: &Client) -> anyhow::Result<()> {
+        let url = format!("{}/mutate", self.url);
+        let own_registration = LabelSelectorRequirement {
+            key: OWN_REGISTRATION.to_string(),
+            operator: "DoesNotExist".to_string(),
+            values: None,
+        };
+        // A name of its own, so that dry runs of the shipped manifest never merge into it.
+        self.apply_shipped(client, "jellyfin-ha-e2e", &url, own_registration)
+            .await
+    }
+
+    /// Registers the shipped configuration once more under a name of its own, for `namespace`
+    /// only (which must carry [`OWN_REGISTRATION`]), calling `url`; deleted when dropped.
+    pub async fn register_own(
+        &self,
+        client: &Client,
+        namespace: &str,
+        url: &str,
+    ) -> anyhow::Result<OwnRegistration> {
+        let registration = OwnRegistration {
+            name: format!("jellyfin-ha-{namespace}"),
+            namespace: namespace.to_string(),
+            webhook: self.clone(),
+        };
+        registration.point_at(client, url).await?;
+        Ok(registration)
+    }
+
+    async fn apply_shipped(
+        &self,
+        client: &Client,
+        name: &str,
+        url: &str,
+        namespaces: LabelSelectorRequirement,
+    ) -> anyhow::Result<()> {
         let path = repo_root().join("manifests/base/mutatingwebhookconfiguration.yaml");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let mut config: MutatingWebhookConfiguration = serde_yaml::from_str(&text)?;
         for webhook in config.webhooks.iter_mut().flatten() {
             webhook.client_config = WebhookClientConfig {
-                url: Some(format!("{}/mutate", self.url)),
+                url: Some(url.to_string()),
                 ca_bundle: Some(ByteString(self.ca_pem.clone().into_bytes())),
                 service: None,
             };
+            webhook
+                .namespace_selector
+                .get_or_insert_default()
+                .match_expressions
+                .get_or_insert_default()
+                .push(namespaces.clone());
         }
-        // A name of its own, so that dry runs of the shipped manifest never merge into it.
-        let name = "jellyfin-ha-e2e";
         config.metadata.name = Some(name.to_string());
         let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
         api.patch(
@@ -165,6 +216,43 @@ impl Webhook {
             })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
             .sum())
+    }
+}
+
+/// The namespace label that keeps the shared registration ([`Webhook::register`]) away.
+pub const OWN_REGISTRATION: &str = "jellyfin-ha.io/e2e-own-registration";
+
+/// A registration of the shipped webhook configuration for one test namespace.
+pub struct OwnRegistration {
+    pub name: String,
+    namespace: String,
+    webhook: Webhook,
+}
+
+impl OwnRegistration {
+    /// Points every webhook of the registration at `url` (`https://HOST:PORT/mutate`), with
+    /// the shipped rules, match conditions and failure policy.
+    pub async fn point_at(&self, client: &Client, url: &str) -> anyhow::Result<()> {
+        let only_this_namespace = LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".to_string(),
+            operator: "In".to_string(),
+            values: Some(vec![self.namespace.clone()]),
+        };
+        self.webhook
+            .apply_shipped(client, &self.name, url, only_this_namespace)
+            .await
+    }
+}
+
+impl Drop for OwnRegistration {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
     }
 }
 
@@ -306,5 +394,49 @@ impl BmcEndpoint {
 impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = envtest(&["node-delete", &self.name]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BmcEndpoint;
+
+    const NODE_BMC: &str = "address=https://127.0.0.1:16600\n\
+        system_path=/redfish/v1/Systems/81b4a147-1c3e-485c-8238-302d4bb7a5be\n\
+        username=admin\n\
+        password=8d0e2b99970216b3eb858d34\n\
+        ca_file=/repo/target/envtest/pki/bmc-ca.crt\n";
+
+    #[test]
+    fn parses_node_bmc_output() {
+        let bmc = BmcEndpoint::parse(NODE_BMC).unwrap();
+        assert_eq!(
+            bmc,
+            BmcEndpoint {
+                address: "https://127.0.0.1:16600".into(),
+                system_path: "/redfish/v1/Systems/81b4a147-1c3e-485c-8238-302d4bb7a5be".into(),
+                username: "admin".into(),
+                password: "8d0e2b99970216b3eb858d34".into(),
+                ca_file: "/repo/target/envtest/pki/bmc-ca.crt".into(),
+            }
+        );
+        assert_eq!(bmc.host_and_port().unwrap(), ("127.0.0.1".into(), 16600));
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_that_names_it() {
+        let without_password: String = NODE_BMC
+            .lines()
+            .filter(|l| !l.starts_with("password="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let err = BmcEndpoint::parse(&without_password).unwrap_err();
+        assert!(err.to_string().contains("password="), "{err}");
+    }
+
+    #[test]
+    fn a_password_may_contain_equals_signs() {
+        let text = NODE_BMC.replace("password=8d0e2b99970216b3eb858d34", "password=a=b");
+        assert_eq!(BmcEndpoint::parse(&text).unwrap().password, "a=b");
     }
 }
