@@ -1,5 +1,6 @@
 //! The webhook behind a real kube-apiserver: registration with CEL matchConditions, the patch
-//! encoding, DefaultTolerationSeconds' tolerations replaced, and pods that never reach it.
+//! encoding, DefaultTolerationSeconds' tolerations replaced, pods that never reach it, and pods
+//! a Deployment makes while it cannot be reached.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,10 +11,12 @@
 
 use std::time::Duration;
 
-use jellyfin_ha_e2e::{TestNamespace, Webhook, client, eventually, kubectl, repo_root};
+use jellyfin_ha_e2e::{
+    OWN_REGISTRATION, TestNamespace, Webhook, client, eventually, kubectl, repo_root,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -317,4 +320,144 @@ async fn every_manifest_is_accepted_by_the_apiserver() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// A failover may take the webhook's replica down with the node, and with failurePolicy Ignore
+/// the replacement pod is then admitted unmutated. It is complete anyway: the Deployment's
+/// template already carries the mutation.
+#[tokio::test]
+async fn a_pod_made_while_the_webhook_is_unreachable_is_complete() {
+    let client = client().await.unwrap();
+    let webhook = Webhook::from_env().unwrap();
+    // The shared registration leaves this namespace to the test's own, which it can break.
+    webhook.register(&client).await.unwrap();
+    let namespace = TestNamespace::create_labelled(&client, "birth", &[(OWN_REGISTRATION, "true")])
+        .await
+        .unwrap();
+    let ns = namespace.name.as_str();
+    let own = webhook
+        .register_own(&client, ns, &format!("{}/mutate", webhook.url))
+        .await
+        .unwrap();
+    wait_until_webhook_is_active(&client, ns).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let created = deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(example("Deployment")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let template = serde_json::to_value(created.spec.unwrap().template).unwrap();
+    assert_complete(&template, "the stored template");
+    assert!(
+        !template
+            .to_string()
+            .contains("\"jellyfin-ha.io/managed\":\"1\""),
+        "the template carries no scheduling marker: {template}"
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let listed = ListParams::default().labels("app.kubernetes.io/name=jellyfin");
+    let first = eventually(
+        Duration::from_secs(30),
+        "the ReplicaSet to create a pod",
+        || async { Ok(pods.list(&listed).await?.items.into_iter().next()) },
+    )
+    .await
+    .unwrap();
+    let first = serde_json::to_value(first).unwrap();
+    assert_eq!(
+        first["spec"]["containers"][0]["resources"]["limits"]["jellyfin-ha.io/managed"], "1",
+        "with the webhook up, the pod gets the scheduling marker"
+    );
+
+    // Unreachable, as a replica on a dead node is: nothing listens on the port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("https://{}/mutate", closed.local_addr().unwrap());
+    drop(closed);
+    own.point_at(&client, &closed_url).await.unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(
+        Duration::from_secs(15),
+        "the webhook to be unreachable for the namespace",
+        || async {
+            let probe = pods
+                .create(&dry_run, &plain_pod("probe", opted_in()))
+                .await?;
+            Ok((!probe.annotations().contains_key("jellyfin-ha.io/mutations")).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
+    let first_name = first["metadata"]["name"].as_str().unwrap().to_string();
+    pods.delete(&first_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let replacement = eventually(
+        Duration::from_secs(30),
+        "the ReplicaSet to replace the pod",
+        || async {
+            let list = pods.list(&listed).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() != Some(first_name.as_str())))
+        },
+    )
+    .await
+    .unwrap();
+    let replacement = serde_json::to_value(replacement).unwrap();
+    assert_complete(&replacement, "the replacement pod");
+    // Proof the webhook never saw it: only the Pod mutation adds the marker.
+    let resources = &replacement["spec"]["containers"][0]["resources"];
+    assert!(
+        resources["limits"].get("jellyfin-ha.io/managed").is_none()
+            && resources["requests"]
+                .get("jellyfin-ha.io/managed")
+                .is_none(),
+        "{resources}"
+    );
+    let record = replacement["metadata"]["annotations"]["jellyfin-ha.io/mutations"]
+        .as_str()
+        .unwrap();
+    assert!(!record.contains("scheduling-marker"), "{record}");
+    assert_eq!(
+        replacement["metadata"]["labels"]["jellyfin-ha.io/managed"],
+        "true"
+    );
+}
+
+/// The iGPU, the failover tolerations (the template's, which keep DefaultTolerationSeconds
+/// from adding its 300 s ones), QuickSync placement and the clean-shutdown grace, on a pod or a
+/// pod template.
+fn assert_complete(pod: &Value, what: &str) {
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["gpu.intel.com/i915"], "1",
+        "{what}: {spec}"
+    );
+    let tolerations = spec["tolerations"].as_array().unwrap();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let matching: Vec<&Value> = tolerations.iter().filter(|t| t["key"] == key).collect();
+        assert_eq!(matching.len(), 1, "{what}: {tolerations:?}");
+        assert_eq!(matching[0]["tolerationSeconds"], 15, "{what}");
+        assert_eq!(matching[0]["effect"], "NoExecute", "{what}");
+    }
+    let terms = &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(
+        terms[0]["matchExpressions"][0],
+        json!({"key": "intel.feature.node.kubernetes.io/gpu", "operator": "In", "values": ["true"]}),
+        "{what}"
+    );
+    assert_eq!(spec["terminationGracePeriodSeconds"], 600, "{what}");
 }
