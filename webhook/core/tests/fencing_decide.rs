@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jellyfin_ha_core::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
 use jellyfin_ha_core::fencing::config::{AgentConfig, CONTROL_PLANE_LABEL, NoneAgent};
+use jellyfin_ha_core::fencing::decide::silent_share;
 use jellyfin_ha_core::fencing::{
     Decision, FenceRecord, FencerPolicy, NodeFacts, Refusal, confirm, plan,
 };
@@ -280,4 +281,34 @@ fn a_heartbeat_during_the_proof_blocks_the_fence() {
         Err(Refusal::HeartbeatDuringProof)
     );
     assert_eq!(confirm(&node, at(NOW - 1)), Ok(()));
+}
+
+#[test]
+fn silence_has_settled_one_renew_interval_after_suspicion() {
+    // Renewed at NOW - 13 (suspected at NOW - 1); every node silenced together with it is
+    // overdue one 10 s renew interval later.
+    let suspect = node("a", 13);
+    assert_eq!(suspect.settled_at(&policy()), Some(at(NOW - 13 + 22)));
+    let mut quick = node("a", 5);
+    quick.lease.as_mut().unwrap().lease_duration_seconds = Some(10);
+    assert_eq!(quick.settled_at(&policy()), Some(at(NOW - 5 + 7)));
+}
+
+#[test]
+fn the_share_guard_counts_eligible_nodes_only() {
+    let mut other = node("x", 100);
+    other
+        .labels
+        .insert(CONTROL_PLANE_LABEL.into(), String::new());
+    let nodes = [node("a", 30), node("b", 1), other];
+    assert_eq!(silent_share(&nodes, &policy(), at(NOW)), Ok(()));
+    let nodes = [node("a", 30), node("b", 30), node("c", 1)];
+    assert!(matches!(
+        silent_share(&nodes, &policy(), at(NOW)),
+        Err(Refusal::TooManySilent {
+            silent: 2,
+            eligible: 3,
+            max_percent: 50
+        })
+    ));
 }

@@ -255,11 +255,29 @@ struct Pin<'a> {
 
 /// Whether a node's kubelet is heartbeating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Heartbeat {
+pub(crate) enum Heartbeat {
     Missing,
     NeverRenewed,
     Stale { age_ms: i64 },
     Fresh { age_ms: i64 },
+}
+
+impl Heartbeat {
+    /// The node's Lease, judged by the policy's `leaseStaleSeconds` at `now_ms`.
+    pub(crate) fn of(state: &NodeState, policy: &ExtenderPolicy, now_ms: i64) -> Self {
+        let Some(lease) = &state.lease else {
+            return Self::Missing;
+        };
+        let Some(renewed) = lease.renew_time else {
+            return Self::NeverRenewed;
+        };
+        let age_ms = now_ms - renewed.as_millisecond();
+        if age_ms > i64::from(policy.lease_stale_seconds) * 1000 {
+            Self::Stale { age_ms }
+        } else {
+            Self::Fresh { age_ms }
+        }
+    }
 }
 
 /// One node's entry in the snapshot, looked up once per node and call.
@@ -531,18 +549,7 @@ impl<'a> Evaluation<'a> {
     }
 
     fn heartbeat(&self, state: &NodeState) -> Heartbeat {
-        let Some(lease) = &state.lease else {
-            return Heartbeat::Missing;
-        };
-        let Some(renewed) = lease.renew_time else {
-            return Heartbeat::NeverRenewed;
-        };
-        let age_ms = self.now_ms - renewed.as_millisecond();
-        if age_ms > i64::from(self.policy.lease_stale_seconds) * 1000 {
-            Heartbeat::Stale { age_ms }
-        } else {
-            Heartbeat::Fresh { age_ms }
-        }
+        Heartbeat::of(state, self.policy, self.now_ms)
     }
 
     fn is_healthy(&self, node: &str) -> bool {

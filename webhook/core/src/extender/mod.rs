@@ -6,6 +6,7 @@
 //! and turn the answer back into a wire type.
 
 pub mod decide;
+pub mod freshness;
 pub mod policy;
 pub mod snapshot;
 pub mod wire;
@@ -14,5 +15,6 @@ pub use decide::{
     Evaluation, FilterDecision, NodeVerdict, Reason, Rejection, ScoreParts, explain, filter,
     prioritize,
 };
+pub use freshness::{Staleness, WatchHeard, staleness};
 pub use policy::ExtenderPolicy;
 pub use snapshot::Snapshot;

@@ -26,6 +26,18 @@ pub const DEFAULT_MEASURED_BUSY_SHARE_PERCENT: u32 = 50;
 /// The extended resource Intel's GPU device plugin advertises for an i915 iGPU.
 pub const DEFAULT_GPU_RESOURCE: &str = "gpu.intel.com/i915";
 
+/// A watch that delivered nothing (no event, no completed list) for this long has stopped.
+/// Each watch relists every half of it, so a quiet kind is heard in time; a list of every Node
+/// every 150 s is small next to the kubelets' own status updates.
+pub const DEFAULT_WATCH_SILENCE_SECONDS: u32 = 300;
+
+/// The shortest accepted silence, so that relists stay far apart.
+pub const MIN_WATCH_SILENCE_SECONDS: u32 = 30;
+
+/// More than half the nodes silent at once is a partition or a control-plane fault, not dead
+/// machines: the fencer's own guard draws the same line.
+pub const DEFAULT_MAX_STALE_LEASE_PERCENT: u32 = 50;
+
 /// The largest accepted weight; keeps the integer score math far from overflow.
 pub const MAX_WEIGHT: u32 = 100;
 
@@ -37,6 +49,12 @@ pub struct ExtenderPolicy {
     pub lease_stale_seconds: u32,
     /// A `jellyfin-ha.io/gpu-busy` annotation older than this is ignored.
     pub gpu_busy_fresh_seconds: u32,
+    /// A watch silent for longer makes the view stale; watches relist every half of it.
+    /// 0 turns both off.
+    pub watch_silence_seconds: u32,
+    /// The view is stale while more than this percent of the nodes have a stale Lease; 100
+    /// turns it off.
+    pub max_stale_lease_percent: u32,
     /// Nodes whose Ready condition changed within this window score lower; 0 turns it off.
     pub flap_window_seconds: u32,
     /// Percent of the iGPU load score taken from the measured busyness when it is fresh.
@@ -54,6 +72,8 @@ impl Default for ExtenderPolicy {
         Self {
             lease_stale_seconds: DEFAULT_LEASE_STALE_SECONDS,
             gpu_busy_fresh_seconds: DEFAULT_GPU_BUSY_FRESH_SECONDS,
+            watch_silence_seconds: DEFAULT_WATCH_SILENCE_SECONDS,
+            max_stale_lease_percent: DEFAULT_MAX_STALE_LEASE_PERCENT,
             flap_window_seconds: DEFAULT_FLAP_WINDOW_SECONDS,
             measured_busy_share_percent: DEFAULT_MEASURED_BUSY_SHARE_PERCENT,
             weights: ScoreWeights::default(),
@@ -105,6 +125,19 @@ impl ExtenderPolicy {
             return fail(
                 "gpuBusyFreshSeconds",
                 format!("{} is not from 1 to 86400", self.gpu_busy_fresh_seconds),
+            );
+        }
+        let silence = self.watch_silence_seconds;
+        if silence != 0 && !(MIN_WATCH_SILENCE_SECONDS..=86_400).contains(&silence) {
+            return fail(
+                "watchSilenceSeconds",
+                format!("{silence} is neither 0 nor from {MIN_WATCH_SILENCE_SECONDS} to 86400"),
+            );
+        }
+        if !(1..=100).contains(&self.max_stale_lease_percent) {
+            return fail(
+                "maxStaleLeasePercent",
+                format!("{} is not from 1 to 100", self.max_stale_lease_percent),
             );
         }
         if self.flap_window_seconds > 86_400 {
@@ -180,6 +213,10 @@ mod tests {
     #[case("leaseStaleSeconds: 0\n", "leaseStaleSeconds")]
     #[case("gpuBusyFreshSeconds: 0\n", "gpuBusyFreshSeconds")]
     #[case("flapWindowSeconds: 90000\n", "flapWindowSeconds")]
+    #[case("watchSilenceSeconds: 10\n", "watchSilenceSeconds")]
+    #[case("watchSilenceSeconds: 90000\n", "watchSilenceSeconds")]
+    #[case("maxStaleLeasePercent: 0\n", "maxStaleLeasePercent")]
+    #[case("maxStaleLeasePercent: 101\n", "maxStaleLeasePercent")]
     #[case("measuredBusySharePercent: 101\n", "measuredBusySharePercent")]
     #[case("weights:\n  gpuLoad: 101\n", "weights.gpuLoad")]
     #[case("weights:\n  volumeLocality: 1000\n", "weights.volumeLocality")]
@@ -198,6 +235,12 @@ mod tests {
         let policy: ExtenderPolicy = serde_yaml::from_str(yaml).unwrap();
         let err = policy.validate().unwrap_err();
         assert_eq!(err.field, field, "{err}");
+    }
+
+    #[test]
+    fn zero_watch_silence_turns_it_off_and_is_allowed() {
+        let policy: ExtenderPolicy = serde_yaml::from_str("watchSilenceSeconds: 0\n").unwrap();
+        policy.validate().unwrap();
     }
 
     #[test]

@@ -576,6 +576,11 @@ impl Snapshot {
         self.nodes.values().filter(|s| s.info.is_some()).count()
     }
 
+    /// Everything known about each node whose Node object is known, in no particular order.
+    pub fn known_nodes(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.values().filter(|s| s.info.is_some())
+    }
+
     pub fn attachment(&self, name: &str) -> Option<&VolumeAttachmentInfo> {
         self.attachments.get(name)
     }

@@ -60,12 +60,19 @@ impl NodeFacts {
     pub fn overdue(&self, now: Timestamp) -> Option<SignedDuration> {
         let lease = self.lease.as_ref()?;
         let renewed = lease.renew_time?;
-        let duration = lease
-            .lease_duration_seconds
-            .filter(|d| *d > 0)
-            .unwrap_or(DEFAULT_NODE_LEASE_SECONDS);
-        let interval = SignedDuration::from_millis(i64::from(duration) * 250);
-        Some(now.duration_since(renewed) - interval)
+        Some(now.duration_since(renewed) - renew_interval(lease))
+    }
+
+    /// When every node that fell silent at the same moment as this one is overdue too: one
+    /// renew interval after this one was suspected. Nodes renew at random points of their
+    /// interval, so silence that began at once is noticed up to one interval apart; a
+    /// destructive step (a power-off, a fence without proof) waits for this point and checks
+    /// the share of silent nodes again.
+    pub fn settled_at(&self, policy: &FencerPolicy) -> Option<Timestamp> {
+        let lease = self.lease.as_ref()?;
+        let interval = renew_interval(lease);
+        let margin = SignedDuration::from_secs(i64::from(policy.suspect_margin_seconds));
+        lease.renew_time?.checked_add(interval * 2 + margin).ok()
     }
 
     pub fn silent_for(&self, now: Timestamp) -> Option<SignedDuration> {
@@ -86,6 +93,15 @@ impl NodeFacts {
         self.ready
             .is_some_and(|r| r.status == ConditionStatus::True)
     }
+}
+
+/// How often the node's kubelet renews its Lease: a quarter of its duration.
+fn renew_interval(lease: &LeaseInfo) -> SignedDuration {
+    let duration = lease
+        .lease_duration_seconds
+        .filter(|d| *d > 0)
+        .unwrap_or(DEFAULT_NODE_LEASE_SECONDS);
+    SignedDuration::from_millis(i64::from(duration) * 250)
 }
 
 /// Why a silent node is not fenced.
@@ -204,18 +220,8 @@ pub fn plan(
     now: Timestamp,
     proving: &BTreeSet<String>,
 ) -> Plan {
-    let eligibility = |node: &NodeFacts| -> Result<(), Refusal> {
-        if !selector_matches(&policy.node_selector, &node.labels) {
-            return Err(Refusal::NotEligible);
-        }
-        if !policy.fence_control_plane && node.labels.contains_key(CONTROL_PLANE_LABEL) {
-            return Err(Refusal::ControlPlane);
-        }
-        Ok(())
-    };
-    let eligible: Vec<&NodeFacts> = nodes.iter().filter(|n| eligibility(n).is_ok()).collect();
-    let silent = eligible.iter().filter(|n| n.is_silent(policy, now)).count();
-    let too_many_silent = silent * 100 > policy.max_silent_percent as usize * eligible.len();
+    let eligibility = |node: &NodeFacts| eligibility(node, policy);
+    let share = silent_share(nodes, policy, now);
     let mut busy = nodes.iter().filter(|n| n.fenced_by_us()).count()
         + proving
             .iter()
@@ -237,12 +243,8 @@ pub fn plan(
             Decision::Proving
         } else if let Err(refusal) = eligibility(node) {
             Decision::Refused(refusal)
-        } else if too_many_silent {
-            Decision::Refused(Refusal::TooManySilent {
-                silent,
-                eligible: eligible.len(),
-                max_percent: policy.max_silent_percent,
-            })
+        } else if let Err(refusal) = &share {
+            Decision::Refused(refusal.clone())
         } else if busy >= policy.max_fenced as usize {
             Decision::Refused(Refusal::TooManyFenced {
                 fenced: busy,
@@ -261,6 +263,38 @@ pub fn plan(
     }
     decisions.sort_by(|a, b| a.0.cmp(&b.0));
     Plan { decisions }
+}
+
+fn eligibility(node: &NodeFacts, policy: &FencerPolicy) -> Result<(), Refusal> {
+    if !selector_matches(&policy.node_selector, &node.labels) {
+        return Err(Refusal::NotEligible);
+    }
+    if !policy.fence_control_plane && node.labels.contains_key(CONTROL_PLANE_LABEL) {
+        return Err(Refusal::ControlPlane);
+    }
+    Ok(())
+}
+
+/// Whether few enough eligible nodes are silent for fencing to be sane: more at once is a
+/// partition or a control-plane fault.
+pub fn silent_share(
+    nodes: &[NodeFacts],
+    policy: &FencerPolicy,
+    now: Timestamp,
+) -> Result<(), Refusal> {
+    let eligible: Vec<&NodeFacts> = nodes
+        .iter()
+        .filter(|n| eligibility(n, policy).is_ok())
+        .collect();
+    let silent = eligible.iter().filter(|n| n.is_silent(policy, now)).count();
+    if silent * 100 > policy.max_silent_percent as usize * eligible.len() {
+        return Err(Refusal::TooManySilent {
+            silent,
+            eligible: eligible.len(),
+            max_percent: policy.max_silent_percent,
+        });
+    }
+    Ok(())
 }
 
 fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision {

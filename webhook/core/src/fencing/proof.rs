@@ -39,17 +39,28 @@ pub struct Proof {
     started: Timestamp,
     deadline: SignedDuration,
     power_off_allowed: bool,
+    /// A machine still on is powered off no sooner than this (see `NodeFacts::settled_at`).
+    power_off_not_before: Timestamp,
     power_off_requested: bool,
     failures: u32,
     last: Option<String>,
 }
 
 impl Proof {
-    pub fn new(started: Timestamp, deadline: Duration, power_off_allowed: bool) -> Self {
+    /// A proof that may take until `started + deadline`. With `power_off_allowed`, a machine
+    /// the device reports on is powered off, but not before `power_off_not_before`; until
+    /// then it is read again, since it may turn off by itself.
+    pub fn new(
+        started: Timestamp,
+        deadline: Duration,
+        power_off_allowed: bool,
+        power_off_not_before: Timestamp,
+    ) -> Self {
         Self {
             started,
             deadline: SignedDuration::try_from(deadline).unwrap_or(SignedDuration::MAX),
             power_off_allowed,
+            power_off_not_before,
             power_off_requested: false,
             failures: 0,
             last: None,
@@ -109,7 +120,7 @@ impl Proof {
             self.power_off_requested,
             self.power_off_allowed,
         ) {
-            (true, false, true) => ProofStep::PowerOff,
+            (true, false, true) if now >= self.power_off_not_before => ProofStep::PowerOff,
             (true, false, false) => ProofStep::GiveUp(format!(
                 "the device says {state}: the node is alive but unreachable, and this agent \
                  may not power it off (powerOff: false)"
@@ -130,7 +141,29 @@ mod tests {
     }
 
     fn proof(power_off_allowed: bool) -> Proof {
-        Proof::new(at(0), Duration::from_secs(60), power_off_allowed)
+        Proof::new(at(0), Duration::from_secs(60), power_off_allowed, at(0))
+    }
+
+    #[test]
+    fn a_machine_still_on_is_powered_off_only_once_silence_has_settled() {
+        let mut proof = Proof::new(at(0), Duration::from_secs(60), true, at(10));
+        for t in [1, 5, 9] {
+            assert_eq!(
+                proof.next(Reading::Power(PowerState::On), at(t)),
+                ProofStep::ReadAgain {
+                    after: POLL_INTERVAL
+                }
+            );
+        }
+        assert_eq!(
+            proof.next(Reading::Power(PowerState::On), at(10)),
+            ProofStep::PowerOff
+        );
+        let mut early_off = Proof::new(at(0), Duration::from_secs(60), true, at(10));
+        assert_eq!(
+            early_off.next(Reading::Power(PowerState::Off), at(2)),
+            ProofStep::Proven
+        );
     }
 
     #[test]

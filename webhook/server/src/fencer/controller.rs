@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use jellyfin_ha_core::annotations::MANAGED;
 use jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
 use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
+use jellyfin_ha_core::fencing::decide::silent_share;
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
     Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal, confirm,
@@ -238,11 +239,22 @@ impl Fencer {
         if !self.dry_run {
             self.mark_fencing(node, agent, now).await;
         }
+        let settled_at = self
+            .facts()
+            .iter()
+            .find(|f| f.name == node)
+            .and_then(|f| f.settled_at(&self.policy))
+            .unwrap_or(now);
         if let Some(AgentKind::None(_)) = agent.kind() {
+            // Nothing proves anything here: wait until silence that began at the same moment
+            // elsewhere would show, and count the silent nodes again.
+            let wait = now.duration_until(settled_at).max(Default::default());
+            tokio::time::sleep(wait.unsigned_abs()).await;
+            self.share_still_sane()?;
             tracing::warn!(%node, agent = %agent.name, "no fence device: fencing on detection alone, as acknowledged in the config");
             return Ok(Proven {
                 started: now,
-                at: now,
+                at: Timestamp::now(),
                 said: "no fence device; fenced on silence alone (acknowledged in config)".into(),
             });
         }
@@ -251,7 +263,7 @@ impl Fencer {
             .await
             .map_err(|e| Refusal::NotProven(e.to_string()))?;
         let deadline = Duration::from_secs(u64::from(self.policy.proof_deadline_seconds));
-        let mut proof = Proof::new(now, deadline, agent.power_off && !self.dry_run);
+        let mut proof = Proof::new(now, deadline, agent.power_off && !self.dry_run, settled_at);
         let result = |outcome: &str| crate::metrics::ProofLabels {
             agent: agent.name.clone(),
             outcome: outcome.to_string(),
@@ -284,6 +296,13 @@ impl Fencer {
                     });
                 }
                 ProofStep::PowerOff => {
+                    if let Err(refusal) = self.share_still_sane() {
+                        self.metrics
+                            .fencer_proofs
+                            .get_or_create(&result("failed"))
+                            .inc();
+                        return Err(refusal);
+                    }
                     tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
                     let sent = match tokio::time::timeout(deadline, device.power_off()).await {
                         Ok(sent) => sent,
@@ -314,6 +333,11 @@ impl Fencer {
                 }
             }
         }
+    }
+
+    /// The share of silent nodes, counted again before a destructive step.
+    fn share_still_sane(&self) -> Result<(), Refusal> {
+        silent_share(&self.facts(), &self.policy, Timestamp::now())
     }
 
     /// Marks the node as being fenced, so the extender stops placing pods on it.
