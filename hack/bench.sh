@@ -3,6 +3,7 @@
 #   hack/bench.sh webhook     the webhook's throughput against a no-op floor, latency and memory
 #   hack/bench.sh apiserver   pod creation latency through kube-apiserver with and without the webhook
 #   hack/bench.sh extender    extender server time, memory and scheduler throughput at 5000 nodes
+#   hack/bench.sh failover    failover time from power-off to Jellyfin running elsewhere
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -22,5 +23,6 @@ case ${1:-} in
   webhook) bench_webhook ;;
   apiserver) bench_apiserver ;;
   extender) exec hack/bench-extender.sh ;;
-  *) die "usage: $0 webhook|apiserver|extender" ;;
+  failover) exec hack/bench-failover.sh ;;
+  *) die "usage: $0 webhook|apiserver|extender|failover" ;;
 esac

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The local demo: a control plane with QuickSync kwok nodes, the jellyfin-ha webhook and
-# scheduler extender on this host, and the example Jellyfin deployed through them. One node is
-# busy with other managed pods, one has lost power but still says Ready. Prints what the webhook
-# did, where the pod landed and the extender's explanation, then cleans up
-# (JFHA_KEEP_CLUSTER=1 leaves the cluster, webhook and extender running).
+# The local demo: a control plane with QuickSync kwok nodes (each with a Redfish BMC), the
+# jellyfin-ha webhook and scheduler extender on this host, and the example Jellyfin deployed
+# through them. One node is busy with other managed pods, one has lost power but still says
+# Ready. Prints what the webhook did, where the pod landed and the extender's explanation. Then
+# the fencer starts, Jellyfin's node loses power, and the demo prints the failover's timeline.
+# Cleans up (JFHA_KEEP_CLUSTER=1 leaves the cluster, webhook, extender and fencer running).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$REPO_ROOT/hack/lib-extender.sh"
+source "$REPO_ROOT/hack/lib-failover.sh"
 cd "$REPO_ROOT"
 
 DEMO_DIR="$REPO_ROOT/target/demo"
@@ -15,6 +17,7 @@ NS=media
 cleanup() {
   local rc=$?
   if [[ -z ${JFHA_KEEP_CLUSTER:-} ]]; then
+    stop_fencer "$DEMO_DIR/fencer"
     stop_extender "$DEMO_DIR/extender"
     stop_webhook "$DEMO_DIR"
     hack/envtest.sh down >/dev/null 2>&1 || true
@@ -76,35 +79,9 @@ done
 (($(date +%s) - $(date -d "$renewed" +%s) > 21)) || die "nuc-2's Lease is still being renewed"
 
 log "deploying the example Jellyfin (Deployment, ReadWriteOnce Ceph RBD claim, opt-in annotation)"
-kubectl apply -f manifests/example/jellyfin.yaml >/dev/null
-# No provisioner runs here, so the RBD volume is created by hand, as a PV bound to the claim.
-kubectl apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: jellyfin-config
-spec:
-  capacity: {storage: 20Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: ceph-rbd
-  claimRef: {namespace: $NS, name: jellyfin-config}
-  csi:
-    driver: rbd.csi.ceph.com
-    volumeHandle: 0001-0009-rook-ceph-0000000000000001-jellyfin-config
-YAML
-
-log "waiting for Jellyfin to run"
-kubectl -n "$NS" rollout status deployment/jellyfin --timeout=90s >/dev/null
+deploy_example_jellyfin
 pod=$(kubectl -n "$NS" get pods -l app.kubernetes.io/name=jellyfin -o jsonpath='{.items[0].metadata.name}')
-node=$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.spec.nodeName}')
-attached=""
-for _ in $(seq 100); do
-  attached=$(kubectl get volumeattachments -o jsonpath="{range .items[?(@.spec.nodeName=='$node')]}{.status.attached}{end}")
-  [[ $attached == true ]] && break
-  sleep 0.2
-done
-[[ $attached == true ]] || die "the volume was not attached to $node"
+node=$(jellyfin_node)
 
 echo
 echo "Jellyfin pod $NS/$pod runs on $node; its volume is attached there."
@@ -126,5 +103,23 @@ echo "volume is attached to $node, every other node also fails the volume check)
 [[ $node == nuc-3 ]] || die "expected Jellyfin on nuc-3 (idle and alive), not $node"
 [[ $(kubectl get node nuc-2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]] ||
   die "nuc-2 turned NotReady before the end of the demo: the extender's verdict was not the only thing keeping Jellyfin off it"
+
+echo
+log "nuc-2 boots again; every QuickSync node heartbeats"
+hack/envtest.sh node-power-on nuc-2 >/dev/null
+
+log "starting the fencer on this host: a Redfish agent per node (each node's BMC is sushy-tools)"
+FENCER_DIR="$DEMO_DIR/fencer"
+start_fencer "$bin" "$FENCER_DIR" "127.0.0.1:${JFHA_FENCER_ADMIN_PORT:-18082}" nuc-1 nuc-2 nuc-3
+failover=$(build_failover_timer)
+
+echo
+echo "Failover: $node, where Jellyfin runs, loses power."
+"$failover" --namespace "$NS" --selector app.kubernetes.io/name=jellyfin --pv jellyfin-config --timeout 180 \
+  -- hack/envtest.sh node-power-off "$node" | tee "$FENCER_DIR/timeline.txt"
+grep -q '^dual-attach samples: 0$' "$FENCER_DIR/timeline.txt" || die "the volume was attached to two nodes at once"
+echo
+echo "What the fencer recorded on $node (jellyfin-ha.io/fenced):"
+kubectl get node "$node" -o jsonpath='{.metadata.annotations.jellyfin-ha\.io/fenced}' | tr ',' '\n' | sed 's/^[{ ]*/  /; s/}$//'
 echo
 echo "demo OK"
