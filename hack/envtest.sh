@@ -957,10 +957,10 @@ start_kubelet() {
 # Power loss: the BMC is told ForceOff (it says Off 1-11 s later) and the kubelet dies at
 # once. Also cuts the power of a partitioned node.
 cmd_node_power_off() {
-  local name=${1:?usage: $0 node-power-off NAME} in_use
+  local name=${1:?usage: $0 node-power-off NAME} in_use killed="kubelet killed"
   require_up
   require_node "$name"
-  in_use=$(kill_kubelet "$name") || in_use=""
+  in_use=$(kill_kubelet "$name") || killed="kubelet was already down"
   if [[ -f $BMC_DIR/$name/off-requested ]]; then
     log "node $name is already powered off"
     return 0
@@ -970,7 +970,7 @@ cmd_node_power_off() {
   # ignores On while a ForceOff is pending and would then turn off anyway.
   touch "$BMC_DIR/$name/off-requested"
   rm -f "$BMC_DIR/$name/partitioned"
-  log "node $name powered off (BMC: ForceOff; kubelet killed${in_use:+, volumesInUse: $in_use})"
+  log "node $name powered off (BMC: ForceOff; $killed${in_use:+, volumesInUse: $in_use})"
 }
 
 # The machine boots: Reset On through its BMC, then a kubelet with a new bootID.
