@@ -142,6 +142,37 @@ pub struct FenceAgentProgram {
     pub options: BTreeMap<String, String>,
 }
 
+impl FenceAgentProgram {
+    /// Options the fencer sets itself, in every spelling fence-agents accepts.
+    pub const RESERVED_OPTIONS: [&str; 5] = ["action", "username", "password", "login", "passwd"];
+
+    /// `fence_[a-z0-9_]+`: the name becomes a path, so nothing else may reach it.
+    pub fn is_agent_name(name: &str) -> bool {
+        name.strip_prefix("fence_").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+    }
+
+    /// Why `key=value` cannot go on the agent's stdin, if it cannot: a line break would end
+    /// the value and start an option of its own.
+    pub fn option_problem(key: &str, value: &str) -> Option<&'static str> {
+        let key_ok = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !key_ok || value.contains(['\n', '\r']) {
+            Some("keys are letters, digits, '_' and '-'; values are one line")
+        } else if Self::RESERVED_OPTIONS.contains(&key) {
+            Some("is set by the fencer (credentials come from credentialsSecret)")
+        } else {
+            None
+        }
+    }
+}
+
 /// No device: a silent node is fenced on detection alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -341,13 +372,7 @@ fn validate_kind(i: usize, agent: &AgentConfig, kind: AgentKind<'_>) -> Result<(
             }
         }
         AgentKind::FenceAgent(program) => {
-            let name_ok = program.program.strip_prefix("fence_").is_some_and(|rest| {
-                !rest.is_empty()
-                    && rest
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            });
-            if !name_ok {
+            if !FenceAgentProgram::is_agent_name(&program.program) {
                 return fail(
                     "fenceAgent.program",
                     format!(
@@ -357,24 +382,8 @@ fn validate_kind(i: usize, agent: &AgentConfig, kind: AgentKind<'_>) -> Result<(
                 );
             }
             for (key, value) in &program.options {
-                let key_ok = !key.is_empty()
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if !key_ok || value.contains(['\n', '\r']) {
-                    return fail(
-                        &format!("fenceAgent.options.{key}"),
-                        "keys are letters, digits, '_' and '-'; values are one line".into(),
-                    );
-                }
-                if matches!(
-                    key.as_str(),
-                    "action" | "username" | "password" | "login" | "passwd"
-                ) {
-                    return fail(
-                        &format!("fenceAgent.options.{key}"),
-                        "is set by the fencer (credentials come from credentialsSecret)".into(),
-                    );
+                if let Some(problem) = FenceAgentProgram::option_problem(key, value) {
+                    return fail(&format!("fenceAgent.options.{key}"), problem.into());
                 }
             }
         }

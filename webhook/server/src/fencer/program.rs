@@ -23,9 +23,6 @@ use super::agent::{AgentError, Credentials, FenceAgent};
 /// `PATH`: a service's `PATH` often lacks the sbin directories.
 pub const SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 
-/// Options the fencer sets itself; config validation refuses them too.
-const RESERVED: [&str; 5] = ["action", "username", "password", "login", "passwd"];
-
 /// Output kept per stream: enough for a Python traceback's end.
 const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// Lines of output quoted in an error.
@@ -63,28 +60,16 @@ impl ProgramAgent {
             program: config.program.clone(),
             detail,
         };
-        // The name becomes a path: nothing but `fence_[a-z0-9_]+` may reach it.
-        let name_ok = config.program.strip_prefix("fence_").is_some_and(|rest| {
-            !rest.is_empty()
-                && rest
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        });
-        if !name_ok {
+        // Config validation checked these; checked again because the name becomes a path and
+        // the node name is only known now.
+        if !FenceAgentProgram::is_agent_name(&config.program) {
             return Err(failed("not a fence agent name like fence_ipmilan".into()));
         }
         let mut options = Vec::with_capacity(config.options.len());
         for (key, value) in &config.options {
-            let key_ok = !key.is_empty()
-                && key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !key_ok || RESERVED.contains(&key.as_str()) {
-                return Err(failed(format!("option {key:?} cannot be set")));
-            }
             let value = for_node(value, node);
-            if value.contains(['\n', '\r']) {
-                return Err(failed(format!("option {key:?} is not one line")));
+            if let Some(problem) = FenceAgentProgram::option_problem(key, &value) {
+                return Err(failed(format!("option {key:?}: {problem}")));
             }
             options.push((key.clone(), value));
         }
