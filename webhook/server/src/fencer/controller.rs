@@ -263,7 +263,7 @@ impl Fencer {
             .await
             .map_err(|e| Refusal::NotProven(e.to_string()))?;
         let deadline = Duration::from_secs(u64::from(self.policy.proof_deadline_seconds));
-        let mut proof = Proof::new(now, deadline, agent.power_off && !self.dry_run, settled_at);
+        let mut proof = Proof::new(now, deadline, agent.power_off, settled_at);
         let result = |outcome: &str| crate::metrics::ProofLabels {
             agent: agent.name.clone(),
             outcome: outcome.to_string(),
@@ -296,6 +296,11 @@ impl Fencer {
                     });
                 }
                 ProofStep::PowerOff => {
+                    if self.dry_run {
+                        return Err(Refusal::NotProven(
+                            "the device says it is on; dry run: would power it off".into(),
+                        ));
+                    }
                     if let Err(refusal) = self.share_still_sane() {
                         self.metrics
                             .fencer_proofs
