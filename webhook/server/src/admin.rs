@@ -19,23 +19,42 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
 }
 
+/// A condition that keeps `/readyz` false, after start-up, while it returns why.
+pub type ReadyCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 pub fn router(state: AdminState) -> Router {
+    router_with_checks(state, Vec::new())
+}
+
+/// The admin routes, with `/readyz` also false while one of `checks` says why.
+pub fn router_with_checks(state: AdminState, checks: Vec<ReadyCheck>) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(Admin {
+            state,
+            checks: checks.into(),
+        })
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+#[derive(Clone)]
+struct Admin {
+    state: AdminState,
+    checks: Arc<[ReadyCheck]>,
+}
+
+async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    if !admin.state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_string());
+    }
+    match admin.checks.iter().find_map(|check| check()) {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+        None => (StatusCode::OK, "ok".to_string()),
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+async fn metrics(State(Admin { state, .. }): State<Admin>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, ReadyCheck};
 use crate::config::{load_config, load_policy};
 use crate::extender::ExtenderState;
 use crate::manifests::{self, OutputFormat};
@@ -241,6 +241,8 @@ fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
 struct RoleServer {
     /// Each role's HTTPS address and routes; they share the certificate and admin port.
     roles: Vec<(&'static str, SocketAddr, Router)>,
+    /// What keeps `/readyz` false after start-up.
+    ready_checks: Vec<ReadyCheck>,
     args: ServerArgs,
 }
 
@@ -255,6 +257,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     });
     let server = RoleServer {
         roles: vec![("webhook", args.listen, app)],
+        ready_checks: Vec::new(),
         args: args.server,
     };
     // Nothing to wait for: ready as soon as both ports listen.
@@ -267,9 +270,11 @@ async fn run_extender(args: ExtenderRoleArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
-    let (app, synced) = start_extender(policy, &metrics, &shutdown).await?;
+    let (app, state) = start_extender(policy, &metrics, &shutdown).await?;
+    let synced = state.synced.clone();
     let server = RoleServer {
         roles: vec![("extender", args.listen, app)],
+        ready_checks: vec![state.ready_check()],
         args: args.server,
     };
     let ready_when = ready_when_synced(synced, shutdown.clone());
@@ -285,8 +290,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         policy: Arc::new(config.policy),
         metrics: Arc::clone(&metrics),
     });
-    let (extender_app, synced) =
+    let (extender_app, extender) =
         start_extender(Arc::new(config.extender), &metrics, &shutdown).await?;
+    let synced = extender.synced.clone();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
@@ -304,6 +310,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             ("webhook", args.webhook_listen, webhook_app),
             ("extender", args.extender_listen, extender_app),
         ],
+        // A stale extender view does not make serve unready: that would take the webhook out
+        // of its Service with it, when most nodes look dead and it is needed most. The
+        // extender's answers are errors meanwhile, which the scheduler skips.
+        ready_checks: Vec::new(),
         args: args.server,
     };
     let ready_when = ready_when_synced(synced, shutdown.clone());
@@ -313,25 +323,20 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// Connects to the API, starts the watchers and returns the extender's routes.
+/// Connects to the API, starts the watchers and returns the extender's routes and state.
 async fn start_extender(
     policy: Arc<ExtenderPolicy>,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Router, SyncState)> {
+) -> anyhow::Result<(Router, ExtenderState)> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
     let snapshot = SharedSnapshot::default();
     let synced = SyncState::default();
     reflect::spawn_watchers(&client, Arc::clone(&policy), &snapshot, &synced, shutdown);
-    let app = crate::extender::router(ExtenderState::new(
-        snapshot,
-        synced.clone(),
-        policy,
-        Arc::clone(metrics),
-    ));
-    Ok((app, synced))
+    let state = ExtenderState::new(snapshot, synced, policy, Arc::clone(metrics));
+    Ok((crate::extender::router(state.clone()), state))
 }
 
 /// Ready once every cache holds its first full list: before that, filter would reject nodes
@@ -390,10 +395,13 @@ where
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
-    let admin_app = admin::router(AdminState {
-        ready: Arc::clone(&ready),
-        metrics,
-    });
+    let admin_app = admin::router_with_checks(
+        AdminState {
+            ready: Arc::clone(&ready),
+            metrics,
+        },
+        server.ready_checks,
+    );
     let admin = tokio::spawn(
         axum::serve(admin_listener, admin_app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use jellyfin_ha_core::extender::wire::{ExtenderArgs, ExtenderFilterResult, host_priorities};
-use jellyfin_ha_core::extender::{self, ExtenderPolicy};
+use jellyfin_ha_core::extender::{self, ExtenderPolicy, Staleness};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::admin::ReadyCheck;
 use crate::metrics::{ExtenderCallLabels, Metrics, VerbLabels};
 use crate::reflect::{SharedSnapshot, SyncState};
 
@@ -53,6 +54,24 @@ impl ExtenderState {
     }
 }
 
+impl ExtenderState {
+    /// Why the view cannot be decided over at `now`, if it cannot.
+    pub fn staleness(&self, now: Timestamp) -> Option<Staleness> {
+        let watches = self.synced.watches();
+        let snapshot = self.snapshot.read();
+        extender::staleness(&watches, &snapshot, &self.policy, now)
+    }
+
+    /// Keeps `/readyz` false while the view is stale, so that a Service sends the scheduler
+    /// to a replica whose view is not.
+    pub fn ready_check(self) -> ReadyCheck {
+        Arc::new(move || {
+            let stale = self.staleness((self.now)())?;
+            Some(format!("the extender's view is stale: {stale}"))
+        })
+    }
+}
+
 pub fn router(state: ExtenderState) -> Router {
     Router::new()
         .route("/filter", post(filter))
@@ -83,6 +102,8 @@ enum CallError {
     Invalid(serde_json::Error),
     #[error("the extender's caches are not synced yet")]
     NotSynced,
+    #[error("the extender's view is stale: {0}")]
+    Stale(Staleness),
     #[error("the decision task failed: {0}")]
     Task(tokio::task::JoinError),
 }
@@ -92,6 +113,7 @@ impl CallError {
         match self {
             Self::Invalid(_) => "invalid",
             Self::NotSynced => "not_synced",
+            Self::Stale(_) => "stale",
             Self::Task(_) => "error",
         }
     }
@@ -117,8 +139,9 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
     .await;
     let response = match result {
         Ok(answer) => axum::Json(answer).into_response(),
-        // The scheduler reads `Error` only from a 200; it then fails the attempt, or skips
-        // this extender when it is ignorable.
+        // The scheduler reads `Error` only from a 200, and treats it as it treats a non-200
+        // (kube-scheduler's HTTPExtender.Filter returns an error for either): it fails the
+        // attempt, or, the extender being ignorable, skips it and schedules without it.
         Err(e) => axum::Json(ExtenderFilterResult::error(e.to_string())).into_response(),
     };
     observe(&state, Verb::Filter, started);
@@ -211,7 +234,13 @@ fn parse_and_decide<T>(
     if !state.synced.is_synced() {
         return Err(CallError::NotSynced);
     }
-    Ok(decide(state, args, (state.now)()))
+    let now = (state.now)();
+    // A stale view would reject every node whose Lease it has not seen renewed: better to let
+    // the scheduler go on without us.
+    if let Some(stale) = state.staleness(now) {
+        return Err(CallError::Stale(stale));
+    }
+    Ok(decide(state, args, now))
 }
 
 fn observe(state: &ExtenderState, verb: Verb, started: Instant) {

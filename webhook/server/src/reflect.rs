@@ -7,18 +7,20 @@
 //! without an apiserver.
 
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use futures::StreamExt;
 use jellyfin_ha_core::extender::snapshot::{
     ClaimInfo, CsiNodeInfo, LeaseInfo, ManagedPodInfo, NODE_LEASE_NAMESPACE, NodeInfo, PvInfo,
     VolumeAttachmentInfo,
 };
-use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot};
+use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot, WatchHeard};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -31,6 +33,17 @@ pub const MANAGED_SELECTOR: &str = "jellyfin-ha.io/managed=true";
 
 /// The number of kinds watched; readiness waits for each of them to finish its first list.
 pub const WATCHED_KINDS: usize = 7;
+
+/// The kinds watched, in the order [`SyncState`] keeps them.
+pub const WATCHED: [&str; WATCHED_KINDS] = [
+    <Node as Watched>::KIND,
+    <Lease as Watched>::KIND,
+    <VolumeAttachment as Watched>::KIND,
+    <PersistentVolumeClaim as Watched>::KIND,
+    <PersistentVolume as Watched>::KIND,
+    <CSINode as Watched>::KIND,
+    <Pod as Watched>::KIND,
+];
 
 /// The snapshot shared between the watchers (writers) and the extender handlers (readers).
 #[derive(Debug, Clone, Default)]
@@ -52,19 +65,34 @@ impl SharedSnapshot {
     }
 }
 
-/// How many watchers have completed their first list.
+/// How far the watchers have got: which kinds have completed their first list, and when each
+/// last delivered something.
 #[derive(Debug, Clone, Default)]
-pub struct SyncState(Arc<AtomicUsize>);
+pub struct SyncState(Arc<Watches>);
+
+#[derive(Debug, Default)]
+struct Watches {
+    listed: AtomicUsize,
+    /// Per kind of [`WATCHED`]: milliseconds since the epoch of its last event or completed
+    /// list; 0 for never.
+    heard_ms: [AtomicI64; WATCHED_KINDS],
+    /// No watch behind the snapshot, so none can go silent.
+    unwatched: bool,
+}
 
 impl SyncState {
-    /// A state that is already synced: for a snapshot filled by other means (tests, a
-    /// one-off list).
+    /// A state that is already synced, with no watch behind it: for a snapshot filled by other
+    /// means (tests, a one-off list).
     pub fn all_synced() -> Self {
-        Self(Arc::new(AtomicUsize::new(WATCHED_KINDS)))
+        Self(Arc::new(Watches {
+            listed: AtomicUsize::new(WATCHED_KINDS),
+            unwatched: true,
+            ..Watches::default()
+        }))
     }
 
     pub fn synced_kinds(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.0.listed.load(Ordering::Acquire)
     }
 
     /// Every watched kind has been listed once.
@@ -73,7 +101,36 @@ impl SyncState {
     }
 
     fn mark_one(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.listed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `kind`'s watch delivered an event or completed a list at `at`.
+    pub fn heard(&self, kind: &str, at: Timestamp) {
+        if let Some(slot) = WATCHED
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.0.heard_ms.get(i))
+        {
+            slot.store(at.as_millisecond(), Ordering::Release);
+        }
+    }
+
+    /// When each watch last delivered something, for the core's staleness decision.
+    pub fn watches(&self) -> Vec<WatchHeard<'static>> {
+        if self.0.unwatched {
+            return Vec::new();
+        }
+        WATCHED
+            .iter()
+            .zip(&self.0.heard_ms)
+            .map(|(kind, heard)| WatchHeard {
+                kind,
+                last_heard: match heard.load(Ordering::Acquire) {
+                    0 => None,
+                    ms => Timestamp::from_millisecond(ms).ok(),
+                },
+            })
+            .collect()
     }
 }
 
@@ -328,25 +385,50 @@ async fn watch<K>(
     K: Watched,
     K::DynamicType: Default,
 {
+    // kube's watcher keeps bookmarks to itself, so a quiet kind shows that its watch is alive
+    // only by relisting: every half of the silence allowed, so one slow or failed list is
+    // not yet silence.
+    let relist_every = (policy.watch_silence_seconds > 0)
+        .then(|| Duration::from_secs(u64::from(policy.watch_silence_seconds) / 2));
     let mut cache = KindCache::<K>::new(policy);
     let mut first_list = true;
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
     loop {
-        let next = tokio::select! {
-            next = events.next() => next,
-            () = stop.cancelled() => return,
-        };
-        match next {
-            Some(Ok(event)) => {
-                if cache.apply(&snapshot, event) && first_list {
-                    first_list = false;
-                    synced.mark_one();
-                    tracing::info!(kind = K::KIND, "cache synced");
-                }
+        let mut events = watcher::watcher(api.clone(), config.clone())
+            .default_backoff()
+            .boxed();
+        let relist = async {
+            match relist_every {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
             }
-            Some(Err(e)) => tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying"),
-            None => return,
+        };
+        tokio::pin!(relist);
+        loop {
+            let next = tokio::select! {
+                next = events.next() => next,
+                () = &mut relist => break,
+                () = stop.cancelled() => return,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    let delivered = !matches!(event, Event::Init | Event::InitApply(_));
+                    let listed = cache.apply(&snapshot, event);
+                    if delivered {
+                        synced.heard(K::KIND, Timestamp::now());
+                    }
+                    if listed && first_list {
+                        first_list = false;
+                        synced.mark_one();
+                        tracing::info!(kind = K::KIND, "cache synced");
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying")
+                }
+                None => return,
+            }
         }
+        tracing::debug!(kind = K::KIND, "relisting");
     }
 }
 
@@ -478,6 +560,21 @@ mod tests {
             shared.read().lease("qs-1").unwrap().lease_duration_seconds,
             Some(40)
         );
+    }
+
+    #[test]
+    fn watches_report_when_each_kind_was_last_heard() {
+        let synced = SyncState::default();
+        let at: Timestamp = "2026-11-24T20:00:00Z".parse().unwrap();
+        synced.heard("Lease", at);
+        synced.heard("NoSuchKind", at);
+        let watches = synced.watches();
+        assert_eq!(watches.len(), WATCHED_KINDS);
+        for watch in watches {
+            let expected = (watch.kind == "Lease").then_some(at);
+            assert_eq!(watch.last_heard, expected, "{}", watch.kind);
+        }
+        assert!(SyncState::all_synced().watches().is_empty());
     }
 
     #[test]

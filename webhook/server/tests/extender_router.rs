@@ -1,5 +1,5 @@
 //! The extender router in process: calls in kube-scheduler's wire shape, both node modes,
-//! hostile bodies, a cache that is not synced yet, and the metrics.
+//! hostile bodies, a cache that is not synced yet, a view gone stale, and the metrics.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
+use jellyfin_ha::admin::{AdminState, router_with_checks};
 use jellyfin_ha::extender::{ExtenderState, MAX_EXTENDER_ARGS_BYTES, router};
 use jellyfin_ha::metrics::Metrics;
 use jellyfin_ha::reflect::{SharedSnapshot, SyncState};
@@ -230,4 +231,59 @@ async fn large_calls_are_decided_off_the_async_workers_alike() {
     let (status, result) = post_json(state(), "/prioritize", &body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(result.as_array().unwrap().len(), 3);
+}
+
+/// The same cluster, seen a minute later by a view whose Leases stopped moving: every node
+/// looks dead at once.
+fn stale_state() -> ExtenderState {
+    fn later() -> Timestamp {
+        "2026-11-24T20:02:10Z".parse().unwrap()
+    }
+    ExtenderState {
+        now: later,
+        ..state()
+    }
+}
+
+#[tokio::test]
+async fn a_stale_view_answers_with_an_error_the_scheduler_can_skip() {
+    let state = stale_state();
+    let metrics = Arc::clone(&state.metrics);
+    let (status, result) = post_json(state.clone(), "/filter", ARGS_NAMES).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        result["Error"],
+        "the extender's view is stale: 3 of 3 nodes have a stale heartbeat lease at once: \
+         the view or the control plane is behind"
+    );
+    assert_eq!(result["NodeNames"], Value::Null, "no node filtered out");
+    assert_eq!(result["FailedAndUnresolvableNodes"], Value::Null);
+    let (status, _) = send(state, Method::POST, "/prioritize", ARGS_NAMES).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"jellyfin_ha_extender_calls_total{verb="filter",outcome="stale"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"jellyfin_ha_extender_calls_total{verb="prioritize",outcome="stale"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_follows_the_view() {
+    async fn readyz(state: ExtenderState) -> (StatusCode, String) {
+        let admin = AdminState {
+            ready: Arc::new(true.into()),
+            metrics: Arc::clone(&state.metrics),
+        };
+        let app = router_with_checks(admin, vec![state.ready_check()]);
+        let (status, body) = support::oneshot(app, Method::GET, "/readyz", Body::empty()).await;
+        (status, String::from_utf8(body).unwrap())
+    }
+    assert_eq!(readyz(state()).await, (StatusCode::OK, "ok".to_string()));
+    let (status, body) = readyz(stale_state()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("3 of 3 nodes"), "{body}");
 }
