@@ -40,7 +40,15 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("getting pod {namespace}/{}", args.pod))?;
     let snapshot = reflect::list_once(&client, &policy).await?;
     let nodes = snapshot.node_names();
-    let verdicts = extender::explain(&pod, &nodes, &snapshot, &policy, Timestamp::now());
+    let now = Timestamp::now();
+    // A one-off list has no watch to go silent; the Leases can still be stale at once.
+    if let Some(stale) = extender::staleness(&[], &snapshot, &policy, now) {
+        eprintln!(
+            "note: the extender answers every call with an error now, so kube-scheduler \
+             places managed pods without it: {stale}"
+        );
+    }
+    let verdicts = extender::explain(&pod, &nodes, &snapshot, &policy, now);
     let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
     print!(
         "{}",
