@@ -111,7 +111,7 @@ impl Scene {
     }
 
     fn fencer(&self, config: &str, identity: &str) -> Fencer {
-        Fencer::start(self.ns(), config, identity)
+        Fencer::start(self.ns(), config, identity, &[])
     }
 
     async fn node(&self, name: &str) -> Node {
@@ -186,7 +186,7 @@ struct Fencer {
 }
 
 impl Fencer {
-    fn start(namespace: &str, config: &str, identity: &str) -> Self {
+    fn start(namespace: &str, config: &str, identity: &str, extra: &[&str]) -> Self {
         let dir = repo_root().join("target/e2e-fencer").join(namespace);
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.yaml");
@@ -204,6 +204,7 @@ impl Fencer {
                 namespace,
             ])
             .args(["--identity", identity, "--leader-lease", "fencer"])
+            .args(extra)
             .arg("--config")
             .arg(&config_path)
             .env("KUBECONFIG", jellyfin_ha_e2e::kubeconfig_path())
@@ -405,6 +406,55 @@ async fn a_partitioned_node_is_not_fenced_without_leave_to_power_it_off() {
     assert!(note.contains("powerOff: false"), "{note}");
     assert!(!scene.tainted(&node.name).await);
     assert_eq!(bmc_power(node), "On");
+}
+
+#[tokio::test]
+async fn a_dry_run_proves_and_reports_but_writes_nothing() {
+    // Four nodes, so that two silent ones are not more than half.
+    let scene = Scene::new("fence-dry", 4).await;
+    let config = scene.config(true, |_, _| {});
+    let started = std::time::Instant::now();
+    let fencer = Fencer::start(scene.ns(), &config, "fencer-0", &["--dry-run"]);
+    let (alive, dead) = (&scene.nodes[0], &scene.nodes[1]);
+    alive.partition().unwrap();
+    dead.power_off().unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the dry run's verdicts",
+        || async {
+            let log = fencer.log();
+            Ok(
+                (log.contains("would power it off") && log.contains("dry run: would taint"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    // Each node's proof is retried no sooner than 10 s after the last began.
+    let attempts = fencer.log().matches("suspected; proving it off").count();
+    let most = 2 * (started.elapsed().as_secs() as usize / 10 + 1);
+    assert!(
+        attempts <= most,
+        "{attempts} proofs in {:?}",
+        started.elapsed()
+    );
+    for node in [alive, dead] {
+        assert!(!scene.tainted(&node.name).await, "{} tainted", node.name);
+        let annotations = scene
+            .node(&node.name)
+            .await
+            .metadata
+            .annotations
+            .unwrap_or_default();
+        assert!(
+            !annotations.contains_key("jellyfin-ha.io/fencing"),
+            "{} marked",
+            node.name
+        );
+        assert!(scene.events(&node.name).await.is_empty(), "Events recorded");
+    }
+    assert_eq!(bmc_power(alive), "On", "a dry run powered a node off");
 }
 
 #[tokio::test]

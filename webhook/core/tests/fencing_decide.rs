@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jellyfin_ha_core::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
 use jellyfin_ha_core::fencing::config::{AgentConfig, CONTROL_PLANE_LABEL, NoneAgent};
-use jellyfin_ha_core::fencing::decide::silent_share;
 use jellyfin_ha_core::fencing::{
-    Decision, FenceRecord, FencerPolicy, NodeFacts, Refusal, confirm, plan,
+    Decision, FenceRecord, FencerPolicy, NodeFacts, Refusal, cap, confirm, plan, silent_share,
 };
 use k8s_openapi::jiff::Timestamp;
 
@@ -72,14 +71,27 @@ fn policy() -> FencerPolicy {
 }
 
 fn decide(nodes: &[NodeFacts]) -> Vec<(String, Decision)> {
-    plan(nodes, &policy(), at(NOW), &BTreeSet::new()).decisions
+    plan(
+        nodes,
+        &policy(),
+        at(NOW),
+        &BTreeSet::new(),
+        &BTreeSet::new(),
+    )
+    .decisions
 }
 
 fn decision(nodes: &[NodeFacts], name: &str) -> Decision {
-    plan(nodes, &policy(), at(NOW), &BTreeSet::new())
-        .get(name)
-        .cloned()
-        .unwrap()
+    plan(
+        nodes,
+        &policy(),
+        at(NOW),
+        &BTreeSet::new(),
+        &BTreeSet::new(),
+    )
+    .get(name)
+    .cloned()
+    .unwrap()
 }
 
 #[test]
@@ -143,18 +155,18 @@ fn half_silent_in_a_two_node_cluster_may_be_fenced() {
 }
 
 #[test]
-fn at_most_max_fenced_at_once_longest_silent_first() {
+fn proofs_run_side_by_side_and_the_cap_counts_fenced_and_claimed_nodes() {
     let nodes = [node("a", 20), node("b", 40), node("c", 1), node("d", 1)];
     let decisions = decide(&nodes);
+    assert!(
+        matches!(decisions[0].1, Decision::Prove { .. }),
+        "{decisions:?}"
+    );
     assert!(
         matches!(decisions[1].1, Decision::Prove { .. }),
         "{decisions:?}"
     );
-    assert_eq!(
-        decisions[0].1,
-        Decision::Refused(Refusal::TooManyFenced { fenced: 1, max: 1 })
-    );
-    // A node fenced already uses up the allowance.
+    // A fenced node uses up the allowance: no new proof starts.
     let nodes = [
         fenced(node("a", 100), "a-boot-1"),
         node("b", 40),
@@ -165,18 +177,32 @@ fn at_most_max_fenced_at_once_longest_silent_first() {
         decision(&nodes, "b"),
         Decision::Refused(Refusal::TooManyFenced { .. })
     ));
-}
-
-#[test]
-fn a_proof_under_way_is_not_started_twice_and_counts_against_the_cap() {
+    // So does a node a proof has powered off and is about to taint.
     let nodes = [node("a", 40), node("b", 30), node("c", 1), node("d", 1)];
-    let proving = BTreeSet::from(["a".to_string()]);
-    let decided = plan(&nodes, &policy(), at(NOW), &proving);
+    let claimed = BTreeSet::from(["a".to_string()]);
+    let decided = plan(&nodes, &policy(), at(NOW), &claimed, &claimed);
     assert_eq!(decided.get("a"), Some(&Decision::Proving));
     assert!(matches!(
         decided.get("b"),
-        Some(Decision::Refused(Refusal::TooManyFenced { .. }))
+        Some(Decision::Refused(Refusal::TooManyFenced {
+            fenced: 1,
+            max: 1
+        }))
     ));
+    assert_eq!(
+        cap(&nodes, &policy(), &claimed, "b"),
+        Err(Refusal::TooManyFenced { fenced: 1, max: 1 })
+    );
+    assert_eq!(cap(&nodes, &policy(), &claimed, "a"), Ok(()));
+}
+
+#[test]
+fn a_proof_under_way_is_not_started_twice() {
+    let nodes = [node("a", 40), node("b", 30), node("c", 1), node("d", 1)];
+    let proving = BTreeSet::from(["a".to_string()]);
+    let decided = plan(&nodes, &policy(), at(NOW), &proving, &BTreeSet::new());
+    assert_eq!(decided.get("a"), Some(&Decision::Proving));
+    assert!(matches!(decided.get("b"), Some(Decision::Prove { .. })));
 }
 
 #[test]
@@ -198,6 +224,7 @@ fn control_plane_and_unselected_nodes_are_refused() {
         &allowed,
         at(NOW),
         &BTreeSet::new(),
+        &BTreeSet::new(),
     );
     assert!(matches!(decided.get("a"), Some(Decision::Prove { .. })));
 
@@ -209,6 +236,7 @@ fn control_plane_and_unselected_nodes_are_refused() {
         &[node("a", 30), node("b", 1)],
         &selective,
         at(NOW),
+        &BTreeSet::new(),
         &BTreeSet::new(),
     );
     assert_eq!(

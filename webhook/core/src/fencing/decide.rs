@@ -213,20 +213,23 @@ impl Plan {
     }
 }
 
-/// Decides every node. `proving` names the nodes whose proof is under way.
+/// Decides every node. `proving` names the nodes whose proof is under way; `claimed` those a
+/// proof has powered off or is tainting, which count against `maxFenced` with the fenced
+/// ones. Proofs only read, so they run side by side: a node that cannot be proven off never
+/// holds up one that can. The cap is enforced again before each destructive step ([`cap`]).
 pub fn plan(
     nodes: &[NodeFacts],
     policy: &FencerPolicy,
     now: Timestamp,
     proving: &BTreeSet<String>,
+    claimed: &BTreeSet<String>,
 ) -> Plan {
     let eligibility = |node: &NodeFacts| eligibility(node, policy);
     let share = silent_share(nodes, policy, now);
-    let mut busy = nodes.iter().filter(|n| n.fenced_by_us()).count()
-        + proving
-            .iter()
-            .filter(|p| nodes.iter().any(|n| &n.name == *p && !n.fenced_by_us()))
-            .count();
+    let busy = nodes
+        .iter()
+        .filter(|n| n.fenced_by_us() || claimed.contains(&n.name))
+        .count();
 
     let mut sorted: Vec<&NodeFacts> = nodes.iter().collect();
     // The longest-silent node first, so that a cap on fences picks the one down longest.
@@ -251,7 +254,6 @@ pub fn plan(
                 max: policy.max_fenced,
             })
         } else if let Some((agent, _)) = policy.agent_for(&node.name, &node.labels) {
-            busy += 1;
             Decision::Prove {
                 agent,
                 silent_for: node.silent_for(now).unwrap_or_default(),
@@ -311,6 +313,27 @@ fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision
             boot_id: node.boot_id.clone(),
         }
     }
+}
+
+/// Whether `node` may be powered off or tainted now: fewer than `maxFenced` other nodes are
+/// fenced or claimed by a proof.
+pub fn cap(
+    nodes: &[NodeFacts],
+    policy: &FencerPolicy,
+    claimed: &BTreeSet<String>,
+    node: &str,
+) -> Result<(), Refusal> {
+    let fenced = nodes
+        .iter()
+        .filter(|n| n.name != node && (n.fenced_by_us() || claimed.contains(&n.name)))
+        .count();
+    if fenced >= policy.max_fenced as usize {
+        return Err(Refusal::TooManyFenced {
+            fenced,
+            max: policy.max_fenced,
+        });
+    }
+    Ok(())
 }
 
 /// The last check before tainting a node its device proved off: it must not have renewed its

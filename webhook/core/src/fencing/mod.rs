@@ -13,7 +13,7 @@ pub mod proof;
 pub mod record;
 
 pub use config::{AgentConfig, AgentKind, FencerPolicy};
-pub use decide::{Decision, NodeFacts, Plan, Refusal, confirm, plan};
+pub use decide::{Decision, NodeFacts, Plan, Refusal, cap, confirm, plan, silent_share};
 pub use power::PowerState;
 pub use proof::{Proof, ProofStep, Reading};
 pub use record::FenceRecord;

@@ -3,17 +3,16 @@
 //! Every decision comes from `jellyfin_ha_core::fencing`; this file only performs them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jellyfin_ha_core::annotations::MANAGED;
 use jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
 use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
-use jellyfin_ha_core::fencing::decide::silent_share;
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
-    Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal, confirm,
-    plan,
+    Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal, cap,
+    confirm, plan, silent_share,
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -33,6 +32,10 @@ use crate::metrics::Metrics;
 /// How often the leader re-decides; watches keep the stores current in between.
 pub const TICK: Duration = Duration::from_millis(500);
 
+/// A node whose proof failed is proven again no sooner than this after the last attempt
+/// began: a device that says no (or nothing) is asked again, not hammered.
+pub const PROOF_RETRY: Duration = Duration::from_secs(10);
+
 /// Everything the loop needs that outlives one tick.
 pub struct Fencer {
     pub client: Client,
@@ -46,12 +49,17 @@ pub struct Fencer {
     pub dry_run: bool,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Nodes a proof has powered off or is tainting: they count against `maxFenced` until
+    /// the watch shows them fenced, or they are back.
+    pub claimed: Mutex<BTreeSet<String>>,
 }
 
 /// What one leader term remembers: proofs under way, and what it has already said.
 #[derive(Default)]
 pub struct Term {
     proving: HashMap<String, JoinHandle<()>>,
+    /// When each node's last proof began.
+    attempts: HashMap<String, Instant>,
     /// (node, reason) pairs already reported, so a refusal is one Event, not one per tick.
     reported: BTreeSet<(String, String)>,
     /// Fenced nodes whose pods this term has swept.
@@ -87,12 +95,20 @@ impl Fencer {
         term.proving.retain(|_, task| !task.is_finished());
         let proving: BTreeSet<String> = term.proving.keys().cloned().collect();
         let facts = self.facts();
-        let decided = plan(&facts, &self.policy, Timestamp::now(), &proving);
+        let claimed = self.claimed().clone();
+        let decided = plan(&facts, &self.policy, Timestamp::now(), &proving, &claimed);
         for (node, decision) in decided.decisions {
             match decision {
                 Decision::Healthy => {
                     term.reported.retain(|(n, _)| n != &node);
+                    term.attempts.remove(&node);
+                    self.claimed().remove(&node);
                 }
+                Decision::Prove { .. }
+                    if term
+                        .attempts
+                        .get(&node)
+                        .is_some_and(|began| began.elapsed() < PROOF_RETRY) => {}
                 Decision::Prove { agent, silent_for } => {
                     let Some(agent) = self.policy.agents.get(agent).cloned() else {
                         continue;
@@ -105,6 +121,7 @@ impl Fencer {
                     let task = tokio::spawn(async move {
                         fencer.prove_and_fence(&name, &agent, &reason).await;
                     });
+                    term.attempts.insert(node.clone(), Instant::now());
                     term.proving.insert(node, task);
                 }
                 Decision::Proving | Decision::ForeignTaint => {}
@@ -112,6 +129,7 @@ impl Fencer {
                     self.report_refusal(term, &node, &refusal).await;
                 }
                 Decision::Fenced => {
+                    self.claimed().remove(&node);
                     if !term.swept.contains(&node) && self.sweep(&node).await {
                         term.swept.insert(node);
                     }
@@ -141,6 +159,11 @@ impl Fencer {
     async fn report_refusal(&self, term: &mut Term, node: &str, refusal: &Refusal) {
         let key = (node.to_string(), refusal.reason().to_string());
         if !term.reported.insert(key) {
+            return;
+        }
+        if *refusal == Refusal::NotEligible {
+            // Outside this fencer's nodeSelector: not its business, so no Event.
+            tracing::debug!(%node, "silent, outside fencer.nodeSelector");
             return;
         }
         tracing::warn!(%node, reason = refusal.reason(), "silent, not fenced: {refusal}");
@@ -189,6 +212,10 @@ impl Fencer {
         };
         if self.dry_run {
             tracing::warn!(%node, proof = %proof.said, "dry run: would taint {OUT_OF_SERVICE} and delete its pods");
+            return;
+        }
+        if let Err(refusal) = self.claim(node) {
+            self.proof_failed(node, agent, &refusal).await;
             return;
         }
         match self.taint(node, &record).await {
@@ -301,7 +328,7 @@ impl Fencer {
                             "the device says it is on; dry run: would power it off".into(),
                         ));
                     }
-                    if let Err(refusal) = self.share_still_sane() {
+                    if let Err(refusal) = self.share_still_sane().and_then(|()| self.claim(node)) {
                         self.metrics
                             .fencer_proofs
                             .get_or_create(&result("failed"))
@@ -338,6 +365,19 @@ impl Fencer {
                 }
             }
         }
+    }
+
+    fn claimed(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.claimed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one of the `maxFenced` places for `node` before a power-off or a taint; proofs
+    /// run side by side, so the cap is enforced here, under one lock.
+    fn claim(&self, node: &str) -> Result<(), Refusal> {
+        let mut claimed = self.claimed();
+        cap(&self.facts(), &self.policy, &claimed, node)?;
+        claimed.insert(node.to_string());
+        Ok(())
     }
 
     /// The share of silent nodes, counted again before a destructive step.

@@ -151,6 +151,7 @@ pub async fn lead(
         identity: identity.clone(),
         dry_run: flags.dry_run,
         metrics: Arc::clone(&metrics),
+        claimed: Default::default(),
     });
     let manager = LeaseManagerBuilder::new(client, &flags.leader_lease)
         .with_namespace(&flags.namespace)
