@@ -37,11 +37,14 @@ mkdir -p "$DIR"
 
 # Stale after 15 s: more than one missed 10 s renewal, and well inside the 30-55 s a 40 s
 # node-monitor grace period takes to turn the node NotReady. No flapping part: every node here
-# is seconds old, and kwok reports its creation time as the Ready transition.
+# is seconds old, and kwok reports its creation time as the Ready transition. The shortest
+# watch silence allowed, so that quiet kinds (PersistentVolumes, CSINodes) must relist every
+# 15 s for the extender to keep answering through the run.
 cat >"$DIR/config.yaml" <<YAML
 extender:
   leaseStaleSeconds: 15
   flapWindowSeconds: 0
+  watchSilenceSeconds: 30
 YAML
 start_extender "$bin" "$DIR" "${JFHA_EXTENDER_PORT:-18444}" "${JFHA_EXTENDER_ADMIN_PORT:-18081}" \
   --config "$DIR/config.yaml"
