@@ -58,7 +58,6 @@ pub fn mutate_pod(pod: &Value, policy: &Policy) -> Result<Mutation, MutationErro
 /// Where each workload kind keeps its pod template, as a JSON pointer.
 fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static str> {
     match (group, kind) {
-        ("", "Pod") => Some(""),
         ("", "PodTemplate") => Some("/template"),
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
         | ("batch", "Job")
@@ -68,10 +67,10 @@ fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static str> {
     }
 }
 
-/// What the webhook does to an object of API group `group` and kind `kind`, on CREATE (and for
-/// workloads, UPDATE): a Pod gets the whole mutation, a workload's pod template all of it but
-/// the scheduling marker (see [`Target::Template`]), and a Deployment that mounts a claim
-/// `Recreate`. Other kinds pass untouched.
+/// The mutation of an object of API group `group` and kind `kind`: a Pod gets all of it, the
+/// pod template of any workload kind all of it but the scheduling marker (see
+/// [`Target::Template`]), and a Deployment that mounts a claim `Recreate`. Other kinds pass
+/// untouched. The webhook applies it to the kinds it is registered for, `mutate` to every kind.
 pub fn mutate_object(
     object: &Value,
     group: &str,
@@ -81,12 +80,12 @@ pub fn mutate_object(
     if !object.is_object() {
         return Err(MutationError::NotAnObject);
     }
+    if (group, kind) == ("", "Pod") {
+        return mutate_pod(object, policy);
+    }
     let Some(pointer) = pod_template_pointer(group, kind) else {
         return Ok(Mutation::unchanged(object));
     };
-    if pointer.is_empty() {
-        return mutate_pod(object, policy);
-    }
     let mut mutation = mutate_template_at(object, pointer, policy, Target::Template)?;
     if (group, kind) == ("apps", "Deployment") {
         let strategy = mutate_deployment_strategy(&mutation.object);

@@ -1,5 +1,5 @@
-//! `jellyfin-ha mutate`: mutate manifests offline exactly as the webhook would mutate the pods
-//! they create.
+//! `jellyfin-ha mutate`: mutate manifests offline exactly as the webhook would mutate them (a
+//! workload's pod template gets everything but the scheduling marker, which only pods get).
 
 use std::fmt::Write as _;
 use std::io::Read;
