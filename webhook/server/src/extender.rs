@@ -52,9 +52,7 @@ impl ExtenderState {
             now: Timestamp::now,
         }
     }
-}
 
-impl ExtenderState {
     /// Why the view cannot be decided over at `now`, if it cannot.
     pub fn staleness(&self, now: Timestamp) -> Option<Staleness> {
         let watches = self.synced.watches();
@@ -67,7 +65,7 @@ impl ExtenderState {
     pub fn ready_check(self) -> ReadyCheck {
         Arc::new(move || {
             let stale = self.staleness((self.now)())?;
-            Some(format!("the extender's view is stale: {stale}"))
+            Some(CallError::Stale(stale).to_string())
         })
     }
 }
