@@ -9,8 +9,6 @@
     clippy::panic
 )]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use jellyfin_ha_e2e::{BmcEndpoint, TestNamespace, TestNode, client, eventually};
@@ -183,37 +181,6 @@ async fn volume_is_attached_to_the_pods_node_and_detached_when_it_goes() {
         .ok();
 }
 
-/// Exit code of the real Debian `fence_redfish` (fence-agents) asked for `action` on the
-/// node's BMC: for `status`, 0 = on, 2 = off. `verify_with_ca` checks the BMC's certificate
-/// against the CA `node-bmc` names instead of skipping verification.
-fn fence_redfish(bmc: &BmcEndpoint, action: &str, verify_with_ca: bool) -> Option<i32> {
-    let (host, port) = bmc.host_and_port().unwrap();
-    let mut input = format!(
-        "action={action}\nip={host}\nipport={port}\nusername={}\npassword={}\nsystems-uri={}\n",
-        bmc.username, bmc.password, bmc.system_path
-    );
-    let mut command = Command::new("/usr/sbin/fence_redfish");
-    if verify_with_ca {
-        // fence_redfish verifies through python-requests, which reads this variable.
-        command.env("REQUESTS_CA_BUNDLE", &bmc.ca_file);
-    } else {
-        input.push_str("ssl_insecure=1\n");
-    }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("/usr/sbin/fence_redfish (Debian package fence-agents)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait().unwrap().code()
-}
-
 async fn bmc_says(bmc: &BmcEndpoint, state: &str, within: Duration) {
     let want = match state {
         "On" => 0,
@@ -221,7 +188,7 @@ async fn bmc_says(bmc: &BmcEndpoint, state: &str, within: Duration) {
         _ => panic!("no status code for {state}"),
     };
     eventually(within, &format!("the BMC to say {state}"), || async {
-        Ok((fence_redfish(bmc, "status", false) == Some(want)).then_some(()))
+        Ok((bmc.fence_redfish("status", false).unwrap() == Some(want)).then_some(()))
     })
     .await
     .unwrap();
@@ -247,7 +214,7 @@ async fn bmc_goes_off_after_power_off_and_on_again_with_a_new_boot() {
         "the BMC's system is the node's SMBIOS UUID"
     );
     assert_eq!(
-        fence_redfish(&bmc, "status", true),
+        bmc.fence_redfish("status", true).unwrap(),
         Some(0),
         "a running node's BMC says on, over TLS verified with {}",
         bmc.ca_file
@@ -257,7 +224,7 @@ async fn bmc_goes_off_after_power_off_and_on_again_with_a_new_boot() {
         ..bmc.clone()
     };
     assert_eq!(
-        fence_redfish(&wrong, "status", false),
+        wrong.fence_redfish("status", false).unwrap(),
         Some(1),
         "the BMC rejects a wrong password"
     );
@@ -275,7 +242,7 @@ async fn bmc_goes_off_after_power_off_and_on_again_with_a_new_boot() {
 
     node.power_on().unwrap();
     assert_eq!(
-        fence_redfish(&bmc, "status", false),
+        bmc.fence_redfish("status", false).unwrap(),
         Some(0),
         "power-on returns once the BMC says on"
     );
@@ -303,7 +270,7 @@ async fn partitioned_node_stays_on_stops_heartbeating_and_reconnects_with_the_sa
         "a partitioned node's Lease is not renewed"
     );
     assert_eq!(
-        fence_redfish(&bmc, "status", false),
+        bmc.fence_redfish("status", false).unwrap(),
         Some(0),
         "a partitioned node is still powered on"
     );

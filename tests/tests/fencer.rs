@@ -9,7 +9,6 @@
     clippy::panic
 )]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -630,41 +629,5 @@ async fn when_the_leader_dies_mid_fence_the_other_replica_finishes_it_once() {
 
 /// The BMC's PowerState through the real Debian `fence_redfish`.
 fn bmc_power(node: &TestNode) -> &'static str {
-    let bmc = node.bmc().unwrap();
-    let url = url_parts(&bmc.address);
-    let options: BTreeMap<&str, String> = BTreeMap::from([
-        ("action", "status".to_string()),
-        ("ip", url.0),
-        ("ipport", url.1),
-        ("username", bmc.username.clone()),
-        ("password", bmc.password.clone()),
-        ("ssl_insecure", "1".to_string()),
-        ("systems-uri", bmc.system_path.clone()),
-    ]);
-    let input: String = options.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    let mut child = Command::new("fence_redfish")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fence_redfish (apt-get install fence-agents)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    match child.wait().unwrap().code() {
-        Some(0) => "On",
-        Some(2) => "Off",
-        other => panic!("fence_redfish status exited {other:?}"),
-    }
-}
-
-/// (host, port) of `https://host:port`.
-fn url_parts(address: &str) -> (String, String) {
-    let rest = address.trim_start_matches("https://");
-    let (host, port) = rest.split_once(':').unwrap_or((rest, "443"));
-    (host.to_string(), port.trim_end_matches('/').to_string())
+    node.bmc().unwrap().power_state().unwrap()
 }

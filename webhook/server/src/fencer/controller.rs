@@ -248,7 +248,7 @@ impl Fencer {
             })
             .inc();
         if !self.dry_run {
-            self.clear_fencing_mark(node).await;
+            self.mark_fencing(node, None).await;
         }
         self.event(
             node,
@@ -264,7 +264,7 @@ impl Fencer {
     async fn prove(&self, node: &str, agent: &AgentConfig) -> Result<Proven, Refusal> {
         let now = Timestamp::now();
         if !self.dry_run {
-            self.mark_fencing(node, agent, now).await;
+            self.mark_fencing(node, Some((agent, now))).await;
         }
         let settled_at = self
             .facts()
@@ -385,27 +385,19 @@ impl Fencer {
         silent_share(&self.facts(), &self.policy, Timestamp::now())
     }
 
-    /// Marks the node as being fenced, so the extender stops placing pods on it.
-    async fn mark_fencing(&self, node: &str, agent: &AgentConfig, now: Timestamp) {
-        let value = json!({"agent": agent.name, "since": now.to_string()}).to_string();
+    /// Marks the node as being fenced, so the extender stops placing pods on it, or (with
+    /// `None`) clears the mark.
+    async fn mark_fencing(&self, node: &str, mark: Option<(&AgentConfig, Timestamp)>) {
+        let value = mark.map(|(agent, since)| {
+            json!({"agent": agent.name, "since": since.to_string()}).to_string()
+        });
         let patch = json!({"metadata": {"annotations": {FENCING_ANNOTATION: value}}});
         if let Err(e) = self
             .nodes_api()
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            tracing::warn!(%node, error = %e, "could not mark the node as being fenced");
-        }
-    }
-
-    async fn clear_fencing_mark(&self, node: &str) {
-        let patch = json!({"metadata": {"annotations": {FENCING_ANNOTATION: null}}});
-        if let Err(e) = self
-            .nodes_api()
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::warn!(%node, error = %e, "could not clear the being-fenced mark");
+            tracing::warn!(%node, error = %e, "could not update the being-fenced mark");
         }
     }
 
