@@ -310,7 +310,12 @@ async fn every_manifest_is_accepted_by_the_apiserver() {
         );
     }
     drop(client);
-    for dir in ["manifests/base", "manifests/example", "manifests/scheduler"] {
+    for dir in [
+        "manifests/base",
+        "manifests/example",
+        "manifests/scheduler",
+        "manifests/fencer",
+    ] {
         let path = repo_root().join(dir);
         let output = kubectl(&["apply", "--dry-run=server", "-k", path.to_str().unwrap()]).unwrap();
         assert!(
