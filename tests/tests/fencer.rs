@@ -394,6 +394,34 @@ async fn a_partitioned_node_that_is_still_on_is_powered_off_then_fenced() {
 }
 
 #[tokio::test]
+async fn a_clusterlabs_fence_agent_proves_a_node_off_and_powers_it_off() {
+    let scene = Scene::new("fence-program", 3).await;
+    // Debian's fence_redfish through the fence-agent interface, against the same BMC.
+    let config = scene.config(true, |i, agent| {
+        let bmc = scene.nodes[i].bmc().unwrap();
+        let (host, port) = bmc.host_and_port().unwrap();
+        let object = agent.as_object_mut().unwrap();
+        object.remove("redfish");
+        object.insert(
+            "fenceAgent".into(),
+            json!({"program": "fence_redfish", "options": {
+                "ip": host, "ipport": port.to_string(), "ssl_insecure": "1",
+                "systems-uri": bmc.system_path,
+            }}),
+        );
+    });
+    let _fencer = scene.fencer(&config, "fencer-0");
+    let node = &scene.nodes[0];
+    node.partition().unwrap();
+    let record = scene.wait_fenced(&node.name, Duration::from_secs(90)).await;
+    assert_eq!(
+        record["proof"], "fence-agent said Off after a power-off",
+        "{record}"
+    );
+    assert_eq!(bmc_power(node), "Off");
+}
+
+#[tokio::test]
 async fn a_partitioned_node_is_not_fenced_without_leave_to_power_it_off() {
     let scene = Scene::new("fence-alive", 3).await;
     let _fencer = scene.fencer(&scene.config(false, |_, _| {}), "fencer-0");
