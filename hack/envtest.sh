@@ -796,14 +796,16 @@ node_index() { printf '%s' "$1" | cksum | awk '{ print $1 % 250 + 1 }'; }
 # every duration/4, as the kubelet does) and runs its pods, those with claims only once
 # their volumes are attached.
 start_node_kwok() {
-  local name=$1 idx
+  local name=$1 idx lease
   idx=$(node_index "$name")
+  # As the environment was started: a node added later heartbeats like the others.
+  lease=$(sed -n 's/^ENVTEST_NODE_LEASE_DURATION=//p' "$STATE_DIR/settings" 2>/dev/null)
   start_proc "kwok-node-$name" env HOME="$STATE_DIR/kwok-home" "$BIN_DIR/kwok" \
     --kubeconfig="$KUBECONFIG_FILE" \
     --config="$STATE_DIR/kubelet-stages.yaml" \
     --config="$FIXTURES/kubelet/pod-ready.yaml" \
     --manage-single-node="$name" \
-    --node-lease-duration-seconds="$NODE_LEASE_DURATION" \
+    --node-lease-duration-seconds="${lease:-$NODE_LEASE_DURATION}" \
     --node-ip="10.255.0.$idx" \
     --cidr="10.244.$idx.1/24"
 }
