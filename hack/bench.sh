@@ -23,6 +23,6 @@ case ${1:-} in
   webhook) bench_webhook ;;
   apiserver) bench_apiserver ;;
   extender) exec hack/bench-extender.sh ;;
-  failover) exec hack/bench-failover.sh ;;
+  failover) shift; exec hack/bench-failover.sh "$@" ;;
   *) die "usage: $0 webhook|apiserver|extender|failover" ;;
 esac
