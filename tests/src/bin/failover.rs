@@ -64,8 +64,10 @@ fn parse_args() -> anyhow::Result<Args> {
 
 /// What one sample of the cluster shows.
 struct Sample {
-    /// Live pods: (name, node, running).
+    /// Pods not being deleted: (name, node, running).
     pods: Vec<(String, Option<String>, bool)>,
+    /// Pods being deleted, which a dead kubelet never finishes.
+    terminating: Vec<String>,
     /// Nodes the volume is attached to, and those still holding an attachment.
     attached: Vec<String>,
     held: Vec<String>,
@@ -79,10 +81,16 @@ async fn sample(
     let listed = pods
         .list(&ListParams::default().labels(&args.selector))
         .await?;
-    let pods = listed
+    let (terminating, live): (Vec<Pod>, Vec<Pod>) = listed
         .items
         .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .partition(|p| p.metadata.deletion_timestamp.is_some());
+    let terminating = terminating
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let pods = live
+        .into_iter()
         .map(|p| {
             let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             let node = p.spec.and_then(|s| s.node_name);
@@ -104,6 +112,7 @@ async fn sample(
             .collect(),
         held: vas.iter().map(|va| va.spec.node_name.clone()).collect(),
         pods,
+        terminating,
     })
 }
 
@@ -200,7 +209,9 @@ async fn run() -> anyhow::Result<bool> {
                 timeline.mark(fenced, "tainted node.kubernetes.io/out-of-service");
             }
         }
-        if !seen.pods.iter().any(|(name, _, _)| *name == old_pod) {
+        if seen.terminating.contains(&old_pod) {
+            timeline.mark(now, format!("old pod {old_pod} terminating"));
+        } else if !seen.pods.iter().any(|(name, _, _)| *name == old_pod) {
             timeline.mark(now, format!("old pod {old_pod} deleted"));
         }
         let replacement = seen
