@@ -14,7 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -254,6 +254,34 @@ impl Drop for OwnRegistration {
             "--wait=false",
         ]);
     }
+}
+
+/// A ReadWriteOnce RBD volume bound to the claim `claim` in `namespace`. No provisioner runs
+/// here, so the PersistentVolume (named `<namespace>-<claim>`, returned) is made by hand; the
+/// Immediate `ceph-rbd` class binds the two at once.
+pub async fn create_rbd_claim(
+    client: &Client,
+    namespace: &str,
+    claim: &str,
+) -> anyhow::Result<String> {
+    let pv_name = format!("{namespace}-{claim}");
+    let pv = serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd",
+                 "persistentVolumeReclaimPolicy": "Delete", "claimRef": {"namespace": namespace, "name": claim},
+                 "csi": {"driver": "rbd.csi.ceph.com", "volumeHandle": pv_name}}
+    });
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(pv)?)
+        .await?;
+    let pvc = serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd", "resources": {"requests": {"storage": "1Gi"}}}
+    });
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &serde_json::from_value(pvc)?)
+        .await?;
+    Ok(pv_name)
 }
 
 /// Polls `check` until it returns `Some`, for at most `timeout`.

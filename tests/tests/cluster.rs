@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
-use jellyfin_ha_e2e::{BmcEndpoint, TestNamespace, TestNode, client, eventually};
+use jellyfin_ha_e2e::{BmcEndpoint, TestNamespace, TestNode, client, create_rbd_claim, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -105,31 +105,8 @@ async fn volume_is_attached_to_the_pods_node_and_detached_when_it_goes() {
     let namespace = TestNamespace::create(&client, "attach").await.unwrap();
     let node = TestNode::add("e2e-attach", 1).unwrap();
     let ns = namespace.name.as_str();
-    let pv_name = format!("{ns}-config");
-
+    let pv_name = create_rbd_claim(&client, ns, "config").await.unwrap();
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd",
-                 "persistentVolumeReclaimPolicy": "Delete", "claimRef": {"namespace": ns, "name": "config"},
-                 "csi": {"driver": "rbd.csi.ceph.com", "volumeHandle": pv_name}}
-    });
-    volumes
-        .create(&PostParams::default(), &serde_json::from_value(pv).unwrap())
-        .await
-        .unwrap();
-    let claim = json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "config"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd", "resources": {"requests": {"storage": "1Gi"}}}
-    });
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    claims
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(claim).unwrap(),
-        )
-        .await
-        .unwrap();
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
         "spec": {"nodeSelector": {"kubernetes.io/hostname": node.name},
@@ -332,29 +309,8 @@ async fn pod_with_a_csi_claim_runs_only_once_its_volume_is_attached_to_its_node(
     let ns = namespace.name.as_str();
     let first = TestNode::add("e2e-gate-a", 0).unwrap();
     let second = TestNode::add("e2e-gate-b", 0).unwrap();
-    let pv_name = format!("{ns}-data");
+    let pv_name = create_rbd_claim(&client, ns, "data").await.unwrap();
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd",
-                 "persistentVolumeReclaimPolicy": "Delete", "claimRef": {"namespace": ns, "name": "data"},
-                 "csi": {"driver": "rbd.csi.ceph.com", "volumeHandle": pv_name}}
-    });
-    volumes
-        .create(&PostParams::default(), &serde_json::from_value(pv).unwrap())
-        .await
-        .unwrap();
-    let claim = json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd", "resources": {"requests": {"storage": "1Gi"}}}
-    });
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(claim).unwrap(),
-        )
-        .await
-        .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod_on = |name: &str, node: &str, claim: bool| {
         let volumes = if claim {

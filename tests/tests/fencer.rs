@@ -15,9 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use jellyfin_ha_e2e::{TestNamespace, TestNode, client, eventually, kubectl, repo_root};
+use jellyfin_ha_e2e::{
+    TestNamespace, TestNode, client, create_rbd_claim, eventually, kubectl, repo_root,
+};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
@@ -250,44 +253,23 @@ impl Drop for Fencer {
 /// scene's nodes.
 async fn jellyfin(scene: &Scene) -> String {
     let ns = scene.ns();
-    let pv_name = format!("{ns}-config");
-    let pv = json!({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd",
-                 "persistentVolumeReclaimPolicy": "Delete", "claimRef": {"namespace": ns, "name": "config"},
-                 "csi": {"driver": "rbd.csi.ceph.com", "volumeHandle": pv_name}}
+    let pv_name = create_rbd_claim(&scene.client, ns, "config").await.unwrap();
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "jellyfin"},
+        "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                 "selector": {"matchLabels": {"app": "jellyfin"}},
+                 "template": {"metadata": {"labels": {"app": "jellyfin"}},
+                              "spec": {"nodeSelector": {SELECTOR_LABEL: ns},
+                                       "containers": [{"name": "jellyfin", "image": "jellyfin/jellyfin",
+                                                       "volumeMounts": [{"name": "config", "mountPath": "/config"}]}],
+                                       "volumes": [{"name": "config", "persistentVolumeClaim": {"claimName": "config"}}]}}}
     });
-    Api::<PersistentVolume>::all(scene.client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(pv).unwrap())
+    Api::<Deployment>::namespaced(scene.client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).unwrap(),
+        )
         .await
         .unwrap();
-    let manifest = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "config", "namespace": ns},
-         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "ceph-rbd", "resources": {"requests": {"storage": "1Gi"}}}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "jellyfin", "namespace": ns},
-         "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
-                  "selector": {"matchLabels": {"app": "jellyfin"}},
-                  "template": {"metadata": {"labels": {"app": "jellyfin"}},
-                               "spec": {"nodeSelector": {SELECTOR_LABEL: ns},
-                                        "containers": [{"name": "jellyfin", "image": "jellyfin/jellyfin",
-                                                        "volumeMounts": [{"name": "config", "mountPath": "/config"}]}],
-                                        "volumes": [{"name": "config", "persistentVolumeClaim": {"claimName": "config"}}]}}}}
-    ]});
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", jellyfin_ha_e2e::kubeconfig_path())
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.to_string().as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
     pv_name
 }
 

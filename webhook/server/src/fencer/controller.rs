@@ -290,11 +290,28 @@ impl Fencer {
             .await
             .map_err(|e| Refusal::NotProven(e.to_string()))?;
         let deadline = Duration::from_secs(u64::from(self.policy.proof_deadline_seconds));
-        let mut proof = Proof::new(now, deadline, agent.power_off, settled_at);
-        let result = |outcome: &str| crate::metrics::ProofLabels {
-            agent: agent.name.clone(),
-            outcome: outcome.to_string(),
-        };
+        let proof = Proof::new(now, deadline, agent.power_off, settled_at);
+        let proven = self.ask(&device, proof, node, agent, deadline).await;
+        let outcome = if proven.is_ok() { "off" } else { "failed" };
+        self.metrics
+            .fencer_proofs
+            .get_or_create(&crate::metrics::ProofLabels {
+                agent: agent.name.clone(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        proven
+    }
+
+    /// Reads the device until `proof` is decided, powering the machine off when it says so.
+    async fn ask(
+        &self,
+        device: &Device,
+        mut proof: Proof,
+        node: &str,
+        agent: &AgentConfig,
+        deadline: Duration,
+    ) -> Result<Proven, Refusal> {
         loop {
             // Each device times its own calls out; this is the backstop.
             let reading = match tokio::time::timeout(deadline, device.power_state()).await {
@@ -305,13 +322,31 @@ impl Fencer {
             if let Reading::Failed(why) = &reading {
                 tracing::warn!(%node, agent = %agent.name, "fence device: {why}");
             }
-            let step = proof.next(reading, Timestamp::now());
+            let mut step = proof.next(reading, Timestamp::now());
+            if step == ProofStep::PowerOff {
+                if self.dry_run {
+                    return Err(Refusal::NotProven(
+                        "the device says it is on; dry run: would power it off".into(),
+                    ));
+                }
+                self.share_still_sane().and_then(|()| self.claim(node))?;
+                tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
+                let sent = match tokio::time::timeout(deadline, device.power_off()).await {
+                    Ok(sent) => sent,
+                    Err(_) => Err(AgentError::Timeout(deadline.as_secs())),
+                };
+                step = match sent {
+                    Ok(()) => {
+                        proof.power_off_sent();
+                        ProofStep::ReadAgain {
+                            after: Duration::ZERO,
+                        }
+                    }
+                    Err(e) => proof.power_off_failed(&e.to_string(), Timestamp::now()),
+                };
+            }
             match step {
                 ProofStep::Proven => {
-                    self.metrics
-                        .fencer_proofs
-                        .get_or_create(&result("off"))
-                        .inc();
                     let said = match proof.powered_off() {
                         true => format!("{} said Off after a power-off", device.kind()),
                         false => format!("{} said Off", device.kind()),
@@ -322,47 +357,10 @@ impl Fencer {
                         said,
                     });
                 }
-                ProofStep::PowerOff => {
-                    if self.dry_run {
-                        return Err(Refusal::NotProven(
-                            "the device says it is on; dry run: would power it off".into(),
-                        ));
-                    }
-                    if let Err(refusal) = self.share_still_sane().and_then(|()| self.claim(node)) {
-                        self.metrics
-                            .fencer_proofs
-                            .get_or_create(&result("failed"))
-                            .inc();
-                        return Err(refusal);
-                    }
-                    tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
-                    let sent = match tokio::time::timeout(deadline, device.power_off()).await {
-                        Ok(sent) => sent,
-                        Err(_) => Err(AgentError::Timeout(deadline.as_secs())),
-                    };
-                    match sent {
-                        Ok(()) => proof.power_off_sent(),
-                        Err(e) => match proof.power_off_failed(&e.to_string(), Timestamp::now()) {
-                            ProofStep::GiveUp(why) => {
-                                self.metrics
-                                    .fencer_proofs
-                                    .get_or_create(&result("failed"))
-                                    .inc();
-                                return Err(Refusal::NotProven(why));
-                            }
-                            ProofStep::ReadAgain { after } => tokio::time::sleep(after).await,
-                            ProofStep::Proven | ProofStep::PowerOff => {}
-                        },
-                    }
-                }
                 ProofStep::ReadAgain { after } => tokio::time::sleep(after).await,
-                ProofStep::GiveUp(why) => {
-                    self.metrics
-                        .fencer_proofs
-                        .get_or_create(&result("failed"))
-                        .inc();
-                    return Err(Refusal::NotProven(why));
-                }
+                ProofStep::GiveUp(why) => return Err(Refusal::NotProven(why)),
+                // Not returned after a power-off attempt: a failed one counts as a reading.
+                ProofStep::PowerOff => {}
             }
         }
     }
