@@ -376,8 +376,13 @@ fn agent_config(fake: &FakePve) -> ProxmoxAgent {
 }
 
 fn device(fake: &FakePve, node: &str, vmid: u32, secret: &str) -> ProxmoxVmAgent {
+    device_at(&agent_config(fake), node, vmid, secret)
+}
+
+/// VM `vmid` on `node` of the cluster `agent` names, reached with the token.
+fn device_at(agent: &ProxmoxAgent, node: &str, vmid: u32, secret: &str) -> ProxmoxVmAgent {
     ProxmoxVmAgent::new(
-        &agent_config(fake),
+        agent,
         &ProxmoxVm {
             node: node.into(),
             vmid,
@@ -643,19 +648,7 @@ async fn a_closed_port_fails_at_once() {
         insecure_skip_verify: true,
         ..ProxmoxAgent::default()
     };
-    let vm = ProxmoxVmAgent::new(
-        &agent,
-        &ProxmoxVm {
-            node: "pve1".into(),
-            vmid: 101,
-        },
-        Credentials {
-            username: TOKEN_ID.into(),
-            password: TOKEN_SECRET.into(),
-        },
-        TIMEOUT,
-    )
-    .unwrap();
+    let vm = device_at(&agent, "pve1", 101, TOKEN_SECRET);
     let started = Instant::now();
     let err = vm.power_state().await.unwrap_err();
     assert!(matches!(&err, AgentError::Unreachable(_)), "{err:?}");
@@ -688,19 +681,7 @@ async fn a_device_that_never_answers_times_out_within_the_timeout() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut agent = agent_config(&fake);
     agent.endpoint = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
-    let vm = ProxmoxVmAgent::new(
-        &agent,
-        &ProxmoxVm {
-            node: "pve1".into(),
-            vmid: 101,
-        },
-        Credentials {
-            username: TOKEN_ID.into(),
-            password: TOKEN_SECRET.into(),
-        },
-        TIMEOUT,
-    )
-    .unwrap();
+    let vm = device_at(&agent, "pve1", 101, TOKEN_SECRET);
     let (result, took) = timed(vm.power_state()).await;
     assert_eq!(result, Err(AgentError::Timeout(TIMEOUT.as_secs())));
     assert!(took >= TIMEOUT && took < TIMEOUT * 3, "{took:?}");
