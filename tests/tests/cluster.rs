@@ -25,6 +25,20 @@ async fn renew_time(client: &Client, node: &str) -> Option<String> {
     lease.spec?.renew_time.map(|t| t.0.to_string())
 }
 
+/// Waits for the node's kubelet to renew its Lease once more.
+async fn lease_renewed(client: &Client, node: &str) {
+    let before = renew_time(client, node)
+        .await
+        .expect("the node has a Lease");
+    eventually(
+        Duration::from_secs(20),
+        "the Lease to be renewed",
+        || async { Ok(renew_time(client, node).await.filter(|t| *t != before)) },
+    )
+    .await
+    .unwrap();
+}
+
 async fn ready_status(client: &Client, node: &str) -> anyhow::Result<Option<String>> {
     let node = Api::<Node>::all(client.clone()).get(node).await?;
     let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
@@ -43,20 +57,7 @@ async fn boot_id(client: &Client, node: &str) -> String {
 async fn powered_off_node_stops_heartbeating_and_boots_again_with_a_new_boot_id() {
     let client = client().await.unwrap();
     let node = TestNode::add("e2e-power", 1).unwrap();
-    let first = renew_time(&client, &node.name)
-        .await
-        .expect("the node has a Lease");
-    eventually(
-        Duration::from_secs(20),
-        "the Lease to be renewed",
-        || async {
-            Ok(renew_time(&client, &node.name)
-                .await
-                .filter(|t| *t != first))
-        },
-    )
-    .await
-    .unwrap();
+    lease_renewed(&client, &node.name).await;
     let boot_before = boot_id(&client, &node.name).await;
 
     node.power_off().unwrap();
@@ -266,20 +267,7 @@ async fn partitioned_node_stays_on_stops_heartbeating_and_reconnects_with_the_sa
         boot_before,
         "a healed partition is the same boot"
     );
-    let renewed = renew_time(&client, &node.name)
-        .await
-        .expect("the kubelet has a Lease again");
-    eventually(
-        Duration::from_secs(20),
-        "the Lease to be renewed after the reconnect",
-        || async {
-            Ok(renew_time(&client, &node.name)
-                .await
-                .filter(|t| *t != renewed))
-        },
-    )
-    .await
-    .unwrap();
+    lease_renewed(&client, &node.name).await;
 }
 
 async fn phase(pods: &Api<Pod>, name: &str) -> Option<String> {
