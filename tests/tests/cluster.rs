@@ -25,6 +25,14 @@ async fn renew_time(client: &Client, node: &str) -> Option<String> {
     lease.spec?.renew_time.map(|t| t.0.to_string())
 }
 
+/// Asserts that the node's Lease is not renewed for longer than one renewal interval (10 s)
+/// and than the BMC's longest reset delay (11 s).
+async fn lease_stays(client: &Client, node: &str, why: &str) {
+    let last = renew_time(client, node).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(renew_time(client, node).await, last, "{why}");
+}
+
 /// Waits for the node's kubelet to renew its Lease once more.
 async fn lease_renewed(client: &Client, node: &str) {
     let before = renew_time(client, node)
@@ -61,13 +69,7 @@ async fn powered_off_node_stops_heartbeating_and_boots_again_with_a_new_boot_id(
     let boot_before = boot_id(&client, &node.name).await;
 
     node.power_off().unwrap();
-    let last = renew_time(&client, &node.name).await;
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(
-        renew_time(&client, &node.name).await,
-        last,
-        "a dead node renews nothing"
-    );
+    lease_stays(&client, &node.name, "a dead node renews nothing").await;
     // node-monitor-grace-period (40 s by default) plus the controller's 5 s monitor period.
     eventually(
         Duration::from_secs(90),
@@ -239,14 +241,12 @@ async fn partitioned_node_stays_on_stops_heartbeating_and_reconnects_with_the_sa
     let boot_before = boot_id(&client, &node.name).await;
 
     node.partition().unwrap();
-    let last = renew_time(&client, &node.name).await;
-    // Longer than a renewal interval (10 s) and than the BMC's longest reset delay (11 s).
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(
-        renew_time(&client, &node.name).await,
-        last,
-        "a partitioned node's Lease is not renewed"
-    );
+    lease_stays(
+        &client,
+        &node.name,
+        "a partitioned node's Lease is not renewed",
+    )
+    .await;
     assert_eq!(
         bmc.fence_redfish("status", false).unwrap(),
         Some(0),

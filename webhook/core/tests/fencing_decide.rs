@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jellyfin_ha_core::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
 use jellyfin_ha_core::fencing::config::{AgentConfig, CONTROL_PLANE_LABEL, NoneAgent};
 use jellyfin_ha_core::fencing::{
-    Decision, FenceRecord, FencerPolicy, NodeFacts, Refusal, cap, confirm, plan, silent_share,
+    Decision, FenceRecord, FencerPolicy, NodeFacts, Plan, Refusal, cap, confirm, plan, silent_share,
 };
 use k8s_openapi::jiff::Timestamp;
 
@@ -70,7 +70,7 @@ fn policy() -> FencerPolicy {
     }
 }
 
-fn decide(nodes: &[NodeFacts]) -> Vec<(String, Decision)> {
+fn decide(nodes: &[NodeFacts]) -> Plan {
     plan(
         nodes,
         &policy(),
@@ -78,20 +78,10 @@ fn decide(nodes: &[NodeFacts]) -> Vec<(String, Decision)> {
         &BTreeSet::new(),
         &BTreeSet::new(),
     )
-    .decisions
 }
 
 fn decision(nodes: &[NodeFacts], name: &str) -> Decision {
-    plan(
-        nodes,
-        &policy(),
-        at(NOW),
-        &BTreeSet::new(),
-        &BTreeSet::new(),
-    )
-    .get(name)
-    .cloned()
-    .unwrap()
+    decide(nodes).get(name).cloned().unwrap()
 }
 
 #[test]
@@ -127,7 +117,7 @@ fn a_node_without_a_lease_is_not_judged() {
 #[test]
 fn more_than_half_silent_fences_nothing_and_says_why() {
     let nodes = [node("a", 30), node("b", 30), node("c", 1)];
-    for (name, decision) in decide(&nodes) {
+    for (name, decision) in decide(&nodes).decisions {
         if name == "c" {
             assert_eq!(decision, Decision::Healthy);
             continue;
@@ -157,7 +147,7 @@ fn half_silent_in_a_two_node_cluster_may_be_fenced() {
 #[test]
 fn proofs_run_side_by_side_and_the_cap_counts_fenced_and_claimed_nodes() {
     let nodes = [node("a", 20), node("b", 40), node("c", 1), node("d", 1)];
-    let decisions = decide(&nodes);
+    let decisions = decide(&nodes).decisions;
     assert!(
         matches!(decisions[0].1, Decision::Prove { .. }),
         "{decisions:?}"

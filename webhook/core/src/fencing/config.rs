@@ -328,34 +328,30 @@ fn validate_kind(i: usize, agent: &AgentConfig, kind: AgentKind<'_>) -> Result<(
             ),
         );
     }
+    let require_prefix = |field: &str, value: &str, prefix: &str, why: &str| {
+        if value.starts_with(prefix) {
+            Ok(())
+        } else {
+            fail(field, format!("{value:?} must start with {prefix}{why}"))
+        }
+    };
     match kind {
         AgentKind::Redfish(redfish) => {
-            if !redfish.address.starts_with("https://") {
-                return fail(
-                    "redfish.address",
-                    format!(
-                        "{:?} must start with https://: credentials are sent",
-                        redfish.address
-                    ),
-                );
-            }
-            if !redfish.system_path.starts_with("/redfish/v1/Systems/") {
-                return fail(
-                    "redfish.systemPath",
-                    format!(
-                        "{:?} must start with /redfish/v1/Systems/",
-                        redfish.system_path
-                    ),
-                );
-            }
+            require_prefix(
+                "redfish.address",
+                &redfish.address,
+                "https://",
+                ": credentials are sent",
+            )?;
+            require_prefix(
+                "redfish.systemPath",
+                &redfish.system_path,
+                "/redfish/v1/Systems/",
+                "",
+            )?;
         }
         AgentKind::Proxmox(proxmox) => {
-            if !proxmox.endpoint.starts_with("https://") {
-                return fail(
-                    "proxmox.endpoint",
-                    format!("{:?} must start with https://", proxmox.endpoint),
-                );
-            }
+            require_prefix("proxmox.endpoint", &proxmox.endpoint, "https://", "")?;
             if proxmox.vms.is_empty() {
                 return fail(
                     "proxmox.vms",
