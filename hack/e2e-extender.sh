@@ -9,8 +9,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$REPO_ROOT/hack/lib-extender.sh"
 cd "$REPO_ROOT"
 
-DIR="$REPO_ROOT/target/e2e-extender"
-SCHEDULER_NAME=jellyfin-ha-e2e
+# Overridable, like the ports, for runs side by side.
+DIR=${JFHA_E2E_DIR:-$REPO_ROOT/target/e2e-extender}
+SCHEDULER_NAME=${JFHA_E2E_SCHEDULER_PROFILE:-jellyfin-ha-e2e}
 SCHEDULER_PORT=${JFHA_E2E_SCHEDULER_PORT:-10359}
 STARTED_CLUSTER=false
 

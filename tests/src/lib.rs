@@ -132,8 +132,11 @@ impl Webhook {
             operator: "DoesNotExist".to_string(),
             values: None,
         };
-        // A name of its own, so that dry runs of the shipped manifest never merge into it.
-        self.apply_shipped(client, "jellyfin-ha-e2e", &url, own_registration)
+        // A name of its own, so that dry runs of the shipped manifest never merge into it, and
+        // one per webhook port, so that test runs side by side each keep their own.
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        let name = format!("jellyfin-ha-e2e-{port}");
+        self.apply_shipped(client, &name, &url, own_registration)
             .await
     }
 
