@@ -5,11 +5,13 @@
 //! whatever side effect a decision calls for.
 
 pub mod annotations;
+pub mod busyness;
 pub mod config;
 pub mod extender;
 pub mod fencing;
 pub mod mutation;
 pub mod record;
+pub mod scheduling;
 pub mod taints;
 pub mod workload;
 
