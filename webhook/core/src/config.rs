@@ -4,6 +4,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scheduling::Scheduling;
+
 /// GIDs that own `/dev/dri/renderD*` on the hosts QuickSync users run. The webhook runs before
 /// scheduling, so it cannot know the chosen node's GID, and only Fedora fixes it; elsewhere
 /// `render` is allocated when udev is installed, so it differs between hosts:
@@ -55,6 +57,10 @@ pub struct Policy {
     /// Floor for `terminationGracePeriodSeconds`, plus any preStop sleep; a longer value set by
     /// the user is kept, and 0 leaves the grace alone.
     pub min_termination_grace_seconds: i64,
+    /// Which scheduler places opted-in pods: not a field of the config file but the ConfigMap
+    /// the scheduling overlays ship, which the webhook watches (see [`crate::scheduling`]).
+    #[serde(skip)]
+    pub scheduling: Scheduling,
 }
 
 impl Default for Policy {
@@ -65,6 +71,7 @@ impl Default for Policy {
             node_affinity: NodeAffinityPolicy::default(),
             failover_seconds: DEFAULT_FAILOVER_SECONDS,
             min_termination_grace_seconds: DEFAULT_MIN_TERMINATION_GRACE_SECONDS,
+            scheduling: Scheduling::Default,
         }
     }
 }

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::annotations::{self, MANAGED, OverrideError, Overrides};
 use crate::config::{GpuMode, NodeAffinityPolicy, Policy};
 use crate::record;
+use crate::scheduling::{CONFIGMAP, Scheduling};
 use crate::taints::{self, NO_EXECUTE, NO_SCHEDULE, NOT_READY, UNREACHABLE};
 
 /// Name of the hostPath volume added in `hostpath` mode.
@@ -20,6 +21,8 @@ pub const DRI_VOLUME: &str = "jellyfin-ha-dri";
 pub const DRI_PATH: &str = "/dev/dri";
 /// The container picked when no annotation names one.
 pub const DEFAULT_GPU_CONTAINER: &str = "jellyfin";
+/// The scheduler a pod that names none is placed by.
+const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
 /// One thing the webhook changed; recorded in the `jellyfin-ha.io/mutations` annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,7 @@ pub enum Change {
     TerminationGrace(i64),
     ManagedLabel,
     SchedulingMarker,
+    SchedulerName(String),
     RecreateStrategy,
 }
 
@@ -45,6 +49,7 @@ impl Change {
             Change::TerminationGrace(_) => "termination-grace",
             Change::ManagedLabel => "managed-label",
             Change::SchedulingMarker => "scheduling-marker",
+            Change::SchedulerName(_) => "scheduler",
             Change::RecreateStrategy => "strategy",
         }
     }
@@ -64,6 +69,7 @@ impl Change {
             }
             Change::ManagedLabel => format!("{MANAGED}=true"),
             Change::SchedulingMarker => MANAGED.to_string(),
+            Change::SchedulerName(name) => name.clone(),
             Change::RecreateStrategy => "Recreate".to_string(),
         }
     }
@@ -108,13 +114,12 @@ impl Outcome {
 /// What a template is mutated as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// A Pod being created: everything, with the scheduling marker.
+    /// A Pod being created: everything, and what sends it to the scheduler that
+    /// [`Policy::scheduling`] names.
     Pod,
-    /// A workload's pod template: everything but the scheduling marker, so that pods are
-    /// complete at birth even when the webhook cannot be reached. The marker is an extended
-    /// resource no node advertises: a template carrying it would leave every future pod
-    /// Pending once the scheduler stops ignoring it (the extender uninstalled), so only the
-    /// Pod mutation adds it, while the webhook (and so the extender install) is there.
+    /// A workload's pod template: everything but what sends pods to a scheduler, so that pods
+    /// are complete at birth even when the webhook cannot be reached, and nothing in a template
+    /// outlives the scheduler it names (see [`crate::scheduling`]).
     Template,
 }
 
@@ -170,8 +175,11 @@ pub fn mutate_pod_template(
     // webhook as iGPU load.
     outcome.note(ensure_managed_label(metadata));
     match target {
-        Target::Pod => outcome.note(ensure_scheduling_marker(gpu_container(spec, gpu_index)?)),
-        Target::Template => warn_template_marker(spec, &mut outcome.warnings),
+        Target::Pod => {
+            let scheduled = route_to_scheduler(spec, gpu_index, &policy.scheduling, &mut outcome)?;
+            outcome.note(scheduled);
+        }
+        Target::Template => warn_marker(spec, "the template", &mut outcome.warnings),
     }
 
     if !outcome.changes.is_empty() {
@@ -529,9 +537,55 @@ fn ensure_scheduling_marker(container: &mut Container) -> Option<Change> {
     changed.then_some(Change::SchedulingMarker)
 }
 
-/// A template that already asks for the marker (baked in by hand, or by an older `mutate`) is
-/// left as written, but it ties every future pod to a scheduler that ignores the resource.
-fn warn_template_marker(spec: &PodSpec, warnings: &mut Vec<String>) {
+/// Sends a Pod to the scheduler that [`Scheduling`] names, and to none that is not there.
+fn route_to_scheduler(
+    spec: &mut PodSpec,
+    gpu_index: usize,
+    scheduling: &Scheduling,
+    outcome: &mut Outcome,
+) -> Result<Option<Change>, MutationError> {
+    match scheduling {
+        Scheduling::Extender => {
+            return Ok(ensure_scheduling_marker(gpu_container(spec, gpu_index)?));
+        }
+        Scheduling::Scheduler(name) => {
+            return Ok(ensure_scheduler_name(spec, name, &mut outcome.warnings));
+        }
+        Scheduling::Unusable(why) => outcome.warnings.push(format!(
+            "{why}: the pod is left to the cluster's scheduler, without the extender"
+        )),
+        Scheduling::Default => {}
+    }
+    warn_marker(spec, "the pod", &mut outcome.warnings);
+    Ok(None)
+}
+
+/// Pods that name the cluster's scheduler (explicitly or not) go to the second one; a pod that
+/// names a scheduler of its own keeps it.
+fn ensure_scheduler_name(
+    spec: &mut PodSpec,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> Option<Change> {
+    match spec.scheduler_name.as_deref() {
+        Some(current) if current == name => None,
+        None | Some(DEFAULT_SCHEDULER) => {
+            spec.scheduler_name = Some(name.to_string());
+            Some(Change::SchedulerName(name.to_string()))
+        }
+        Some(other) => {
+            warnings.push(format!(
+                "the pod names the scheduler {other:?}, kept: it is placed without \
+                 jellyfin-ha's scheduler {name:?} and its extender"
+            ));
+            None
+        }
+    }
+}
+
+/// A template or pod that asks for the marker itself (baked in by hand, or by an older
+/// `mutate`) is left as written, but it ties pods to a scheduler that ignores the resource.
+fn warn_marker(spec: &PodSpec, what: &str, warnings: &mut Vec<String>) {
     let asks = |list: &Option<BTreeMap<String, Quantity>>| {
         list.as_ref().is_some_and(|l| l.contains_key(MANAGED))
     };
@@ -542,9 +596,10 @@ fn warn_template_marker(spec: &PodSpec, warnings: &mut Vec<String>) {
             .is_some_and(|r| asks(&r.limits) || asks(&r.requests))
         {
             warnings.push(format!(
-                "container {:?} of the template requests {MANAGED}: pods stay Pending \
+                "container {:?} of {what} requests {MANAGED}: pods stay Pending \
                  (Insufficient {MANAGED}) wherever the scheduler does not ignore it, e.g. once \
-                 the extender is uninstalled; remove it, the webhook adds it to each pod",
+                 the extender is uninstalled; remove it, the webhook adds it to each pod while \
+                 the ConfigMap {CONFIGMAP} says the extender is there",
                 container.name
             ));
         }

@@ -9,6 +9,7 @@
 
 use jellyfin_ha_core::annotations::{CONTAINER, FAILOVER_SECONDS, GPU, INJECT, MANAGED, MUTATIONS};
 use jellyfin_ha_core::config::{GpuMode, Policy};
+use jellyfin_ha_core::scheduling::Scheduling;
 use jellyfin_ha_core::{Change, MutationError, mutate_manifest, mutate_object, mutate_pod};
 use rstest::rstest;
 use serde_json::{Value, json};
@@ -266,36 +267,105 @@ fn templates_never_get_the_scheduling_marker(#[case] input: Value, #[case] templ
     assert!(mutation.changes.contains(&Change::ManagedLabel));
 }
 
-#[test]
-fn pods_get_the_scheduling_marker_on_the_gpu_container() {
-    let mutation = mutate_pod(&pod(), &Policy::default()).unwrap();
-    let resources = &mutation.object["spec"]["containers"][0]["resources"];
-    assert_eq!(resources["limits"][MANAGED], "1");
-    assert_eq!(resources["requests"][MANAGED], "1");
-    assert_eq!(mutation.object["metadata"]["labels"][MANAGED], "true");
+fn scheduled_by(scheduling: Scheduling) -> Policy {
+    Policy {
+        scheduling,
+        ..Policy::default()
+    }
 }
 
-/// The pod a ReplicaSet makes from a mutated template already has everything but the marker:
-/// the webhook, when it can be reached, adds only that.
-#[test]
-fn a_pod_born_from_a_mutated_template_needs_only_the_marker() {
-    let template = mutate_manifest(&deployment(), &Policy::default())
-        .unwrap()
-        .object["spec"]["template"]
-        .clone();
+/// Pods get the marker only while the extender is installed, the second scheduler's name only
+/// while it is, and nothing that needs a scheduler otherwise: any install step on its own
+/// leaves them schedulable.
+#[rstest]
+#[case::no_scheduler(Scheduling::Default, false, "default-scheduler")]
+#[case::extender(Scheduling::Extender, true, "default-scheduler")]
+#[case::second_scheduler(Scheduling::Scheduler("jellyfin-ha".into()), false, "jellyfin-ha")]
+#[case::unusable(Scheduling::Unusable("ConfigMap jellyfin-ha-scheduling: mode is None".into()), false, "default-scheduler")]
+fn pods_are_sent_only_to_a_scheduler_that_is_there(
+    #[case] scheduling: Scheduling,
+    #[case] marked: bool,
+    #[case] scheduler: &str,
+) {
+    let unusable = matches!(scheduling, Scheduling::Unusable(_));
+    let mutation = mutate_pod(&pod(), &scheduled_by(scheduling)).unwrap();
+    let resources = &mutation.object["spec"]["containers"][0]["resources"];
+    if marked {
+        assert_eq!(resources["limits"][MANAGED], "1");
+        assert_eq!(resources["requests"][MANAGED], "1");
+    } else {
+        assert!(!resources.to_string().contains(MANAGED), "{resources}");
+    }
+    assert_eq!(mutation.object["spec"]["schedulerName"], scheduler);
+    assert_eq!(mutation.object["metadata"]["labels"][MANAGED], "true");
+    assert_eq!(
+        mutation
+            .warnings
+            .iter()
+            .any(|w| w.contains("jellyfin-ha-scheduling: mode is None")),
+        unusable,
+        "{:?}",
+        mutation.warnings
+    );
+}
+
+/// A pod that names a scheduler of its own keeps it; one that names the cluster's default
+/// scheduler explicitly goes to the second scheduler like one that names none.
+#[rstest]
+#[case::explicit_default("default-scheduler", "jellyfin-ha", false)]
+#[case::own_scheduler("my-scheduler", "my-scheduler", true)]
+fn a_scheduler_the_pod_names_itself_is_kept(
+    #[case] named: &str,
+    #[case] expected: &str,
+    #[case] warned: bool,
+) {
+    let mut input = pod();
+    input["spec"]["schedulerName"] = json!(named);
+    let policy = scheduled_by(Scheduling::Scheduler("jellyfin-ha".into()));
+    let mutation = mutate_pod(&input, &policy).unwrap();
+    assert_eq!(mutation.object["spec"]["schedulerName"], expected);
+    assert_eq!(
+        mutation.warnings.iter().any(|w| w.contains("my-scheduler")),
+        warned,
+        "{:?}",
+        mutation.warnings
+    );
+    let again = mutate_pod(&mutation.object, &policy).unwrap();
+    assert!(again.patch.0.is_empty(), "{:?}", again.patch);
+}
+
+/// The pod a ReplicaSet makes from a mutated template already has everything but what sends
+/// it to a scheduler: the webhook, when it can be reached, adds only that.
+#[rstest]
+#[case::extender(
+    Scheduling::Extender,
+    Change::SchedulingMarker,
+    "scheduling-marker=jellyfin-ha.io/managed"
+)]
+#[case::second_scheduler(
+    Scheduling::Scheduler("jellyfin-ha".into()),
+    Change::SchedulerName("jellyfin-ha".into()),
+    "scheduler=jellyfin-ha"
+)]
+fn a_pod_born_from_a_mutated_template_needs_only_its_scheduler(
+    #[case] scheduling: Scheduling,
+    #[case] change: Change,
+    #[case] recorded: &str,
+) {
+    let policy = scheduled_by(scheduling);
+    let template =
+        mutate_manifest(&deployment(), &policy).unwrap().object["spec"]["template"].clone();
+    assert!(template["spec"]["schedulerName"].is_null(), "{template}");
     let mut pod = template.clone();
     pod["apiVersion"] = json!("v1");
     pod["kind"] = json!("Pod");
-    let mutation = mutate_pod(&pod, &Policy::default()).unwrap();
-    assert_eq!(mutation.changes, [Change::SchedulingMarker]);
+    let mutation = mutate_pod(&pod, &policy).unwrap();
+    assert_eq!(mutation.changes, [change]);
     let record = mutation.object["metadata"]["annotations"][MUTATIONS]
         .as_str()
         .unwrap();
     assert!(record.contains("failover-tolerations=15s"), "{record}");
-    assert!(
-        record.ends_with("scheduling-marker=jellyfin-ha.io/managed; termination-grace=600s"),
-        "{record}"
-    );
+    assert!(record.contains(recorded), "{record}");
 }
 
 #[test]
@@ -596,7 +666,7 @@ fn record_annotation_says_what_changed() {
         "failover-tolerations=15s; igpu=gpu.intel.com/i915; managed-label=jellyfin-ha.io/managed=true; \
          node-affinity=intel.feature.node.kubernetes.io/gpu In [true]; \
          render-groups=44,103,104,105,106,107,108,109,110,989,990,991,992,993; \
-         scheduling-marker=jellyfin-ha.io/managed; termination-grace=600s"
+         termination-grace=600s"
     );
 }
 

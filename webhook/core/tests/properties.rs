@@ -9,6 +9,7 @@
 
 use jellyfin_ha_core::config::Policy;
 use jellyfin_ha_core::mutate_pod;
+use jellyfin_ha_core::scheduling::Scheduling;
 use jellyfin_ha_core::taints::{self, NOT_READY, UNREACHABLE};
 use k8s_openapi::api::core::v1::Toleration;
 use proptest::prelude::*;
@@ -96,6 +97,7 @@ prop_compose! {
         groups in prop::option::of(prop::collection::vec(prop::sample::select(&[0i64, 44, 109, 1000, 65534][..]), 0..4)),
         grace in prop::option::of(0i64..1200),
         pre_stop_sleep in prop::option::of(0i64..120),
+        scheduler in optional(&["default-scheduler", "jellyfin-ha", "my-scheduler"]),
     ) -> Value {
         let mut annotations = serde_json::Map::new();
         if let Some(v) = inject { annotations.insert("jellyfin-ha.io/inject".into(), json!(v)); }
@@ -105,6 +107,7 @@ prop_compose! {
         if let Some(a) = affinity { spec["affinity"] = a }
         if let Some(g) = groups { spec["securityContext"] = json!({"supplementalGroups": g}) }
         if let Some(g) = grace { spec["terminationGracePeriodSeconds"] = json!(g) }
+        if let Some(s) = scheduler { spec["schedulerName"] = json!(s) }
         if let Some(s) = pre_stop_sleep {
             for c in spec["containers"].as_array_mut().into_iter().flatten() {
                 c["lifecycle"] = json!({"preStop": {"sleep": {"seconds": s}}});
@@ -125,19 +128,33 @@ fn count_out_of_service(pod: &Value) -> usize {
         .count()
 }
 
+/// Every way the install can say which scheduler places pods.
+fn any_scheduling() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        Just(Scheduling::Default),
+        Just(Scheduling::Extender),
+        Just(Scheduling::Scheduler("jellyfin-ha".into())),
+        Just(Scheduling::Unusable("mode is None".into())),
+    ]
+    .prop_map(|scheduling| Policy {
+        scheduling,
+        ..Policy::default()
+    })
+}
+
 proptest! {
     #[test]
-    fn mutation_is_idempotent(input in pod()) {
-        if let Ok(once) = mutate_pod(&input, &Policy::default()) {
-            let twice = mutate_pod(&once.object, &Policy::default()).unwrap();
+    fn mutation_is_idempotent(input in pod(), policy in any_scheduling()) {
+        if let Ok(once) = mutate_pod(&input, &policy) {
+            let twice = mutate_pod(&once.object, &policy).unwrap();
             prop_assert_eq!(&twice.object, &once.object);
             prop_assert!(twice.changes.is_empty());
         }
     }
 
     #[test]
-    fn carried_patch_turns_the_input_into_the_output(input in pod()) {
-        if let Ok(mutation) = mutate_pod(&input, &Policy::default()) {
+    fn carried_patch_turns_the_input_into_the_output(input in pod(), policy in any_scheduling()) {
+        if let Ok(mutation) = mutate_pod(&input, &policy) {
             let mut patched = input.clone();
             json_patch::patch(&mut patched, &mutation.patch).unwrap();
             prop_assert_eq!(patched, mutation.object);
