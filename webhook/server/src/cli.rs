@@ -1,8 +1,9 @@
 //! Command-line interface. Every flag can also be set from the environment.
 
+use std::ffi::OsStr;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use jellyfin_ha_certs::CertFiles;
 use jellyfin_ha_core::extender::ExtenderPolicy;
 use tokio::net::TcpListener;
@@ -166,7 +167,7 @@ struct CertsArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Webhook(args) => tokio::runtime::Runtime::new()
@@ -193,6 +194,28 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", describe_error(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Parses the command line; usage and errors show the name the binary was invoked as.
+fn parse_command_line() -> Cli {
+    let program = std::env::args_os().next().unwrap_or_default();
+    let matches = Cli::command()
+        .bin_name(invoked_name(&program))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The name a user typed: kubectl runs `kubectl jellyfin-ha` as the program
+/// `kubectl-jellyfin_ha` found on PATH.
+fn invoked_name(program: &OsStr) -> String {
+    let file = Path::new(program)
+        .file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or("jellyfin-ha");
+    match file.strip_prefix("kubectl-") {
+        Some(plugin) => format!("kubectl {}", plugin.replace('_', "-")),
+        None => file.to_string(),
     }
 }
 
@@ -484,6 +507,17 @@ fn describe_error(error: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kubectl_plugin_is_named_as_kubectl_users_type_it() {
+        let name = |program: &str| invoked_name(OsStr::new(program));
+        assert_eq!(
+            name("/usr/local/bin/kubectl-jellyfin_ha"),
+            "kubectl jellyfin-ha"
+        );
+        assert_eq!(name("./target/release/jellyfin-ha"), "jellyfin-ha");
+        assert_eq!(name(""), "jellyfin-ha");
+    }
 
     #[test]
     fn causes_already_quoted_are_not_repeated() {

@@ -12,15 +12,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 
 use crate::config::load_config;
+use crate::kubeconfig::KubeArgs;
 use crate::reflect;
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// The pod's name.
     pub pod: String,
-    /// The pod's namespace; the kubeconfig context's namespace when not given.
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Config file (YAML), as given to the extender; its `extender:` section is used.
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -28,12 +28,8 @@ pub struct ExplainArgs {
 
 pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let policy = load_config(args.config.as_deref())?.extender;
-    let client = kube::Client::try_default()
-        .await
-        .context("reading the kubeconfig")?;
-    let namespace = args
-        .namespace
-        .unwrap_or_else(|| client.default_namespace().to_string());
+    let client = args.kube.client().await?;
+    let namespace = client.default_namespace().to_string();
     let pod = Api::<Pod>::namespaced(client.clone(), &namespace)
         .get(&args.pod)
         .await

@@ -8,6 +8,7 @@ pub mod config;
 pub mod explain;
 pub mod extender;
 pub mod fencer;
+pub mod kubeconfig;
 pub mod manifests;
 pub mod metrics;
 pub mod reflect;
