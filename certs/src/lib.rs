@@ -1,5 +1,9 @@
-//! Certificate lifecycle: generate a CA and serving certificate, and serve TLS from files that
-//! may be replaced at any time (kubelet swaps a Secret's `..data` symlink, cert-manager renews).
+//! Certificate lifecycle: generate a CA and serving certificate, decide when a self-managed
+//! certificate rotates ([`lifecycle`]), and serve TLS from a certificate that may be replaced at
+//! any time (files the kubelet swaps by a Secret's `..data` symlink, cert-manager renewals, or a
+//! self-managed Secret).
+
+pub mod lifecycle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +31,8 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("building TLS config: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
 }
 
 /// A CA and a serving certificate it signed, all PEM.
@@ -90,12 +96,48 @@ pub fn certified_key(
     Ok(CertifiedKey::new(chain, signing_key))
 }
 
+/// The certificate every TLS server of the process presents, swapped atomically: a
+/// handshake gets whichever was stored last.
+#[derive(Debug)]
+pub struct ServedCert(ArcSwap<CertifiedKey>);
+
+impl ServedCert {
+    pub fn new(certified: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self(ArcSwap::from_pointee(certified)))
+    }
+
+    pub fn store(&self, certified: CertifiedKey) {
+        self.0.store(Arc::new(certified));
+    }
+
+    /// The leaf certificate now served (DER).
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.0
+            .load()
+            .cert
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// A rustls server config serving the current certificate: TLS 1.2 and 1.3 only, ALPN h2
+    /// and http/1.1.
+    pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, CertError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(Arc::clone(self))));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
 /// A serving certificate read from two files and re-read on demand.
 pub struct CertFiles {
     cert_path: PathBuf,
     key_path: PathBuf,
     loaded: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
-    current: ArcSwap<CertifiedKey>,
+    served: Arc<ServedCert>,
 }
 
 impl std::fmt::Debug for CertFiles {
@@ -127,7 +169,7 @@ impl CertFiles {
             cert_path,
             key_path,
             loaded: std::sync::Mutex::new((cert, key)),
-            current: ArcSwap::from_pointee(certified),
+            served: ServedCert::new(certified),
         }))
     }
 
@@ -144,20 +186,28 @@ impl CertFiles {
             return Ok(false);
         }
         let certified = certified_key(&cert, &key, &self.cert_path)?;
-        self.current.store(Arc::new(certified));
+        self.served.store(certified);
         *loaded = (cert, key);
         Ok(true)
     }
 
-    /// A rustls server config serving the current certificate: TLS 1.2 and 1.3 only, ALPN h2
-    /// and http/1.1.
-    pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, CertError> {
-        let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Resolver(Arc::clone(self))));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
+    /// What the servers present.
+    pub fn served(&self) -> &Arc<ServedCert> {
+        &self.served
+    }
+
+    /// The certificate file's PEM as last loaded.
+    pub fn cert_pem(&self) -> Vec<u8> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// A rustls server config serving the files' current certificate.
+    pub fn server_config(&self) -> Result<ServerConfig, CertError> {
+        self.served.server_config()
     }
 }
 
@@ -176,11 +226,11 @@ pub fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Result<rustls::ClientConfi
 }
 
 #[derive(Debug)]
-struct Resolver(Arc<CertFiles>);
+struct Resolver(Arc<ServedCert>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current.load_full())
+        Some(self.0.0.load_full())
     }
 }
 
@@ -196,7 +246,7 @@ mod tests {
     }
 
     fn served_der(files: &CertFiles) -> Vec<u8> {
-        files.current.load().cert[0].to_vec()
+        files.served().leaf_der()
     }
 
     #[test]
