@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::fdinfo::engine_classes;
+use super::sample::IntervalBusyness;
+
+/// The most pods a report (and the agent's metrics) names, busiest first: label sets and the
+/// object stay bounded however many clients a node runs.
+pub const MAX_REPORTED_PODS: usize = 16;
+
 /// The data key of the report in the per-node ConfigMap.
 pub const REPORT_KEY: &str = "report.json";
 /// Prefix of the per-node ConfigMap's name; the node name follows.
@@ -88,6 +95,46 @@ pub enum ReportError {
 }
 
 impl AgentReport {
+    /// The report of one interval: each card's health with its engines' ratios (every class
+    /// its driver has, idle ones as 0) and the busiest pods.
+    pub fn assemble(
+        node: &str,
+        observed_at: Timestamp,
+        cards: Vec<CardReport>,
+        busyness: &IntervalBusyness,
+    ) -> Self {
+        let cards = cards
+            .into_iter()
+            .map(|mut card| {
+                let driver = card.driver.as_deref().unwrap_or_default();
+                for class in engine_classes(driver) {
+                    card.engines.insert((*class).to_string(), 0.0);
+                }
+                if let Some(measured) = busyness.cards.get(&card.card) {
+                    card.engines.extend(measured.clone());
+                }
+                card
+            })
+            .collect();
+        let mut pods: Vec<PodBusyness> = busyness
+            .pods
+            .iter()
+            .map(|((pod_uid, card), engines)| PodBusyness {
+                pod_uid: pod_uid.clone(),
+                card: card.clone(),
+                engines: engines.clone(),
+            })
+            .collect();
+        pods.sort_by(|a, b| b.busiest_ratio().total_cmp(&a.busiest_ratio()));
+        pods.truncate(MAX_REPORTED_PODS);
+        Self {
+            node: node.to_string(),
+            observed_at,
+            cards,
+            pods,
+        }
+    }
+
     /// Parses the JSON under [`REPORT_KEY`].
     pub fn from_json(json: &str) -> Result<Self, ReportError> {
         Ok(serde_json::from_str(json)?)
@@ -116,6 +163,13 @@ impl AgentReport {
             .iter()
             .filter(|card| card.usable)
             .filter_map(|card| card.render_gid)
+    }
+}
+
+impl PodBusyness {
+    /// The highest busy ratio among the pod's engines.
+    pub fn busiest_ratio(&self) -> f64 {
+        self.engines.values().copied().fold(0.0, f64::max)
     }
 }
 
