@@ -52,6 +52,7 @@ scene_up() {
   [[ $roles == *extender* ]] && scheduler_config=$DIR/scheduler-config.yaml
   ENVTEST_NODE_LEASE_DURATION=$lease ENVTEST_SCHEDULER_CONFIG=$scheduler_config hack/envtest.sh up >/dev/null
   eval "$(hack/envtest.sh env)"
+  [[ $roles == *extender* ]] && use_extender_scheduling
   if [[ $roles == *webhook* ]]; then
     start_webhook "$bin" "$DIR" "${JFHA_WEBHOOK_PORT:-18443}" "${JFHA_ADMIN_PORT:-18080}"
     register_webhook "$WEBHOOK_URL" "$WEBHOOK_CA"

@@ -42,6 +42,8 @@ log "starting the local control plane (scheduler with the jellyfin-ha extender)"
 # for 40-50 s in a real cluster; only its stale Lease gives it away.
 ENVTEST_NODE_MONITOR_GRACE=120s ENVTEST_SCHEDULER_CONFIG="$EXTENDER_DIR/kube-scheduler-config.yaml" hack/envtest.sh up
 eval "$(hack/envtest.sh env)"
+# The scheduler runs with the shipped extender configuration: turn the marking on.
+use_extender_scheduling
 
 log "starting the webhook and the extender on this host"
 start_webhook "$bin" "$DEMO_DIR" "${JFHA_WEBHOOK_PORT:-18443}" "${JFHA_ADMIN_PORT:-18080}"

@@ -38,7 +38,7 @@ stop_extender() {
 # certificate CA_FILE signed; SCHEDULER_NAME renames the profile (default-scheduler).
 render_scheduler_config() {
   local url=$1 ca_file=$2 out=$3 name=${4:-default-scheduler}
-  local shipped="$REPO_ROOT/manifests/scheduler/kube-scheduler-config.yaml"
+  local shipped="$REPO_ROOT/manifests/scheduling/extender/kube-scheduler-config.yaml"
   grep -q "urlPrefix: $SHIPPED_EXTENDER_URL\$" "$shipped" || die "$shipped has no urlPrefix $SHIPPED_EXTENDER_URL"
   grep -q '@CA_DATA@' "$shipped" || die "$shipped has no @CA_DATA@ placeholder"
   mkdir -p "$(dirname "$out")"

@@ -56,6 +56,14 @@ stop_webhook() {
   rm -f "$dir/webhook.pid"
 }
 
+# Turns scheduling through the extender on, as a user does once kube-scheduler runs with the
+# shipped configuration: the ConfigMap of manifests/scheduling/extender, in jellyfin-ha's
+# namespace, which the webhook watches before it marks pods for the extender.
+use_extender_scheduling() {
+  kubectl create namespace jellyfin-ha --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl apply -k "$REPO_ROOT/manifests/scheduling/extender" >/dev/null
+}
+
 # Registers the shipped MutatingWebhookConfiguration with its clientConfig pointed at a webhook
 # on this host. Needs KUBECONFIG and kubectl on PATH.
 register_webhook() {
@@ -78,6 +86,9 @@ start_cluster_and_webhook() {
     "$REPO_ROOT/hack/envtest.sh" up || die "the local control plane could not be started (see target/envtest/logs)"
   fi
   eval "$("$REPO_ROOT/hack/envtest.sh" env)"
+  # The tests expect pods marked for the extender, which e2e-extender.sh's scheduler profile
+  # calls; tests of the other ways run webhooks of their own.
+  use_extender_scheduling
   bin=$(build_binary "$profile")
   start_webhook "$bin" "$dir" "${JFHA_WEBHOOK_PORT:-18443}" "${JFHA_ADMIN_PORT:-18080}"
   log "webhook on $WEBHOOK_URL (admin $WEBHOOK_ADMIN)"

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,7 +20,8 @@ pub const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct WebhookState {
-    pub policy: Arc<Policy>,
+    /// Swapped whole when the scheduling ConfigMap changes ([`crate::scheduling`]).
+    pub policy: Arc<ArcSwap<Policy>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -32,7 +34,7 @@ pub fn router(state: WebhookState) -> Router {
 
 async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
     let started = Instant::now();
-    let reviewed = admission::review(&body, &state.policy);
+    let reviewed = admission::review(&body, &state.policy.load());
     let summary = &reviewed.summary;
     let span = tracing::info_span!(
         "admission",

@@ -11,6 +11,7 @@ mod support;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use base64::Engine;
@@ -24,7 +25,7 @@ use support::POD_CREATE;
 
 fn state() -> WebhookState {
     WebhookState {
-        policy: Arc::new(Policy::default()),
+        policy: Arc::new(ArcSwap::from_pointee(Policy::default())),
         metrics: Arc::new(Metrics::default()),
     }
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -48,7 +49,7 @@ async fn start() -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(WebhookState {
-        policy: Arc::new(Policy::default()),
+        policy: Arc::new(ArcSwap::from_pointee(Policy::default())),
         metrics: Arc::new(Metrics::default()),
     });
     let shutdown = CancellationToken::new();

@@ -51,7 +51,7 @@ pub struct FencerFlags {
     #[arg(long, env = "JELLYFIN_HA_DRY_RUN")]
     pub dry_run: bool,
     /// The namespace of the credential Secrets, the leader Lease and jellyfin-ha's own pods.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "jellyfin-ha")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::cli::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// This replica's name in the leader Lease, fence records and Events.
     #[arg(long, env = "POD_NAME")]
