@@ -7,6 +7,7 @@
 pub mod annotations;
 pub mod busyness;
 pub mod config;
+pub mod doctor;
 pub mod extender;
 pub mod fencing;
 pub mod mutation;

@@ -267,7 +267,8 @@ pub fn plan(
     Plan { decisions }
 }
 
-fn eligibility(node: &NodeFacts, policy: &FencerPolicy) -> Result<(), Refusal> {
+/// Whether the fencer may fence this node at all, silent or not.
+pub fn eligibility(node: &NodeFacts, policy: &FencerPolicy) -> Result<(), Refusal> {
     if !selector_matches(&policy.node_selector, &node.labels) {
         return Err(Refusal::NotEligible);
     }
