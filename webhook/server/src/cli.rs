@@ -65,6 +65,9 @@ enum Command {
     /// Prove silent nodes powered off through their fence devices, taint them out-of-service
     /// so Jellyfin's volume moves at once, and untaint them after a power cycle.
     Fencer(fencer::FencerArgs),
+    /// Measure this node's iGPU engine busyness and health from DRM fdinfo, serve them on
+    /// /metrics and publish them for the extender.
+    Agent(crate::agent::AgentArgs),
     /// Mutate manifests offline exactly as the webhook would, and print the result.
     Mutate(MutateArgs),
     /// Show, from the live cluster, why each node passes or fails the extender's filter for a
@@ -182,6 +185,9 @@ pub fn main() -> ExitCode {
         Command::Fencer(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(fencer::run(args))),
+        Command::Agent(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(crate::agent::run(args))),
         Command::Mutate(args) => run_mutate(args),
         Command::Explain(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod explain;
