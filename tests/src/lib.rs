@@ -194,31 +194,114 @@ impl Webhook {
 
     /// GET on the admin port.
     pub fn admin_get(&self, path: &str) -> anyhow::Result<String> {
-        let mut stream = TcpStream::connect(&self.admin)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let Some((head, body)) = response.split_once("\r\n\r\n") else {
-            bail!("malformed HTTP response: {response}")
-        };
-        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            bail!("GET {path}: {head}");
-        }
-        Ok(body.to_string())
+        admin_get(&self.admin, path)
     }
 
     /// Admission reviews of `kind` answered so far, over every operation and outcome.
     pub fn reviews_of(&self, kind: &str) -> anyhow::Result<u64> {
         let metrics = self.admin_get("/metrics")?;
-        let needle = format!("kind=\"{kind}\"");
-        Ok(metrics
-            .lines()
-            .filter(|line| {
-                line.starts_with("jellyfin_ha_admission_reviews_total{") && line.contains(&needle)
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum())
+        Ok(metric_total(
+            &metrics,
+            "jellyfin_ha_admission_reviews_total",
+            &[&format!("kind=\"{kind}\"")],
+        ))
+    }
+}
+
+/// GET `path` on a plain-HTTP admin port (`127.0.0.1:PORT`): the body of a 200, else an error.
+pub fn admin_get(admin: &str, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(admin)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("malformed HTTP response: {response}")
+    };
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_string())
+}
+
+/// The sum of the samples of the counter `metric` (OpenMetrics text) whose labels contain each
+/// of `labels` (`key="value"`).
+pub fn metric_total(metrics: &str, metric: &str, labels: &[&str]) -> u64 {
+    let prefix = format!("{metric}{{");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&prefix) && labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The `jellyfin-ha` binary under test: `JFHA_E2E_BIN`, else the debug build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("JFHA_E2E_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/jellyfin-ha"))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A `jellyfin-ha webhook` of a test's own on free loopback ports, with fresh certificates in
+/// `dir`; killed when dropped.
+pub struct WebhookProcess {
+    pub webhook: Webhook,
+    child: std::process::Child,
+}
+
+impl WebhookProcess {
+    /// Starts it with `args` besides the ports and certificates, and waits until it is ready.
+    pub async fn start(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let certs = dir.join("certs");
+        let status = Command::new(binary())
+            .args(["certs", "--name", "127.0.0.1", "--out-dir"])
+            .arg(&certs)
+            .stderr(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "jellyfin-ha certs: {status}");
+        let (port, admin_port) = (free_port()?, free_port()?);
+        let log = std::fs::File::create(dir.join("webhook.log"))?;
+        let child = Command::new(binary())
+            .env("KUBECONFIG", kubeconfig_path())
+            .arg("webhook")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--admin-listen=127.0.0.1:{admin_port}"))
+            .arg(format!("--tls-cert={}", certs.join("tls.crt").display()))
+            .arg(format!("--tls-key={}", certs.join("tls.key").display()))
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let process = Self {
+            webhook: Webhook {
+                url: format!("https://127.0.0.1:{port}"),
+                admin: format!("127.0.0.1:{admin_port}"),
+                ca_pem: std::fs::read_to_string(certs.join("ca.crt"))?,
+            },
+            child,
+        };
+        let admin = process.webhook.admin.clone();
+        eventually(Duration::from_secs(30), "the webhook to be ready", || {
+            let ready = admin_get(&admin, "/readyz").is_ok();
+            async move { Ok(ready.then_some(())) }
+        })
+        .await?;
+        Ok(process)
+    }
+}
+
+impl Drop for WebhookProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
