@@ -10,6 +10,7 @@
 pub mod metrics;
 pub mod publish;
 pub mod scan;
+pub mod synthetic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
