@@ -64,12 +64,19 @@ pub fn load_config(path: Option<&Path>) -> Result<ConfigFile, ConfigFileError> {
         path: shown.clone(),
         source,
     })?;
+    parse_config(&text, &shown)
+}
+
+/// The whole file from its text; `shown` names where it came from in errors (a path, or the
+/// ConfigMap that holds it).
+pub fn parse_config(text: &str, shown: &str) -> Result<ConfigFile, ConfigFileError> {
+    let shown = shown.to_string();
     let parse_error = |source| ConfigFileError::Parse {
         path: shown.clone(),
         source,
     };
     let (policy_text, mut sections) =
-        split_sections(&text, &[EXTENDER_SECTION, FENCER_SECTION]).map_err(parse_error)?;
+        split_sections(text, &[EXTENDER_SECTION, FENCER_SECTION]).map_err(parse_error)?;
     let policy: Policy = parse_or_default(&policy_text).map_err(parse_error)?;
     let mut section = |name: &str| sections.remove(name).unwrap_or_default();
     let (extender_text, fencer_text) = (section(EXTENDER_SECTION), section(FENCER_SECTION));

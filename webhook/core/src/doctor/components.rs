@@ -9,7 +9,7 @@ use k8s_openapi::jiff::SignedDuration;
 
 use super::selector;
 use super::workload::Workload;
-use super::{Finding, Snapshot};
+use super::{ConfigSource, Finding, Snapshot};
 use crate::annotations::MANAGED;
 use crate::extender::snapshot::{ConditionStatus, ReadyCondition};
 use crate::fencing::decide::{NodeFacts, eligibility};
@@ -27,12 +27,40 @@ const CA_EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(30 * 24);
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 pub(super) fn check(snapshot: &Snapshot, _workloads: &[Workload<'_>]) -> Vec<Finding> {
-    let mut findings = webhook(snapshot);
+    let mut findings = vec![config(snapshot)];
+    findings.extend(webhook(snapshot));
     findings.push(extender(snapshot));
     findings.push(fencer_leader(snapshot));
     findings.extend(fence_mapping(snapshot));
     findings.extend(fence_agents(snapshot));
     findings
+}
+
+fn config(snapshot: &Snapshot) -> Finding {
+    const CHECK: &str = "jellyfin-ha/config";
+    match &snapshot.config_source {
+        ConfigSource::File(at) | ConfigSource::ConfigMap(at) => {
+            Finding::ok(CHECK, at.clone(), "read and valid")
+        }
+        ConfigSource::Defaults => Finding::warn(
+            CHECK,
+            "",
+            format!(
+                "no config in {} (ConfigMap jellyfin-ha-config), so the checks assume the \
+                 defaults",
+                snapshot.install_namespace
+            ),
+            "install jellyfin-ha, or point doctor at it with --install-namespace or --config",
+        ),
+        ConfigSource::Invalid(error) => Finding::fail(
+            CHECK,
+            "",
+            format!(
+                "{error}: every role refuses to start with it, and the checks assume the defaults"
+            ),
+            "correct the field the message names",
+        ),
+    }
 }
 
 /// The registrations whose webhook `name` covers the checked namespace, with that webhook.

@@ -17,6 +17,7 @@ mod workload;
 
 use serde::Serialize;
 
+pub use components::{POD_WEBHOOK, WORKLOAD_WEBHOOK};
 pub use snapshot::{CaCertificate, CephDriver, ConfigSource, FenceStatus, ServerVersion, Snapshot};
 
 /// How a check came out. A `fail` makes the command exit non-zero.
@@ -102,7 +103,12 @@ pub struct Report {
 impl Report {
     /// Whether any check failed.
     pub fn failed(&self) -> bool {
-        self.findings.iter().any(|f| f.verdict == Verdict::Fail)
+        self.of_verdict(Verdict::Fail).next().is_some()
+    }
+
+    /// The findings with this verdict.
+    pub fn of_verdict(&self, verdict: Verdict) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(move |f| f.verdict == verdict)
     }
 
     /// The findings of one check.
