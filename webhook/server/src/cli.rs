@@ -26,7 +26,7 @@ use crate::manifests::{self, OutputFormat};
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::reflect::{self, SharedSnapshot, SyncState};
 use crate::webhook::{self, WebhookState};
-use crate::{explain, fencer, serve, shutdown};
+use crate::{doctor, explain, fencer, serve, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +73,9 @@ enum Command {
     /// Show, from the live cluster, why each node passes or fails the extender's filter for a
     /// pod, and how it scores.
     Explain(explain::ExplainArgs),
+    /// Check, from the live cluster, whether Jellyfin will fail over, how fast, and what to
+    /// fix; exits non-zero when a check fails. Read-only.
+    Doctor(doctor::DoctorArgs),
     /// Generate a CA and a serving certificate for local clusters and tests.
     Certs(CertsArgs),
 }
@@ -192,6 +195,9 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(explain::run(args))),
+        Command::Doctor(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(doctor::run(args))),
         Command::Certs(args) => run_certs(args),
     };
     match result {

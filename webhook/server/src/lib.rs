@@ -6,6 +6,7 @@ pub mod admission;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod explain;
 pub mod extender;
 pub mod fencer;
