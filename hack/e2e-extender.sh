@@ -11,6 +11,7 @@ cd "$REPO_ROOT"
 
 # Overridable, like the ports, for runs side by side.
 DIR=${JFHA_E2E_DIR:-$REPO_ROOT/target/e2e-extender}
+DIR=$(realpath -m "$DIR")  # the tests run from tests/
 SCHEDULER_NAME=${JFHA_E2E_SCHEDULER_PROFILE:-jellyfin-ha-e2e}
 SCHEDULER_PORT=${JFHA_E2E_SCHEDULER_PORT:-10359}
 STARTED_CLUSTER=false

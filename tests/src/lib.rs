@@ -52,6 +52,123 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<Output> {
         .context("running kubectl: put the envtest bin directory on PATH (eval \"$(hack/envtest.sh env)\")")
 }
 
+/// The RBAC objects of a shipped kustomization (ServiceAccounts, Roles, ClusterRoles and their
+/// bindings), applied for a test's namespace instead of `jellyfin-ha`, so that a role run under
+/// its ServiceAccount's token has exactly the rights users install. Objects outside the test's
+/// namespace get the namespace as a name suffix and are deleted when dropped.
+pub struct ShippedRbac {
+    /// `kind/name` and namespace of what lives outside the test's namespace.
+    outside: Vec<(String, Option<String>)>,
+}
+
+const RBAC_KINDS: &[&str] = &[
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
+];
+
+impl ShippedRbac {
+    /// Applies the RBAC of `kustomization` (a path under the repository) for `namespace`.
+    pub fn apply(kustomization: &str, namespace: &str) -> anyhow::Result<Self> {
+        let rendered = kubectl(&[
+            "kustomize",
+            repo_root().join(kustomization).to_str().unwrap_or_default(),
+        ])?;
+        anyhow::ensure!(
+            rendered.status.success(),
+            "kubectl kustomize {kustomization}: {rendered:?}"
+        );
+        let text = String::from_utf8(rendered.stdout)?;
+        let ours = |name: &str| name.starts_with("jellyfin-ha");
+        let mut objects = Vec::new();
+        let mut outside = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let mut object: serde_json::Value = serde::Deserialize::deserialize(document)?;
+            let kind = object["kind"].as_str().unwrap_or_default().to_string();
+            if !RBAC_KINDS.contains(&kind.as_str()) {
+                continue;
+            }
+            let metadata = &mut object["metadata"];
+            let name = metadata["name"].as_str().unwrap_or_default().to_string();
+            let at = metadata["namespace"].as_str().map(str::to_string);
+            let namespaced = !kind.starts_with("Cluster");
+            anyhow::ensure!(
+                !namespaced || at.is_some(),
+                "{kustomization}: {kind} {name} names no namespace; it would land in whichever \
+                 namespace kubectl defaults to"
+            );
+            match at.as_deref() {
+                Some("jellyfin-ha") => metadata["namespace"] = namespace.into(),
+                elsewhere => {
+                    metadata["name"] = format!("{name}-{namespace}").into();
+                    outside.push((
+                        format!("{kind}/{name}-{namespace}"),
+                        elsewhere.map(str::to_string),
+                    ));
+                }
+            }
+            for subject in object["subjects"].as_array_mut().into_iter().flatten() {
+                if subject["namespace"] == "jellyfin-ha" {
+                    subject["namespace"] = namespace.into();
+                }
+            }
+            let role_ref = &mut object["roleRef"];
+            if role_ref["kind"] == "ClusterRole" && role_ref["name"].as_str().is_some_and(ours) {
+                let name = role_ref["name"].as_str().unwrap_or_default();
+                role_ref["name"] = format!("{name}-{namespace}").into();
+            }
+            objects.push(object);
+        }
+        let rbac = Self { outside };
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        let file = repo_root().join(format!("target/e2e-rbac-{namespace}.json"));
+        std::fs::write(&file, list.to_string())?;
+        let applied = kubectl(&["apply", "-f", file.to_str().unwrap_or_default()])?;
+        anyhow::ensure!(
+            applied.status.success(),
+            "applying the RBAC of {kustomization}: {applied:?}"
+        );
+        Ok(rbac)
+    }
+}
+
+impl Drop for ShippedRbac {
+    fn drop(&mut self) {
+        for (object, namespace) in &self.outside {
+            let mut args = vec![
+                "delete",
+                object.as_str(),
+                "--ignore-not-found",
+                "--wait=false",
+            ];
+            if let Some(namespace) = namespace {
+                args.extend(["-n", namespace.as_str()]);
+            }
+            let _ = kubectl(&args);
+        }
+    }
+}
+
+/// Writes a kubeconfig for the local control plane that authenticates as the ServiceAccount
+/// `namespace/name` with a fresh token, and returns its path.
+pub fn service_account_kubeconfig(namespace: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let output = kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
+    anyhow::ensure!(output.status.success(), "kubectl create token: {output:?}");
+    let token = String::from_utf8(output.stdout)?.trim().to_string();
+    let mut kubeconfig = Kubeconfig::read_from(kubeconfig_path())?;
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.clone().into()),
+            ..Default::default()
+        });
+    }
+    let path = repo_root().join(format!("target/e2e-kubeconfig-{namespace}-{name}"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
+
 /// A namespace of a test's own, deleted (without waiting) when dropped.
 pub struct TestNamespace {
     pub name: String,

@@ -15,13 +15,13 @@
 )]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use jellyfin_ha_e2e::{
-    OWN_REGISTRATION, TestNamespace, TestNode, WebhookProcess, admin_get, client, eventually,
-    free_port, kubectl, metric_total, repo_root,
+    OWN_REGISTRATION, ShippedRbac, TestNamespace, TestNode, WebhookProcess, admin_get, client,
+    eventually, free_port, kubectl, metric_total, repo_root, service_account_kubeconfig,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -338,8 +338,8 @@ async fn an_unusable_scheduling_configmap_leaves_pods_to_the_stock_scheduler_and
 }
 
 /// The second scheduler's configuration as shipped, pointed at this host's extender, its
-/// Lease in `namespace`.
-fn shipped_second_scheduler_config(env: &Env, namespace: &str) -> String {
+/// Lease in `namespace`, connecting with `kubeconfig`.
+fn shipped_second_scheduler_config(env: &Env, namespace: &str, kubeconfig: &Path) -> String {
     let path = repo_root().join("manifests/scheduling/second-scheduler/scheduler-config.yaml");
     let map: ConfigMap = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut config: Value = serde_yaml::from_str(&map.data.unwrap()["config.yaml"]).unwrap();
@@ -347,12 +347,8 @@ fn shipped_second_scheduler_config(env: &Env, namespace: &str) -> String {
     extender["urlPrefix"] = json!(env.extender_url);
     extender["tlsConfig"]["caFile"] = json!(env.extender_ca);
     config["leaderElection"]["resourceNamespace"] = json!(namespace);
-    config["clientConnection"] = json!({"kubeconfig": scheduler_kubeconfig()});
+    config["clientConnection"] = json!({"kubeconfig": kubeconfig});
     serde_yaml::to_string(&config).unwrap()
-}
-
-fn scheduler_kubeconfig() -> PathBuf {
-    repo_root().join("target/envtest/scheduler.kubeconfig")
 }
 
 /// `kube-scheduler` from the local control plane's build, killed when dropped.
@@ -371,12 +367,14 @@ async fn the_shipped_second_scheduler_places_opted_in_pods_through_the_extender(
     let env = env();
     let scene = Scene::new("second-scheduler").await;
     let dir = repo_root().join(format!("target/e2e-scheduling/{}", scene.ns()));
+    // Under its own ServiceAccount, with the shipped RBAC: the apiserver enforces it.
+    let _rbac = ShippedRbac::apply("manifests/scheduling/second-scheduler", scene.ns()).unwrap();
+    let kubeconfig = service_account_kubeconfig(scene.ns(), "jellyfin-ha-scheduler").unwrap();
     std::fs::write(
         dir.join("scheduler.yaml"),
-        shipped_second_scheduler_config(&env, scene.ns()),
+        shipped_second_scheduler_config(&env, scene.ns(), &kubeconfig),
     )
     .unwrap();
-    let kubeconfig = scheduler_kubeconfig();
     let log = std::fs::File::create(dir.join("scheduler.log")).unwrap();
     let _scheduler = Scheduler(
         Command::new("kube-scheduler")
