@@ -94,3 +94,48 @@ fn unknown_output_format_is_refused_by_the_parser() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("yaml, json, patch, diff"));
 }
+
+const OPTED_IN_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: jf\n  annotations:\n    jellyfin-ha.io/inject: 'true'\nspec:\n  containers:\n  - name: jellyfin\n    image: j\n";
+
+/// `--scheduling` says what the ConfigMap jellyfin-ha-scheduling would, and the pod comes out
+/// as the webhook would store it under each.
+#[test]
+fn scheduling_is_chosen_as_the_configmap_would_say() {
+    let pod_for = |scheduling: &str| {
+        let output = mutate(
+            &["-f", "-", "-o", "json", "--scheduling", scheduling],
+            OPTED_IN_POD,
+        );
+        assert!(
+            output.status.success(),
+            "{scheduling}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let marker = |pod: &serde_json::Value| {
+        pod["spec"]["containers"][0]["resources"]["requests"]["jellyfin-ha.io/managed"].clone()
+    };
+    let none = pod_for("none");
+    assert!(
+        marker(&none).is_null() && none["spec"]["schedulerName"].is_null(),
+        "{none}"
+    );
+    assert_eq!(marker(&pod_for("extender")), "1");
+    let second = pod_for("scheduler:jellyfin-ha");
+    assert_eq!(second["spec"]["schedulerName"], "jellyfin-ha");
+    assert!(marker(&second).is_null(), "{second}");
+    assert_eq!(pod_for("none"), mutate_default(), "none is the default");
+
+    for bad in ["Extender", "scheduler:", "scheduler:Bad_Name"] {
+        let output = mutate(&["-f", "-", "--scheduling", bad], OPTED_IN_POD);
+        assert_eq!(output.status.code(), Some(2), "{bad}: clap refuses it");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--scheduling"), "{bad}: {stderr}");
+    }
+}
+
+fn mutate_default() -> serde_json::Value {
+    let output = mutate(&["-f", "-", "-o", "json"], OPTED_IN_POD);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
