@@ -4,6 +4,7 @@
 #   hack/bench.sh apiserver   pod creation latency through kube-apiserver with and without the webhook
 #   hack/bench.sh extender    extender server time, memory and scheduler throughput at 5000 nodes
 #   hack/bench.sh failover    failover time from power-off to Jellyfin running elsewhere
+#   hack/bench.sh agent       the node agent's CPU per sample and memory on a host with 500 processes and 5000 fds
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -24,5 +25,6 @@ case ${1:-} in
   apiserver) bench_apiserver ;;
   extender) exec hack/bench-extender.sh ;;
   failover) shift; exec hack/bench-failover.sh "$@" ;;
-  *) die "usage: $0 webhook|apiserver|extender|failover" ;;
+  agent) cargo bench -j2 -q -p jellyfin-ha --bench agent ;;
+  *) die "usage: $0 webhook|apiserver|extender|failover|agent" ;;
 esac
