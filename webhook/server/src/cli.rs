@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use jellyfin_ha_certs::CertFiles;
 use jellyfin_ha_core::extender::ExtenderPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +22,10 @@ use crate::admin::{self, AdminState, ReadyCheck};
 use crate::config::{load_config, load_policy};
 use crate::extender::ExtenderState;
 use crate::manifests::{self, OutputFormat};
-use crate::metrics::{Metrics, ReloadLabels};
+use crate::metrics::Metrics;
 use crate::reflect::{self, SharedSnapshot, SyncState};
 use crate::webhook::{self, WebhookState};
-use crate::{doctor, explain, fencer, serve, shutdown};
+use crate::{certificates, doctor, explain, fencer, serve, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,20 +75,16 @@ enum Command {
     /// Check, from the live cluster, whether Jellyfin will fail over, how fast, and what to
     /// fix; exits non-zero when a check fails. Read-only.
     Doctor(doctor::DoctorArgs),
-    /// Generate a CA and a serving certificate for local clusters and tests.
-    Certs(CertsArgs),
+    /// Certificates: generate a CA and a serving certificate for local clusters and tests, or
+    /// print the scheduler's extender TLS stanza from a self-managed Secret.
+    Certs(certificates::CertsArgs),
 }
 
 /// Flags every HTTPS role shares.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// PEM certificate chain (for `serve`, valid for both Services' names); re-read when it
-    /// changes.
-    #[arg(long, env = "JELLYFIN_HA_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key; re-read when it changes.
-    #[arg(long, env = "JELLYFIN_HA_TLS_KEY")]
-    pub tls_key: PathBuf,
+    #[command(flatten)]
+    pub tls: certificates::TlsArgs,
     /// Config file (YAML): the webhook's policy and the `extender:` section. Every field has
     /// a default.
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
@@ -101,9 +96,6 @@ pub struct ServerArgs {
     /// How long a shutdown waits for in-flight requests.
     #[arg(long, env = "JELLYFIN_HA_SHUTDOWN_SECONDS", default_value_t = 20)]
     pub shutdown_seconds: u64,
-    /// How often the certificate files are checked for changes.
-    #[arg(long, env = "JELLYFIN_HA_CERT_RELOAD_SECONDS", default_value_t = 10)]
-    pub cert_reload_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -162,16 +154,6 @@ struct MutateArgs {
     output: OutputFormat,
 }
 
-#[derive(Debug, Args)]
-struct CertsArgs {
-    /// Directory to write ca.crt, tls.crt and tls.key into.
-    #[arg(long)]
-    out_dir: PathBuf,
-    /// DNS names and IP addresses the serving certificate is valid for.
-    #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
-    names: Vec<String>,
-}
-
 pub fn main() -> ExitCode {
     let cli = parse_command_line();
     init_tracing(cli.log_format);
@@ -198,7 +180,7 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(doctor::run(args))),
-        Command::Certs(args) => run_certs(args),
+        Command::Certs(args) => certificates::run_certs(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,25 +232,6 @@ fn run_mutate(args: MutateArgs) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     print!("{}", manifests::render(&mutated, args.output)?);
-    Ok(())
-}
-
-fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
-    let generated = jellyfin_ha_certs::generate(&args.names)?;
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
-    for (name, pem) in [
-        ("ca.crt", &generated.ca_pem),
-        ("tls.crt", &generated.cert_pem),
-        ("tls.key", &generated.key_pem),
-    ] {
-        let path = args.out_dir.join(name);
-        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
-    }
-    eprintln!(
-        "wrote ca.crt, tls.crt and tls.key to {}",
-        args.out_dir.display()
-    );
     Ok(())
 }
 
@@ -409,8 +372,8 @@ where
     F: FnOnce(Arc<AtomicBool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let certs = CertFiles::load(&server.args.tls_cert, &server.args.tls_key)?;
-    let tls = Arc::new(certs.server_config()?);
+    let served = certificates::start(&server.args.tls, &metrics, &shutdown).await?;
+    let tls = Arc::new(served.server_config()?);
     let mut listeners = Vec::with_capacity(server.roles.len());
     for (role, listen, app) in server.roles {
         let listener = TcpListener::bind(listen)
@@ -424,12 +387,6 @@ where
         .with_context(|| format!("binding {}", server.args.admin_listen))?;
     tracing::info!(admin = %server.args.admin_listen, "admin port");
 
-    tokio::spawn(reload_certificates(
-        certs,
-        Duration::from_secs(server.args.cert_reload_seconds.max(1)),
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
     let admin_app = admin::router_with_checks(
         AdminState {
             ready: Arc::clone(&ready),
@@ -462,41 +419,6 @@ where
         .context("admin server task")?
         .context("admin server")?;
     Ok(())
-}
-
-/// Polls the certificate files: kubelet replaces a mounted Secret by swapping a symlink, which
-/// file-change notifications on the files themselves miss.
-async fn reload_certificates(
-    certs: Arc<CertFiles>,
-    every: Duration,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let result = match certs.reload() {
-            Ok(false) => continue,
-            Ok(true) => {
-                tracing::info!("serving certificate reloaded");
-                "success"
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reload the serving certificate; keeping the current one");
-                "error"
-            }
-        };
-        metrics
-            .certificate_reloads
-            .get_or_create(&ReloadLabels {
-                result: result.to_string(),
-            })
-            .inc();
-    }
 }
 
 /// The error and its causes on one line, skipping a cause whose text the message before it

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admission;
 pub mod agent;
+pub mod certificates;
 pub mod cli;
 pub mod config;
 pub mod doctor;

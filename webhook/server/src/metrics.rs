@@ -52,6 +52,8 @@ pub struct Metrics {
     pub reviews: Family<ReviewLabels, Counter>,
     pub review_seconds: Histogram,
     pub certificate_reloads: Family<ReloadLabels, Counter>,
+    /// Unix seconds.
+    pub certificate_expiry: Gauge,
     pub extender_calls: Family<ExtenderCallLabels, Counter>,
     pub extender_call_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
     /// Candidate nodes per call, by verb: shows whether the scheduler sends names or objects
@@ -86,8 +88,15 @@ impl Default for Metrics {
         let certificate_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
-            "Serving certificate reload attempts that found new files, by result",
+            "Serving certificate changes picked up (files or the self-managed Secret), and \
+             failures to pick one up or renew it, by result",
             certificate_reloads.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the served certificate expires, in Unix seconds",
+            certificate_expiry.clone(),
         );
         let extender_calls = Family::<ExtenderCallLabels, Counter>::default();
         registry.register(
@@ -164,6 +173,7 @@ impl Default for Metrics {
             reviews,
             review_seconds,
             certificate_reloads,
+            certificate_expiry,
             extender_calls,
             extender_call_seconds,
             extender_candidates,
