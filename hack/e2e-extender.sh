@@ -71,6 +71,7 @@ log "kube-scheduler profile $SCHEDULER_NAME on 127.0.0.1:$SCHEDULER_PORT"
 
 export JFHA_E2E_EXTENDER_ADMIN=$EXTENDER_ADMIN JFHA_E2E_SCHEDULER_NAME=$SCHEDULER_NAME
 export JFHA_E2E_EXTENDER_URL=$EXTENDER_URL JFHA_E2E_EXTENDER_CA=$EXTENDER_CA
+export JFHA_E2E_SCHEDULER_LOG=$DIR/scheduler.log
 export JFHA_E2E_BIN=$bin JFHA_E2E_EXTENDER_CONFIG=$DIR/config.yaml
 # One at a time: the tests count the extender's calls. Test targets may be named first
 # (--test NAME ...); the rest goes to the test binaries.

@@ -15,7 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -86,38 +86,60 @@ impl ShippedRbac {
         let mut outside = Vec::new();
         for document in serde_yaml::Deserializer::from_str(&text) {
             let mut object: serde_json::Value = serde::Deserialize::deserialize(document)?;
-            let kind = object["kind"].as_str().unwrap_or_default().to_string();
+            let kind = object
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default()
+                .to_string();
             if !RBAC_KINDS.contains(&kind.as_str()) {
                 continue;
             }
-            let metadata = &mut object["metadata"];
-            let name = metadata["name"].as_str().unwrap_or_default().to_string();
-            let at = metadata["namespace"].as_str().map(str::to_string);
+            let metadata: ObjectMeta =
+                serde_json::from_value(object.get("metadata").cloned().unwrap_or_default())?;
+            let name = metadata.name.unwrap_or_default();
             let namespaced = !kind.starts_with("Cluster");
             anyhow::ensure!(
-                !namespaced || at.is_some(),
+                !namespaced || metadata.namespace.is_some(),
                 "{kustomization}: {kind} {name} names no namespace; it would land in whichever \
                  namespace kubectl defaults to"
             );
-            match at.as_deref() {
-                Some("jellyfin-ha") => metadata["namespace"] = namespace.into(),
+            let mut moved = serde_json::Map::new();
+            match metadata.namespace.as_deref() {
+                Some("jellyfin-ha") => {
+                    moved.insert("namespace".into(), namespace.into());
+                }
                 elsewhere => {
-                    metadata["name"] = format!("{name}-{namespace}").into();
+                    moved.insert("name".into(), format!("{name}-{namespace}").into());
                     outside.push((
                         format!("{kind}/{name}-{namespace}"),
                         elsewhere.map(str::to_string),
                     ));
                 }
             }
-            for subject in object["subjects"].as_array_mut().into_iter().flatten() {
-                if subject["namespace"] == "jellyfin-ha" {
-                    subject["namespace"] = namespace.into();
+            if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                metadata.extend(moved);
+            }
+            let subjects = object.get_mut("subjects").and_then(|s| s.as_array_mut());
+            for subject in subjects
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_object_mut())
+            {
+                if subject.get("namespace").and_then(|n| n.as_str()) == Some("jellyfin-ha") {
+                    subject.insert("namespace".into(), namespace.into());
                 }
             }
-            let role_ref = &mut object["roleRef"];
-            if role_ref["kind"] == "ClusterRole" && role_ref["name"].as_str().is_some_and(ours) {
-                let name = role_ref["name"].as_str().unwrap_or_default();
-                role_ref["name"] = format!("{name}-{namespace}").into();
+            if let Some(role_ref) = object.get_mut("roleRef").and_then(|r| r.as_object_mut()) {
+                let cluster_role =
+                    role_ref.get("kind").and_then(|k| k.as_str()) == Some("ClusterRole");
+                let name = role_ref
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default();
+                if cluster_role && ours(name) {
+                    let renamed = format!("{name}-{namespace}");
+                    role_ref.insert("name".into(), renamed.into());
+                }
             }
             objects.push(object);
         }
@@ -327,18 +349,27 @@ impl Webhook {
 
 /// GET `path` on a plain-HTTP admin port (`127.0.0.1:PORT`): the body of a 200, else an error.
 pub fn admin_get(admin: &str, path: &str) -> anyhow::Result<String> {
+    let (status, body) = admin_response(admin, path)?;
+    if status != 200 {
+        bail!("GET {path}: {status} {body}");
+    }
+    Ok(body)
+}
+
+/// The status code and body of a GET on a plain-HTTP admin port, whatever the status.
+pub fn admin_response(admin: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(admin)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+    let status = response
+        .split_once("\r\n\r\n")
+        .and_then(|(head, _)| head.split_whitespace().nth(1)?.parse::<u16>().ok());
+    let (Some(status), Some((_, body))) = (status, response.split_once("\r\n\r\n")) else {
         bail!("malformed HTTP response: {response}")
     };
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {head}");
-    }
-    Ok(body.to_string())
+    Ok((status, body.to_string()))
 }
 
 /// The sum of the samples of the counter `metric` (OpenMetrics text) whose labels contain each
@@ -533,16 +564,41 @@ impl TestNode {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
-        let name = format!("{prefix}-{}-{nanos:x}", std::process::id());
+        Self::named(&format!("{prefix}-{}-{nanos:x}", std::process::id()), gpus)
+    }
+
+    /// The same with a name of the test's choosing; a leftover of that name from an earlier,
+    /// interrupted run is replaced.
+    pub fn named(name: &str, gpus: u32) -> anyhow::Result<Self> {
+        envtest(&["node-delete", name])?;
         let gpu_flag = if gpus == 0 {
             vec!["--no-gpu".to_string()]
         } else {
             vec!["--gpu-count".into(), gpus.to_string()]
         };
-        let mut args = vec!["node-add", name.as_str()];
+        let mut args = vec!["node-add", name];
         args.extend(gpu_flag.iter().map(String::as_str));
         envtest(&args)?;
-        Ok(Self { name })
+        Ok(Self {
+            name: name.to_string(),
+        })
+    }
+
+    /// Sets a label on the node.
+    pub fn label(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let output = kubectl(&[
+            "label",
+            "node",
+            &self.name,
+            &format!("{key}={value}"),
+            "--overwrite",
+        ])?;
+        anyhow::ensure!(
+            output.status.success(),
+            "labelling {}: {output:?}",
+            self.name
+        );
+        Ok(())
     }
 
     /// The machine dies: its BMC is told `ForceOff` (it says `Off` 1-11 s later, like

@@ -13,12 +13,12 @@
     clippy::panic
 )]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use jellyfin_ha_e2e::{TestNamespace, client, eventually, kubeconfig_path, kubectl, repo_root};
+use jellyfin_ha_e2e::{
+    TestNamespace, TestNode, client, envtest, eventually, kubeconfig_path, metric_total,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
@@ -83,47 +83,24 @@ macro_rules! require_env {
     };
 }
 
-fn envtest(args: &[&str]) {
-    let output = Command::new(repo_root().join("hack/envtest.sh"))
-        .env("KUBECONFIG", kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "hack/envtest.sh {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// kwok nodes of one test, labelled with the test's group and deleted when dropped.
 struct Nodes {
     names: Vec<String>,
+    _nodes: Vec<TestNode>,
 }
 
 impl Nodes {
     fn add(group: &str, names: &[&str]) -> Self {
-        let nodes = Self {
-            names: names.iter().map(|n| n.to_string()).collect(),
-        };
-        for name in names {
-            envtest(&["node-delete", name]);
-            envtest(&["node-add", name, "--gpu-count", "2"]);
-            let label = format!("jellyfin-ha.io/e2e-group={group}");
-            let out = kubectl(&["label", "node", name, &label, "--overwrite"]).unwrap();
-            assert!(out.status.success(), "{out:?}");
+        let nodes: Vec<TestNode> = names
+            .iter()
+            .map(|name| TestNode::named(name, 2).unwrap())
+            .collect();
+        for node in &nodes {
+            node.label("jellyfin-ha.io/e2e-group", group).unwrap();
         }
-        nodes
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new(repo_root().join("hack/envtest.sh"))
-                .env("KUBECONFIG", kubeconfig_path())
-                .args(["node-delete", name])
-                .output();
+        Self {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            _nodes: nodes,
         }
     }
 }
@@ -200,24 +177,8 @@ async fn wait_bound(pods: &Api<Pod>, name: &str) -> String {
     .unwrap()
 }
 
-fn admin_get(env: &Env, path: &str) -> String {
-    let (head, body) = admin_response(env, path);
-    assert!(head.contains(" 200 "), "GET {path}: {head}");
-    body
-}
-
-/// The status line and body of a GET on the admin port, whatever the status.
-fn admin_response(env: &Env, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(&env.admin).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.lines().next().unwrap_or_default().to_string();
-    (status, body.to_string())
+fn admin_response(env: &Env, path: &str) -> (u16, String) {
+    jellyfin_ha_e2e::admin_response(&env.admin, path).unwrap()
 }
 
 /// Extender calls of `verb` answered so far, over every outcome.
@@ -225,15 +186,11 @@ fn calls(env: &Env, verb: &str) -> u64 {
     calls_with(env, verb, "")
 }
 
-/// Extender calls of `verb` answered so far whose metric line also contains `also`.
+/// Extender calls of `verb` answered so far whose labels also contain `also`.
 fn calls_with(env: &Env, verb: &str, also: &str) -> u64 {
-    let needle = format!("verb=\"{verb}\"");
-    admin_get(env, "/metrics")
-        .lines()
-        .filter(|l| l.starts_with("jellyfin_ha_extender_calls_total{") && l.contains(&needle))
-        .filter(|l| l.contains(also))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let metrics = jellyfin_ha_e2e::admin_get(&env.admin, "/metrics").unwrap();
+    let verb = format!("verb=\"{verb}\"");
+    metric_total(&metrics, "jellyfin_ha_extender_calls_total", &[&verb, also])
 }
 
 fn ready_status(node: &Node) -> String {
@@ -287,7 +244,7 @@ async fn avoids_a_node_whose_lease_went_stale_while_it_still_says_ready() {
     // The idle node, which the scores alone would pick, is the one that dies.
     let _nodes = Nodes::add("stale", &["ext-stale-1", "ext-stale-2"]);
     create_all(&pods, vec![load_pod("busy", "ext-stale-2", None)]).await;
-    envtest(&["node-power-off", "ext-stale-1"]);
+    envtest(&["node-power-off", "ext-stale-1"]).unwrap();
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     eventually(
@@ -458,19 +415,19 @@ async fn steps_aside_when_most_of_the_cluster_goes_silent_at_once() {
     let nodes = Nodes::add("behind", &names);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (status, body) = admin_response(&env, "/readyz");
-    assert!(status.contains(" 200 "), "{status}: {body}");
+    assert_eq!(status, 200, "{body}");
 
     // Alive but unheard, as in a partition: the kubelets stop renewing their Leases, and the
     // nodes still say Ready until the node-monitor grace period ends.
     for name in &nodes.names {
-        envtest(&["node-partition", name]);
+        envtest(&["node-partition", name]).unwrap();
     }
     let why = eventually(
         Duration::from_secs(40),
         "the extender to call its view stale (Leases older than 15 s)",
         || async {
             let (status, body) = admin_response(&env, "/readyz");
-            Ok((!status.contains(" 200 ")).then_some(body))
+            Ok((status != 200).then_some(body))
         },
     )
     .await
@@ -490,7 +447,7 @@ async fn steps_aside_when_most_of_the_cluster_goes_silent_at_once() {
         calls_with(&env, "filter", "outcome=\"stale\"") > stale_before,
         "the extender was asked and answered that its view is stale"
     );
-    let log = std::fs::read_to_string(repo_root().join("target/e2e-extender/scheduler.log"))
+    let log = std::fs::read_to_string(std::env::var("JFHA_E2E_SCHEDULER_LOG").unwrap())
         .unwrap_or_default();
     assert!(
         log.lines().any(|line| line.contains("Skipping extender")
@@ -499,17 +456,12 @@ async fn steps_aside_when_most_of_the_cluster_goes_silent_at_once() {
     );
 
     for name in &nodes.names {
-        envtest(&["node-reconnect", name]);
+        envtest(&["node-reconnect", name]).unwrap();
     }
     eventually(
         Duration::from_secs(30),
         "the extender to trust its view again",
-        || async {
-            Ok(admin_response(&env, "/readyz")
-                .0
-                .contains(" 200 ")
-                .then_some(()))
-        },
+        || async { Ok((admin_response(&env, "/readyz").0 == 200).then_some(())) },
     )
     .await
     .unwrap();
