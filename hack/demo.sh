@@ -124,4 +124,9 @@ echo
 echo "What the fencer recorded on $node (jellyfin-ha.io/fenced):"
 kubectl get node "$node" -o jsonpath='{.metadata.annotations.jellyfin-ha\.io/fenced}' | tr ',' '\n' | sed 's/^[{ ]*/  /; s/}$//'
 echo
+echo "jellyfin-ha doctor -n $NS, after the failover (checks, verdicts and fixes for the QuickSync nodes):"
+"$bin" doctor -n "$NS" --config "$FENCER_DIR/config.yaml" --node-selector intel.feature.node.kubernetes.io/gpu=true |
+  tee "$DEMO_DIR/doctor.txt" || true
+grep -Eq '^[0-9]+ ok, [0-9]+ warn, [0-9]+ fail$' "$DEMO_DIR/doctor.txt" || die "jellyfin-ha doctor printed no report"
+echo
 echo "demo OK"
