@@ -891,6 +891,56 @@ fn an_invalid_config_fails() {
 }
 
 #[test]
+fn nothing_to_check_is_said_plainly() {
+    let mut snapshot = healthy();
+    snapshot.nodes.clear();
+    snapshot.pods.clear();
+    snapshot.fence_status.clear();
+    expect(
+        &snapshot,
+        "gpu/label",
+        Verdict::Warn,
+        "no nodes to check",
+        "node selector",
+    );
+    expect(
+        &snapshot,
+        "gpu/render-gid",
+        Verdict::Ok,
+        "no QuickSync node to check",
+        "",
+    );
+    expect(
+        &snapshot,
+        "workload/unmutated-pod",
+        Verdict::Ok,
+        "no opted-in pod to check",
+        "",
+    );
+    expect(
+        &snapshot,
+        "jellyfin-ha/fence-mapping",
+        Verdict::Warn,
+        "none of the 0 node(s)",
+        "fencer.nodeSelector",
+    );
+    expect(
+        &snapshot,
+        "jellyfin-ha/fence-agent",
+        Verdict::Ok,
+        "no fence agent to ask",
+        "",
+    );
+    expect(
+        &snapshot,
+        "failover/estimate",
+        Verdict::Warn,
+        "no pod of the workload is on a node",
+        "start the workload",
+    );
+}
+
+#[test]
 fn verdicts_serialize_in_lower_case() {
     let report = diagnose(&healthy());
     let json = serde_json::to_value(&report).unwrap();

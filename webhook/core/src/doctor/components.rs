@@ -453,6 +453,18 @@ fn fence_mapping(snapshot: &Snapshot) -> Vec<Finding> {
              with fencer.nodeSelector",
         )];
     }
+    if eligible.is_empty() {
+        return vec![Finding::warn(
+            CHECK,
+            "",
+            format!(
+                "none of the {} node(s) checked may be fenced (fencer.nodeSelector, \
+                 fenceControlPlane), so none fails over faster than the node controller allows",
+                facts.len()
+            ),
+            "select Jellyfin's nodes with fencer.nodeSelector",
+        )];
+    }
     vec![Finding::ok(
         CHECK,
         "",
@@ -522,7 +534,11 @@ fn fence_agents(snapshot: &Snapshot) -> Vec<Finding> {
         findings.push(Finding::ok(
             CHECK,
             "",
-            format!("{answered} fence agent(s) answered a status query as expected"),
+            if answered == 0 {
+                "no fence agent to ask".to_string()
+            } else {
+                format!("{answered} fence agent(s) answered a status query as expected")
+            },
         ));
     }
     findings

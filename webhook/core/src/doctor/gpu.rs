@@ -84,7 +84,14 @@ fn label_and_resource(snapshot: &Snapshot, nodes: &[NodeInfo]) -> Vec<Finding> {
     }
     if findings.is_empty() {
         let quick_sync = nodes.iter().filter(|n| n.quick_sync).count();
-        findings.push(if quick_sync == 0 {
+        findings.push(if nodes.is_empty() {
+            Finding::warn(
+                CHECK,
+                "",
+                "no nodes to check",
+                "check the node selector given to doctor",
+            )
+        } else if quick_sync == 0 {
             Finding::fail(
                 CHECK,
                 "",
@@ -259,12 +266,15 @@ fn render_gids(snapshot: &Snapshot, nodes: &[NodeInfo]) -> Vec<Finding> {
             )
         });
     }
-    if findings.is_empty() {
+    if findings.is_empty() && checked > 0 {
         findings.push(Finding::ok(
             CHECK,
             "",
             format!("{checked} node(s) report render GIDs the webhook adds"),
         ));
+    }
+    if findings.is_empty() {
+        findings.push(Finding::ok(CHECK, "", "no QuickSync node to check"));
     }
     findings
 }
@@ -296,6 +306,14 @@ fn pod_security(snapshot: &Snapshot, workload: &Workload<'_>) -> Finding {
     Finding::ok(
         CHECK,
         workload.subject(),
-        format!("GPU mode {mode} is admitted under Pod Security {level}"),
+        if mode == GpuMode::Hostpath {
+            format!(
+                "GPU mode hostpath needs a privileged container, which Pod Security {level} admits"
+            )
+        } else {
+            format!(
+                "GPU mode {mode} needs no privileged container (namespace enforces Pod Security {level})"
+            )
+        },
     )
 }

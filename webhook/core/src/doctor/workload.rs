@@ -358,6 +358,9 @@ fn unmutated_pods(snapshot: &Snapshot, workloads: &[Workload<'_>]) -> Finding {
         };
         unmutated.push(format!("{name} (lacks {missing})"));
     }
+    if pods.is_empty() {
+        return Finding::ok(CHECK, "", "no opted-in pod to check");
+    }
     if unmutated.is_empty() {
         return Finding::ok(
             CHECK,
