@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use jellyfin_ha_core::extender::decide::{Evaluation, Reason, ScoreParts};
 use jellyfin_ha_core::extender::snapshot::{
-    AccessModes, ClaimInfo, ConditionStatus, CsiNodeInfo, GpuBusy, LeaseInfo, ManagedPodInfo,
+    AccessModes, AgentInfo, ClaimInfo, ConditionStatus, CsiNodeInfo, LeaseInfo, ManagedPodInfo,
     NodeInfo, PvInfo, ReadyCondition, VolumeAttachmentInfo,
 };
 use jellyfin_ha_core::extender::wire::{ExtenderArgs, ExtenderFilterResult, host_priorities};
@@ -59,7 +59,6 @@ fn node(name: &str) -> NodeInfo {
         }),
         gpu_allocatable: Some(10),
         boot_id: format!("boot-{name}"),
-        gpu_busy: None,
     }
 }
 
@@ -626,27 +625,76 @@ fn gpu_load_blends_in_fresh_measured_busyness(
     #[case] part: u8,
 ) {
     let mut snapshot = cluster(&["qs-1"]);
-    edit_node(&mut snapshot, "qs-1", |n| {
-        n.gpu_busy = Some(GpuBusy {
-            percent: busy,
-            measured_at: ago(measured_ago),
-        });
-    });
+    snapshot.upsert_agent_report(report("qs-1", Some(busy), measured_ago));
     for i in 0..pods {
         snapshot.upsert_managed_pod(managed(&format!("other-{i}"), "qs-1", &[]));
     }
     assert_eq!(parts(&snapshot, &bare_pod(), "qs-1").gpu_load, part);
 }
 
+/// A node agent's report `observed_seconds_ago`; no load figure means no usable card.
+fn report(node: &str, busy: Option<u8>, observed_seconds_ago: i64) -> AgentInfo {
+    AgentInfo {
+        node_name: node.into(),
+        observed_at: ago(observed_seconds_ago),
+        busy_percent: busy,
+        usable: busy.is_some(),
+    }
+}
+
+#[test]
+fn equal_pod_counts_prefer_the_node_measured_less_busy() {
+    let mut snapshot = cluster(&["qs-1", "qs-2", "qs-3"]);
+    snapshot.upsert_agent_report(report("qs-1", Some(70), 5));
+    snapshot.upsert_agent_report(report("qs-2", Some(10), 5));
+    let scores = prioritize(
+        &bare_pod(),
+        names(&["qs-1", "qs-2", "qs-3"]),
+        &snapshot,
+        &ExtenderPolicy::default(),
+        now(),
+    );
+    let score = |node: &str| scores.iter().find(|(n, _)| n == node).unwrap().1;
+    assert!(score("qs-2") > score("qs-1"), "{scores:?}");
+    // A node without an agent is scored on its pods alone: idle.
+    assert!(score("qs-3") >= score("qs-2"), "{scores:?}");
+}
+
+#[rstest]
+#[case::fresh(5, false)]
+#[case::stale_counts_as_unknown(61, true)]
+fn a_fresh_report_of_no_usable_gpu_fails_the_node(#[case] age: i64, #[case] passes: bool) {
+    let mut snapshot = cluster(&["qs-1", "qs-2"]);
+    snapshot.upsert_agent_report(report("qs-1", None, age));
+    let decision = filter(
+        &bare_pod(),
+        names(&["qs-1", "qs-2"]),
+        &snapshot,
+        &ExtenderPolicy::default(),
+        now(),
+    );
+    assert_eq!(decision.passed.contains(&"qs-1".to_string()), passes);
+    if !passes {
+        let rejection = &decision.failed["qs-1"];
+        assert_eq!(rejection.reason, "node agent reports no usable GPU");
+        assert!(rejection.unresolvable);
+    }
+    let facts = Evaluation::new(
+        &bare_pod(),
+        &names(&["qs-1"]),
+        &snapshot,
+        &ExtenderPolicy::default(),
+        now(),
+    )
+    .facts("qs-1");
+    assert_eq!(facts.report_age_seconds, Some(age));
+    assert_eq!(facts.measured_busy_percent, None);
+}
+
 #[test]
 fn the_measured_share_comes_from_the_policy() {
     let mut snapshot = cluster(&["qs-1"]);
-    edit_node(&mut snapshot, "qs-1", |n| {
-        n.gpu_busy = Some(GpuBusy {
-            percent: 80,
-            measured_at: ago(1),
-        });
-    });
+    snapshot.upsert_agent_report(report("qs-1", Some(80), 1));
     let all_measured = ExtenderPolicy {
         measured_busy_share_percent: 100,
         ..ExtenderPolicy::default()
@@ -922,7 +970,9 @@ fn a_scheduler_call_with_node_objects_end_to_end() {
                  node lacks QuickSync label intel.feature.node.kubernetes.io/gpu"})
     );
 
-    // qs-1 reports 37 % busy at 20:00:30, fresh at 20:01:00: it scores below idle qs-2.
+    // qs-1's agent reports 37 % busy at 20:00:30, fresh at 20:01:00: it scores below idle
+    // qs-2. The fixture's retired gpu-busy annotation on qs-1 counts for nothing.
+    snapshot.upsert_agent_report(report("qs-1", Some(37), 30));
     let scores = host_priorities(prioritize(&pod, candidates, &snapshot, &policy, now()));
     assert_eq!(
         serde_json::to_value(&scores).unwrap(),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jellyfin_ha_core::extender::policy::ScoreWeights;
 use jellyfin_ha_core::extender::snapshot::{
-    AccessModes, ClaimInfo, ConditionStatus, CsiNodeInfo, GpuBusy, LeaseInfo, ManagedPodInfo,
+    AccessModes, AgentInfo, ClaimInfo, ConditionStatus, CsiNodeInfo, LeaseInfo, ManagedPodInfo,
     NodeInfo, PvInfo, ReadyCondition, VolumeAttachmentInfo,
 };
 use jellyfin_ha_core::extender::wire::ExtenderFilterResult;
@@ -45,7 +45,8 @@ struct GeneratedNode {
     fencing: bool,
     ready: Option<(ConditionStatus, Option<i64>)>,
     gpu: Option<i64>,
-    busy: Option<(u8, i64)>,
+    /// The agent's report: load, age in seconds, whether a card is usable.
+    agent: Option<(u8, i64, bool)>,
     lease: Option<Option<i64>>,
     attach_limit: Option<u32>,
 }
@@ -62,19 +63,19 @@ fn generated_node() -> impl Strategy<Value = GeneratedNode> {
         any::<bool>(),
         prop::option::of((status, prop::option::of(-100_i64..2000))),
         prop::option::of(-2_i64..20),
-        prop::option::of((0_u8..=100, -200_i64..200)),
+        prop::option::of((0_u8..=100, -200_i64..200, any::<bool>())),
         prop::option::of(prop::option::of(-30_i64..100)),
         prop::option::of(0_u32..4),
     )
         .prop_map(
-            |(label, out_of_service, fencing, ready, gpu, busy, lease, attach_limit)| {
+            |(label, out_of_service, fencing, ready, gpu, agent, lease, attach_limit)| {
                 GeneratedNode {
                     label,
                     out_of_service,
                     fencing,
                     ready,
                     gpu,
-                    busy,
+                    agent,
                     lease,
                     attach_limit,
                 }
@@ -92,6 +93,7 @@ struct Objects {
     claims: Vec<ClaimInfo>,
     volumes: Vec<PvInfo>,
     pods: Vec<ManagedPodInfo>,
+    agents: Vec<AgentInfo>,
 }
 
 fn modes(pick: &[usize]) -> AccessModes {
@@ -139,11 +141,15 @@ fn objects() -> impl Strategy<Value = Objects> {
                 }),
                 gpu_allocatable: node.gpu,
                 boot_id: String::new(),
-                gpu_busy: node.busy.map(|(percent, age)| GpuBusy {
-                    percent,
-                    measured_at: at(age),
-                }),
             });
+            if let Some((percent, age, usable)) = node.agent {
+                objects.agents.push(AgentInfo {
+                    node_name: name.clone(),
+                    observed_at: at(age),
+                    busy_percent: usable.then_some(percent),
+                    usable,
+                });
+            }
             if let Some(renewed) = node.lease {
                 objects.leases.push(LeaseInfo {
                     node_name: name.clone(),
@@ -245,6 +251,11 @@ fn snapshot_of(objects: &Objects) -> Snapshot {
         .iter()
         .cloned()
         .for_each(|p| snapshot.upsert_managed_pod(p));
+    objects
+        .agents
+        .iter()
+        .cloned()
+        .for_each(|a| snapshot.upsert_agent_report(a));
     snapshot
 }
 
@@ -410,6 +421,8 @@ proptest! {
             shuffled.remove_managed_pod(&pod.namespace, &format!("noise-{}", pod.name));
         }
         shuffled.replace_leases(objects.leases.iter().cloned());
+        noise.agents.iter().cloned().for_each(|a| shuffled.upsert_agent_report(a));
+        shuffled.replace_agent_reports(objects.agents.iter().rev().cloned());
         objects.volumes.iter().rev().cloned().for_each(|v| shuffled.upsert_volume(v));
         objects.claims.iter().rev().cloned().for_each(|c| shuffled.upsert_claim(c));
         objects.csi_nodes.iter().rev().cloned().for_each(|c| shuffled.upsert_csi_node(c));

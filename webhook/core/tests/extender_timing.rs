@@ -39,7 +39,6 @@ fn cluster(now: Timestamp, stale_every: usize) -> Snapshot {
             }),
             gpu_allocatable: Some(10),
             boot_id: format!("boot-{i}"),
-            gpu_busy: None,
         });
         snapshot.upsert_lease(LeaseInfo {
             node_name: name.clone(),

@@ -26,7 +26,7 @@ use jellyfin_ha::extender::{ExtenderState, router};
 use jellyfin_ha::metrics::Metrics;
 use jellyfin_ha::reflect::{SharedSnapshot, SyncState};
 use jellyfin_ha_core::extender::snapshot::{
-    CsiNodeInfo, LeaseInfo, ManagedPodInfo, NodeInfo, VolumeAttachmentInfo,
+    AgentInfo, CsiNodeInfo, LeaseInfo, ManagedPodInfo, NodeInfo, VolumeAttachmentInfo,
 };
 use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot};
 use k8s_openapi::api::core::v1::Node;
@@ -50,8 +50,7 @@ fn snapshot(policy: &ExtenderPolicy) -> Snapshot {
     let mut snapshot = Snapshot::new();
     for i in 0..NODES {
         let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name(i), "labels": {"intel.feature.node.kubernetes.io/gpu": "true"},
-                "annotations": {"jellyfin-ha.io/gpu-busy": format!("{}@2026-11-24T20:00:50Z", i % 100)}},
+            "metadata": {"name": name(i), "labels": {"intel.feature.node.kubernetes.io/gpu": "true"}},
             "status": {
                 "allocatable": {"gpu.intel.com/i915": "2"},
                 "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-24T19:00:00Z"}],
@@ -70,6 +69,12 @@ fn snapshot(policy: &ExtenderPolicy) -> Snapshot {
         snapshot.upsert_csi_node(CsiNodeInfo {
             node_name: name(i),
             attach_limits: [("rbd.csi.ceph.com".to_string(), 32)].into(),
+        });
+        snapshot.upsert_agent_report(AgentInfo {
+            node_name: name(i),
+            observed_at: "2026-11-24T20:00:50Z".parse().unwrap(),
+            busy_percent: Some(u8::try_from(i % 100).unwrap()),
+            usable: true,
         });
     }
     for i in 0..500 {

@@ -116,6 +116,9 @@ pub struct ExtenderRoleArgs {
         default_value = "0.0.0.0:8444"
     )]
     pub listen: SocketAddr,
+    /// The namespace of the node agents' reports (jellyfin-ha's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -268,7 +271,7 @@ async fn run_extender(args: ExtenderRoleArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
-    let (app, state) = start_extender(policy, &metrics, &shutdown).await?;
+    let (app, state) = start_extender(policy, &args.namespace, &metrics, &shutdown).await?;
     let synced = state.synced.clone();
     let server = RoleServer {
         roles: vec![("extender", args.listen, app)],
@@ -288,8 +291,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         policy: Arc::new(config.policy),
         metrics: Arc::clone(&metrics),
     });
-    let (extender_app, extender) =
-        start_extender(Arc::new(config.extender), &metrics, &shutdown).await?;
+    let (extender_app, extender) = start_extender(
+        Arc::new(config.extender),
+        &args.fencer.namespace,
+        &metrics,
+        &shutdown,
+    )
+    .await?;
     let synced = extender.synced.clone();
     let client = kube::Client::try_default()
         .await
@@ -324,6 +332,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Connects to the API, starts the watchers and returns the extender's routes and state.
 async fn start_extender(
     policy: Arc<ExtenderPolicy>,
+    namespace: &str,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Router, ExtenderState)> {
@@ -332,7 +341,14 @@ async fn start_extender(
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
     let snapshot = SharedSnapshot::default();
     let synced = SyncState::default();
-    reflect::spawn_watchers(&client, Arc::clone(&policy), &snapshot, &synced, shutdown);
+    reflect::spawn_watchers(
+        &client,
+        Arc::clone(&policy),
+        namespace,
+        &snapshot,
+        &synced,
+        shutdown,
+    );
     let state = ExtenderState::new(snapshot, synced, policy, Arc::clone(metrics));
     Ok((crate::extender::router(state.clone()), state))
 }

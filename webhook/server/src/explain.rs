@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use jellyfin_ha_core::extender::decide::NodeFacts;
 use jellyfin_ha_core::extender::{self, ExtenderPolicy, NodeVerdict};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -24,6 +25,9 @@ pub struct ExplainArgs {
     /// Config file (YAML), as given to the extender; its `extender:` section is used.
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The namespace jellyfin-ha is installed in, which holds the node agents' reports.
+    #[arg(long, env = "JELLYFIN_HA_NAMESPACE", default_value = crate::cli::DEFAULT_NAMESPACE)]
+    pub jellyfin_ha_namespace: String,
 }
 
 pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
@@ -34,7 +38,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
         .get(&args.pod)
         .await
         .with_context(|| format!("getting pod {namespace}/{}", args.pod))?;
-    let snapshot = reflect::list_once(&client, &policy).await?;
+    let snapshot = reflect::list_once(&client, &policy, &args.jellyfin_ha_namespace).await?;
     let nodes = snapshot.node_names();
     let now = Timestamp::now();
     // A one-off list has no watch to go silent; the Leases can still be stale at once.
@@ -86,9 +90,10 @@ pub fn render(
         "TOTAL",
         "PODS",
         "LEASE-AGE",
+        "MEASURED",
         "REASONS",
     ];
-    let rows: Vec<[String; 9]> = verdicts
+    let rows: Vec<[String; 10]> = verdicts
         .iter()
         .map(|v| {
             let facts = &v.facts;
@@ -113,6 +118,7 @@ pub fn render(
                 facts
                     .lease_age_seconds
                     .map_or_else(|| "-".to_string(), |age| format!("{age}s")),
+                measured(facts, policy),
                 if v.reasons.is_empty() {
                     "-".to_string()
                 } else {
@@ -150,11 +156,26 @@ pub fn render(
     out
 }
 
+/// The node agent's measured load and the age of its report: `37% 4s ago`; `stale 90s ago`
+/// past `gpuBusyFreshSeconds` (then it counts as unknown); `no GPU 4s ago` when the agent
+/// found no usable card; `-` without a report.
+fn measured(facts: &NodeFacts, policy: &ExtenderPolicy) -> String {
+    let Some(age) = facts.report_age_seconds else {
+        return "-".to_string();
+    };
+    match facts.measured_busy_percent {
+        Some(percent) => format!("{percent}% {age}s ago"),
+        None if age.abs() > i64::from(policy.gpu_busy_fresh_seconds) => {
+            format!("stale {age}s ago")
+        }
+        None => format!("no GPU {age}s ago"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use jellyfin_ha_core::extender::ScoreParts;
-    use jellyfin_ha_core::extender::decide::NodeFacts;
 
     fn verdict(node: &str, passes: bool, total: i64, reasons: &[&str]) -> NodeVerdict {
         NodeVerdict {
@@ -211,5 +232,19 @@ mod tests {
         // Columns line up.
         let column = lines[1].find("TOTAL").unwrap();
         assert_eq!(&lines[2][column..column + 1], "7");
+    }
+
+    #[test]
+    fn measured_load_shows_with_its_age() {
+        let policy = ExtenderPolicy::default();
+        let facts = |busy, age| NodeFacts {
+            measured_busy_percent: busy,
+            report_age_seconds: age,
+            ..NodeFacts::default()
+        };
+        assert_eq!(measured(&facts(Some(37), Some(4)), &policy), "37% 4s ago");
+        assert_eq!(measured(&facts(None, Some(90)), &policy), "stale 90s ago");
+        assert_eq!(measured(&facts(None, Some(4)), &policy), "no GPU 4s ago");
+        assert_eq!(measured(&facts(None, None), &policy), "-");
     }
 }

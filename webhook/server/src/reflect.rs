@@ -12,13 +12,14 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
+use jellyfin_ha_core::busyness::report::{REPORT_OBJECT_PREFIX, report_selector};
 use jellyfin_ha_core::extender::snapshot::{
-    ClaimInfo, CsiNodeInfo, LeaseInfo, ManagedPodInfo, NODE_LEASE_NAMESPACE, NodeInfo, PvInfo,
-    VolumeAttachmentInfo,
+    AgentInfo, ClaimInfo, CsiNodeInfo, LeaseInfo, ManagedPodInfo, NODE_LEASE_NAMESPACE, NodeInfo,
+    PvInfo, VolumeAttachmentInfo,
 };
 use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot, WatchHeard};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -287,6 +288,26 @@ impl Watched for Pod {
     }
 }
 
+/// The node agents' reports, in jellyfin-ha's namespace.
+impl Watched for ConfigMap {
+    type Info = AgentInfo;
+    const KIND: &'static str = "ConfigMap";
+    fn project(&self, _: &ExtenderPolicy) -> Option<AgentInfo> {
+        AgentInfo::from_configmap(self)
+    }
+    fn upsert(snapshot: &mut Snapshot, info: AgentInfo) {
+        snapshot.upsert_agent_report(info);
+    }
+    fn remove(snapshot: &mut Snapshot, object: &Self) {
+        if let Some(node) = name_of(object).and_then(|n| n.strip_prefix(REPORT_OBJECT_PREFIX)) {
+            snapshot.remove_agent_report(node);
+        }
+    }
+    fn replace(snapshot: &mut Snapshot, infos: Vec<AgentInfo>) {
+        snapshot.replace_agent_reports(infos);
+    }
+}
+
 /// One kind's watch state: the projections of a re-list in progress.
 #[derive(Debug)]
 pub struct KindCache<K: Watched> {
@@ -335,10 +356,14 @@ impl<K: Watched> KindCache<K> {
 }
 
 /// Starts one watcher per kind, feeding `snapshot` until `stop` is cancelled. `synced` counts
-/// the kinds whose first list is in.
+/// the kinds whose first list is in. The node agents' reports in `reports_namespace` are
+/// watched too, outside `synced`: each report carries its own time, so a report watch that
+/// cannot list (the agent is not installed) or falls silent leaves loads unknown, and that
+/// must neither hold readiness back nor make the whole view stale.
 pub fn spawn_watchers(
     client: &Client,
     policy: Arc<ExtenderPolicy>,
+    reports_namespace: &str,
     snapshot: &SharedSnapshot,
     synced: &SyncState,
     stop: &CancellationToken,
@@ -372,6 +397,16 @@ pub fn spawn_watchers(
     spawn!(PersistentVolume, Api::all(client.clone()), config.clone());
     spawn!(CSINode, Api::all(client.clone()), config);
     spawn!(Pod, Api::all(client.clone()), managed);
+    tokio::spawn(watch::<ConfigMap>(
+        Api::namespaced(client.clone(), reports_namespace),
+        watcher::Config::default()
+            .any_semantic()
+            .labels(&report_selector()),
+        policy,
+        snapshot.clone(),
+        SyncState::default(),
+        stop.clone(),
+    ));
 }
 
 async fn watch<K>(
@@ -433,7 +468,12 @@ async fn watch<K>(
 }
 
 /// Lists every watched kind once (no watch) into a new snapshot: what `explain` decides over.
-pub async fn list_once(client: &Client, policy: &ExtenderPolicy) -> anyhow::Result<Snapshot> {
+/// Agent reports that cannot be listed leave loads unknown, as in the extender.
+pub async fn list_once(
+    client: &Client,
+    policy: &ExtenderPolicy,
+    reports_namespace: &str,
+) -> anyhow::Result<Snapshot> {
     async fn all<K: Watched>(api: Api<K>, params: &ListParams) -> anyhow::Result<Vec<K>>
     where
         K::DynamicType: Default,
@@ -469,6 +509,13 @@ pub async fn list_once(client: &Client, policy: &ExtenderPolicy) -> anyhow::Resu
     snapshot.replace_volumes(project(volumes, policy));
     snapshot.replace_csi_nodes(project(csi_nodes, policy));
     snapshot.replace_managed_pods(project(pods, policy));
+    let reports = ListParams::default().labels(&report_selector());
+    match all::<ConfigMap>(Api::namespaced(client.clone(), reports_namespace), &reports).await {
+        Ok(reports) => snapshot.replace_agent_reports(project(reports, policy)),
+        Err(e) => {
+            tracing::warn!(error = %e, "node agents' reports unavailable; measured loads unknown")
+        }
+    }
     Ok(snapshot)
 }
 
@@ -560,6 +607,29 @@ mod tests {
             shared.read().lease("qs-1").unwrap().lease_duration_seconds,
             Some(40)
         );
+    }
+
+    #[test]
+    fn agent_reports_land_on_their_node_and_go_with_their_configmap() {
+        let shared = SharedSnapshot::default();
+        let mut reports = KindCache::<ConfigMap>::new(policy());
+        let report: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "jellyfin-ha-agent-qs-1", "namespace": "jellyfin-ha"},
+            "data": {"report.json": json!({
+                "node": "qs-1", "observedAt": "2026-11-24T20:00:00Z",
+                "cards": [{"card": "card0", "usable": true, "engines": {"video": 0.25}}]
+            }).to_string()}
+        }))
+        .unwrap();
+        reports.apply(&shared, Event::Apply(report.clone()));
+        let busy = |shared: &SharedSnapshot| {
+            let snapshot = shared.read();
+            let agent = snapshot.node_state("qs-1").and_then(|s| s.agent.clone());
+            agent.map(|a| a.busy_percent)
+        };
+        assert_eq!(busy(&shared), Some(Some(25)));
+        reports.apply(&shared, Event::Delete(report));
+        assert_eq!(busy(&shared), None);
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub const REPORT_LABELS: [(&str, &str); 2] = [
     ("app.kubernetes.io/component", "agent"),
 ];
 
+/// The label selector that lists every report.
+pub fn report_selector() -> String {
+    REPORT_LABELS
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The name of the ConfigMap that holds `node`'s report.
 pub fn report_object_name(node: &str) -> String {
     format!("{REPORT_OBJECT_PREFIX}{node}")

@@ -12,7 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::policy::ExtenderPolicy;
 use super::snapshot::{
-    ClaimInfo, ConditionStatus, FENCING_ANNOTATION, NodeInfo, NodeState, Snapshot, pod_claim_names,
+    AgentInfo, ClaimInfo, ConditionStatus, FENCING_ANNOTATION, NodeInfo, NodeState, Snapshot,
+    pod_claim_names,
 };
 use super::wire::{MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY};
 use crate::taints::OUT_OF_SERVICE;
@@ -41,6 +42,8 @@ pub enum Reason<'a> {
     VolumeHeldElsewhere { claim: &'a str, holder: &'a str },
     /// Attaching the pod's volumes would exceed the node's CSI attach limit.
     AttachLimitReached { driver: &'a str },
+    /// The node's agent, in a fresh report, finds no card that can transcode.
+    NoUsableGpu,
 }
 
 impl Reason<'_> {
@@ -74,6 +77,7 @@ impl fmt::Display for Reason<'_> {
             Self::AttachLimitReached { driver } => {
                 write!(f, "attach limit of CSI driver {driver} reached")
             }
+            Self::NoUsableGpu => f.write_str("node agent reports no usable GPU"),
         }
     }
 }
@@ -137,8 +141,10 @@ pub struct NodeFacts {
     pub managed_pods: u32,
     /// Allocatable count of the GPU resource.
     pub gpu_capacity: Option<i64>,
-    /// The gpu-busy reading, when fresh.
+    /// The node agent's measured load, when its report is fresh.
     pub measured_busy_percent: Option<u8>,
+    /// Seconds since the node agent's latest report, fresh or not.
+    pub report_age_seconds: Option<i64>,
     /// Seconds since the Ready condition last changed.
     pub ready_for_seconds: Option<i64>,
 }
@@ -449,6 +455,12 @@ impl<'a> Evaluation<'a> {
                 });
             }
         }
+        if self
+            .fresh_report(state)
+            .is_some_and(|report| !report.usable)
+        {
+            reasons.push(Reason::NoUsableGpu);
+        }
         for &(driver, volumes) in &self.drivers {
             let Some((limit, attached)) = state.attach_usage(driver) else {
                 continue;
@@ -479,20 +491,19 @@ impl<'a> Evaluation<'a> {
             Heartbeat::Stale { age_ms } | Heartbeat::Fresh { age_ms } => Some(age_ms),
             Heartbeat::Missing | Heartbeat::NeverRenewed => None,
         };
-        let fresh_ms = i64::from(self.policy.gpu_busy_fresh_seconds) * 1000;
         NodeFacts {
             lease_age_seconds: lease_age_ms.map(|ms| ms / 1000),
             managed_pods: state
                 .managed_pods()
                 .saturating_sub(u32::from(self.own_gpu_node == Some(node))),
             gpu_capacity: info.gpu_allocatable,
-            measured_busy_percent: info
-                .gpu_busy
-                .filter(|busy| {
-                    // A reading from slightly in the future is clock skew, not staleness.
-                    (self.now_ms - busy.measured_at.as_millisecond()).abs() <= fresh_ms
-                })
-                .map(|busy| busy.percent),
+            measured_busy_percent: self
+                .fresh_report(state)
+                .and_then(|report| report.busy_percent),
+            report_age_seconds: state
+                .agent
+                .as_ref()
+                .map(|report| (self.now_ms - report.observed_at.as_millisecond()) / 1000),
             ready_for_seconds: info
                 .ready
                 .and_then(|ready| ready.last_transition)
@@ -545,6 +556,16 @@ impl<'a> Evaluation<'a> {
             state,
             info: state.info.as_ref()?,
             heartbeat: self.heartbeat(state),
+        })
+    }
+
+    /// The node agent's report, unless it is older than `gpuBusyFreshSeconds`: a stale report
+    /// says nothing about now, so the node's load and usability count as unknown.
+    fn fresh_report<'s>(&self, state: &'s NodeState) -> Option<&'s AgentInfo> {
+        let fresh_ms = i64::from(self.policy.gpu_busy_fresh_seconds) * 1000;
+        state.agent.as_ref().filter(|report| {
+            // A report from slightly in the future is clock skew, not staleness.
+            (self.now_ms - report.observed_at.as_millisecond()).abs() <= fresh_ms
         })
     }
 

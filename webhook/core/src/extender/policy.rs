@@ -10,8 +10,8 @@ use crate::config::{ConfigError, NodeAffinityPolicy, check_resource_name};
 /// (40-50 s) turns the node NotReady; one missed renewal is still within ordinary jitter.
 pub const DEFAULT_LEASE_STALE_SECONDS: u32 = 20;
 
-/// A `jellyfin-ha.io/gpu-busy` reading older than this is ignored. Publishers are expected to
-/// write every 10-15 s; a minute tolerates a few missed writes without trusting a dead one.
+/// A node agent's report older than this counts as unknown. Agents rewrite their report at
+/// least every 15 s; a minute tolerates a few missed writes without trusting a dead agent.
 pub const DEFAULT_GPU_BUSY_FRESH_SECONDS: u32 = 60;
 
 /// A node whose Ready condition changed within this window is scored down: a node that just
@@ -47,7 +47,8 @@ pub struct ExtenderPolicy {
     /// A node whose heartbeat Lease was renewed longer ago than this fails the filter, even
     /// while its Ready condition still says True.
     pub lease_stale_seconds: u32,
-    /// A `jellyfin-ha.io/gpu-busy` annotation older than this is ignored.
+    /// A node agent's report older than this is ignored: the node's measured load and GPU
+    /// health count as unknown.
     pub gpu_busy_fresh_seconds: u32,
     /// A watch silent for longer makes the view stale; watches relist every half of it.
     /// 0 turns both off.

@@ -9,21 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::str::FromStr;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
 use k8s_openapi::jiff::Timestamp;
 
 use super::policy::ExtenderPolicy;
+use crate::busyness::AgentReport;
+use crate::busyness::report::{REPORT_KEY, REPORT_OBJECT_PREFIX};
 use crate::taints::OUT_OF_SERVICE;
-
-/// Node annotation with the iGPU's measured engine busyness, written by whatever samples it
-/// (for example a DaemonSet reading `intel_gpu_top`). Format: `<percent>@<RFC 3339 time>`,
-/// percent an integer from 0 to 100 and the time when it was measured, e.g.
-/// `37@2026-11-24T20:00:00Z`. Malformed values are ignored, as if absent.
-pub const GPU_BUSY_ANNOTATION: &str = "jellyfin-ha.io/gpu-busy";
 
 /// Node annotation the fencer sets while it is proving a node dead; its presence alone marks
 /// the node as being fenced, whatever the value.
@@ -54,49 +49,33 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// A measured iGPU busyness, from [`GPU_BUSY_ANNOTATION`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GpuBusy {
-    /// 0 to 100.
-    pub percent: u8,
-    pub measured_at: Timestamp,
+/// What the extender keeps of a node agent's report: the ConfigMap
+/// `jellyfin-ha-agent-<node>` (see [`crate::busyness::report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub node_name: String,
+    /// When the report's sampling interval ended.
+    pub observed_at: Timestamp,
+    /// The node's measured iGPU load, 0 to 100; `None` without a usable card.
+    pub busy_percent: Option<u8>,
+    /// At least one card's render node exists and opens with a known driver.
+    pub usable: bool,
 }
 
-/// Why a [`GPU_BUSY_ANNOTATION`] value cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GpuBusyError {
-    #[error("{0:?} is not <percent>@<RFC 3339 time>")]
-    Format(String),
-    #[error("{0:?} is not an integer percent from 0 to 100")]
-    Percent(String),
-    #[error("{0:?} is not an RFC 3339 time")]
-    Time(String),
-}
-
-impl FromStr for GpuBusy {
-    type Err = GpuBusyError;
-    fn from_str(value: &str) -> Result<Self, GpuBusyError> {
-        let (percent, time) = value
-            .split_once('@')
-            .ok_or_else(|| GpuBusyError::Format(value.to_string()))?;
-        let percent = percent
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= 100 && percent.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| GpuBusyError::Percent(percent.to_string()))?;
-        let measured_at = time
-            .parse::<Timestamp>()
-            .map_err(|_| GpuBusyError::Time(time.to_string()))?;
-        Ok(Self {
-            percent,
-            measured_at,
+impl AgentInfo {
+    /// Projects a report ConfigMap; `None` for one that is not a report, does not parse, or
+    /// speaks of another node than its name says (as if absent: the node's load is unknown).
+    pub fn from_configmap(configmap: &ConfigMap) -> Option<Self> {
+        let name = configmap.metadata.name.as_deref()?;
+        let node = name.strip_prefix(REPORT_OBJECT_PREFIX)?;
+        let json = configmap.data.as_ref()?.get(REPORT_KEY)?;
+        let report = AgentReport::from_json(json).ok()?;
+        (report.node == node).then(|| Self {
+            node_name: report.node.clone(),
+            observed_at: report.observed_at,
+            busy_percent: report.busy_percent(),
+            usable: report.has_usable_card(),
         })
-    }
-}
-
-impl fmt::Display for GpuBusy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.percent, self.measured_at)
     }
 }
 
@@ -155,8 +134,6 @@ pub struct NodeInfo {
     pub gpu_allocatable: Option<i64>,
     /// `status.nodeInfo.bootID`; changes when the node reboots.
     pub boot_id: String,
-    /// A well-formed [`GPU_BUSY_ANNOTATION`], fresh or not.
-    pub gpu_busy: Option<GpuBusy>,
 }
 
 impl NodeInfo {
@@ -188,7 +165,6 @@ impl NodeInfo {
                 .and_then(|s| s.node_info.as_ref())
                 .map(|i| i.boot_id.clone())
                 .unwrap_or_default(),
-            gpu_busy: annotation(GPU_BUSY_ANNOTATION).and_then(|v| v.parse().ok()),
         })
     }
 }
@@ -451,6 +427,8 @@ pub struct NodeState {
     pub info: Option<NodeInfo>,
     pub lease: Option<LeaseInfo>,
     pub csi: Option<CsiNodeInfo>,
+    /// The node agent's latest report, fresh or not.
+    pub agent: Option<AgentInfo>,
     /// Limits and attachment counts per driver, in one short list so the filter reads one
     /// allocation per node, not a map per kind.
     drivers: Vec<DriverSlots>,
@@ -519,6 +497,7 @@ impl NodeState {
         self.info.is_none()
             && self.lease.is_none()
             && self.csi.is_none()
+            && self.agent.is_none()
             && self.drivers.is_empty()
             && self.gpu_pods == 0
     }
@@ -653,6 +632,15 @@ impl Snapshot {
         self.edit_node(node, |state| state.set_csi(None));
     }
 
+    pub fn upsert_agent_report(&mut self, agent: AgentInfo) {
+        let state = self.nodes.entry(agent.node_name.clone()).or_default();
+        state.agent = Some(agent);
+    }
+
+    pub fn remove_agent_report(&mut self, node: &str) {
+        self.edit_node(node, |state| state.agent = None);
+    }
+
     pub fn upsert_attachment(&mut self, attachment: VolumeAttachmentInfo) {
         self.remove_attachment(&attachment.name.clone());
         if let Some(pv) = &attachment.pv_name {
@@ -747,6 +735,14 @@ impl Snapshot {
         csi_nodes.into_iter().for_each(|c| self.upsert_csi_node(c));
     }
 
+    pub fn replace_agent_reports(&mut self, reports: impl IntoIterator<Item = AgentInfo>) {
+        let old: Vec<String> = self.nodes_with(|s| s.agent.is_some());
+        old.iter().for_each(|name| self.remove_agent_report(name));
+        reports
+            .into_iter()
+            .for_each(|r| self.upsert_agent_report(r));
+    }
+
     pub fn replace_attachments(
         &mut self,
         attachments: impl IntoIterator<Item = VolumeAttachmentInfo>,
@@ -812,10 +808,7 @@ mod tests {
             "metadata": {
                 "name": "qs-1",
                 "labels": {"intel.feature.node.kubernetes.io/gpu": "true", "other": "x"},
-                "annotations": {
-                    "jellyfin-ha.io/gpu-busy": "37@2026-11-24T20:00:00Z",
-                    "jellyfin-ha.io/fencing": ""
-                },
+                "annotations": {"jellyfin-ha.io/fencing": ""},
                 "managedFields": [{"manager": "kubelet"}]
             },
             "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]},
@@ -845,10 +838,6 @@ mod tests {
                 }),
                 gpu_allocatable: Some(10),
                 boot_id: "b-1".into(),
-                gpu_busy: Some(GpuBusy {
-                    percent: 37,
-                    measured_at: "2026-11-24T20:00:00Z".parse().unwrap(),
-                }),
             }
         );
     }
@@ -865,33 +854,44 @@ mod tests {
         assert!(NodeInfo::from_node(&node(json!({"metadata": {}})), &policy()).is_none());
     }
 
-    #[rstest]
-    #[case("0@2026-11-24T20:00:00Z", 0)]
-    #[case("100@2026-11-24T20:00:00Z", 100)]
-    #[case("37@2026-11-24T21:00:00+01:00", 37)]
-    fn gpu_busy_parses(#[case] value: &str, #[case] percent: u8) {
-        let busy: GpuBusy = value.parse().unwrap();
-        assert_eq!(busy.percent, percent);
+    fn report_configmap(name: &str, report: serde_json::Value) -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "jellyfin-ha"},
+            "data": {"report.json": report.to_string()}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_agent_report_projects_to_load_and_usability() {
+        let configmap = report_configmap(
+            "jellyfin-ha-agent-qs-1",
+            json!({"node": "qs-1", "observedAt": "2026-11-24T20:00:00Z", "cards": [
+                {"card": "card0", "usable": true, "engines": {"video": 0.37, "render": 0.1}},
+                {"card": "card1", "usable": false, "problem": "gone", "engines": {}}
+            ]}),
+        );
         assert_eq!(
-            busy.measured_at,
-            "2026-11-24T20:00:00Z".parse::<Timestamp>().unwrap()
+            AgentInfo::from_configmap(&configmap),
+            Some(AgentInfo {
+                node_name: "qs-1".into(),
+                observed_at: "2026-11-24T20:00:00Z".parse().unwrap(),
+                busy_percent: Some(37),
+                usable: true,
+            })
         );
     }
 
     #[rstest]
-    #[case("37", GpuBusyError::Format("37".into()))]
-    #[case("101@2026-11-24T20:00:00Z", GpuBusyError::Percent("101".into()))]
-    #[case("+5@2026-11-24T20:00:00Z", GpuBusyError::Percent("+5".into()))]
-    #[case("37%@2026-11-24T20:00:00Z", GpuBusyError::Percent("37%".into()))]
-    #[case("37@yesterday", GpuBusyError::Time("yesterday".into()))]
-    fn gpu_busy_rejects(#[case] value: &str, #[case] error: GpuBusyError) {
-        assert_eq!(value.parse::<GpuBusy>().unwrap_err(), error);
-    }
-
-    #[test]
-    fn gpu_busy_writes_what_it_reads() {
-        let text = "37@2026-11-24T20:00:00Z";
-        assert_eq!(text.parse::<GpuBusy>().unwrap().to_string(), text);
+    #[case::another_nodes_report("jellyfin-ha-agent-qs-2", json!({"node": "qs-1", "observedAt": "2026-11-24T20:00:00Z"}))]
+    #[case::not_a_report_name("settings", json!({"node": "qs-1", "observedAt": "2026-11-24T20:00:00Z"}))]
+    #[case::no_time("jellyfin-ha-agent-qs-1", json!({"node": "qs-1"}))]
+    #[case::wrong_types("jellyfin-ha-agent-qs-1", json!({"node": "qs-1", "observedAt": "2026-11-24T20:00:00Z", "cards": [{"card": 0}]}))]
+    fn unusable_reports_are_ignored(#[case] name: &str, #[case] report: serde_json::Value) {
+        assert_eq!(
+            AgentInfo::from_configmap(&report_configmap(name, report)),
+            None
+        );
     }
 
     #[rstest]
@@ -913,17 +913,6 @@ mod tests {
         assert_eq!(
             NodeInfo::from_node(&node, &policy()).unwrap().quick_sync,
             quick_sync
-        );
-    }
-
-    #[test]
-    fn malformed_gpu_busy_is_ignored() {
-        let node = node(
-            json!({"metadata": {"name": "n", "annotations": {"jellyfin-ha.io/gpu-busy": "busy"}}}),
-        );
-        assert_eq!(
-            NodeInfo::from_node(&node, &policy()).unwrap().gpu_busy,
-            None
         );
     }
 
