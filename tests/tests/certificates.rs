@@ -2,6 +2,7 @@
 //! agree on one Secret, publish its CA into their webhook configuration, and rotate CA and
 //! serving certificate while pods are being admitted, without one admission failing. A Secret
 //! broken by hand keeps the last good certificate served, and stops a new replica's start-up.
+//! The replicas run under the webhook's ServiceAccount token with the shipped RBAC.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,7 +19,8 @@ use std::time::Duration;
 
 use jellyfin_ha_certs::lifecycle::{CA_CERT, TLS_CERT, parse_certificates};
 use jellyfin_ha_e2e::{
-    OWN_REGISTRATION, TestNamespace, client, eventually, kubeconfig_path, repo_root,
+    OWN_REGISTRATION, ShippedRbac, TestNamespace, admin_get, binary, client, eventually,
+    kubeconfig_path, kubectl, metric_total, repo_root, service_account_kubeconfig,
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -49,7 +51,7 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(namespace: &str, configuration: &str, (port, admin): (u16, u16)) -> Self {
+    fn start(identity: &Identity, (port, admin): (u16, u16)) -> Self {
         for p in [port, admin] {
             assert!(
                 TcpStream::connect(("127.0.0.1", p)).is_err(),
@@ -59,7 +61,7 @@ impl Replica {
         let log =
             std::fs::File::create(repo_root().join(format!("target/e2e-certificates-{port}.log")))
                 .unwrap();
-        let child = self_managed(namespace, configuration, port, admin)
+        let child = self_managed(identity, port, admin)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -67,24 +69,17 @@ impl Replica {
         Self { child, port, admin }
     }
 
-    fn admin_get(&self, path: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        head.contains(" 200 ").then(|| body.to_string())
+    fn admin(&self) -> String {
+        format!("127.0.0.1:{}", self.admin)
     }
 
     fn reloads(&self, result: &str) -> u64 {
-        let metrics = self.admin_get("/metrics").unwrap_or_default();
-        let needle = format!("jellyfin_ha_certificate_reloads_total{{result=\"{result}\"}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&needle)?.parse().ok())
-            .unwrap_or(0)
+        let metrics = admin_get(&self.admin(), "/metrics").unwrap_or_default();
+        metric_total(
+            &metrics,
+            "jellyfin_ha_certificate_reloads_total",
+            &[&format!("result=\"{result}\"")],
+        )
     }
 
     /// The leaf certificate served on the HTTPS port (DER), verified against `bundle_pem` for
@@ -111,17 +106,53 @@ impl Drop for Replica {
     }
 }
 
+/// Who the replicas are: the shipped webhook RBAC for the test's namespace, and its
+/// ServiceAccount's token, so the apiserver holds them to the rights users install.
+struct Identity {
+    namespace: String,
+    configuration: String,
+    kubeconfig: std::path::PathBuf,
+    _rbac: ShippedRbac,
+}
+
+impl Identity {
+    fn new(namespace: &str, configuration: &str) -> Self {
+        let rbac = ShippedRbac::apply("manifests/base", namespace).unwrap();
+        // The shipped ClusterRole names the shipped configuration, jellyfin-ha; the test's own
+        // has a name of its own.
+        let patch = json!([{
+            "op": "replace", "path": "/rules/0/resourceNames", "value": [configuration]
+        }]);
+        let patched = kubectl(&[
+            "patch",
+            "clusterrole",
+            &format!("jellyfin-ha-webhook-{namespace}"),
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ])
+        .unwrap();
+        assert!(patched.status.success(), "{patched:?}");
+        Self {
+            namespace: namespace.to_string(),
+            configuration: configuration.to_string(),
+            kubeconfig: service_account_kubeconfig(namespace, "jellyfin-ha-webhook").unwrap(),
+            _rbac: rbac,
+        }
+    }
+}
+
 /// The webhook command line in self-managed mode for the test's namespace.
-fn self_managed(namespace: &str, configuration: &str, port: u16, admin: u16) -> Command {
-    let mut command = Command::new(repo_root().join("target/debug/jellyfin-ha"));
+fn self_managed(identity: &Identity, port: u16, admin: u16) -> Command {
+    let mut command = Command::new(binary());
     command
-        .env("KUBECONFIG", kubeconfig_path())
-        .env("POD_NAMESPACE", namespace)
+        .env("KUBECONFIG", &identity.kubeconfig)
+        .env("POD_NAMESPACE", &identity.namespace)
         .env("RUST_LOG", "info,jellyfin_ha=debug")
         .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--cert-secret", SECRET, "--cert-name", "127.0.0.1"])
-        .args(["--webhook-configuration", configuration])
+        .args(["--webhook-configuration", &identity.configuration])
         .args(["--cert-reload-seconds", "1"])
         .args(["--ca-validity-seconds", &CA_SECONDS.to_string()])
         .args(["--cert-validity-seconds", &CERT_SECONDS.to_string()])
@@ -184,7 +215,7 @@ struct DeleteConfiguration(String);
 
 impl Drop for DeleteConfiguration {
     fn drop(&mut self) {
-        let _ = jellyfin_ha_e2e::kubectl(&[
+        let _ = kubectl(&[
             "delete",
             "mutatingwebhookconfiguration",
             &self.0,
@@ -241,6 +272,7 @@ async fn self_managed_certificates_rotate_without_failing_an_admission() {
     let ns = namespace.name.as_str();
     let configuration = register_both(&client, ns).await;
     let _delete = DeleteConfiguration(configuration.clone());
+    let identity = Identity::new(ns, &configuration);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -248,11 +280,11 @@ async fn self_managed_certificates_rotate_without_failing_an_admission() {
     // Both start at once and race to create the Secret.
     let replicas: Vec<Replica> = REPLICAS
         .iter()
-        .map(|ports| Replica::start(ns, &configuration, *ports))
+        .map(|ports| Replica::start(&identity, *ports))
         .collect();
     for replica in &replicas {
         eventually(Duration::from_secs(30), "both replicas ready", || async {
-            Ok(replica.admin_get("/readyz").map(drop))
+            Ok(admin_get(&replica.admin(), "/readyz").ok().map(drop))
         })
         .await
         .unwrap();
@@ -348,6 +380,7 @@ async fn self_managed_certificates_rotate_without_failing_an_admission() {
         admitted >= 100,
         "only {admitted} pods admitted during the rotation"
     );
+    eprintln!("{admitted} pods admitted by both replicas during the rotation, none failed");
     assert_eq!(
         most_cas_published, 2,
         "old and new CA were published together"
@@ -380,7 +413,7 @@ async fn self_managed_certificates_rotate_without_failing_an_admission() {
         assert_eq!(subjects(&ca_bundle), new_ca);
     }
     // What kube-scheduler's extender configuration is given.
-    let stanza = Command::new(repo_root().join("target/debug/jellyfin-ha"))
+    let stanza = Command::new(binary())
         .args(["certs", "scheduler-tls", "--secret", SECRET, "-n", ns])
         .args(["--kubeconfig", kubeconfig_path().to_str().unwrap()])
         .output()
@@ -445,7 +478,7 @@ async fn self_managed_certificates_rotate_without_failing_an_admission() {
     assert!(mutated(&pod));
 
     // A replica that cannot read the certificate at start does not start, and says which.
-    let mut third = self_managed(ns, &configuration, REPLICAS[0].0, REPLICAS[0].1)
+    let mut third = self_managed(&identity, REPLICAS[0].0, REPLICAS[0].1)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -513,7 +546,7 @@ async fn cert_manager_overlay_is_accepted_by_the_apiserver() {
         .await
         .unwrap();
     }
-    let output = jellyfin_ha_e2e::kubectl(&["create", "namespace", "jellyfin-ha"]).unwrap();
+    let output = kubectl(&["create", "namespace", "jellyfin-ha"]).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success() || stderr.contains("AlreadyExists"),
@@ -525,12 +558,7 @@ async fn cert_manager_overlay_is_accepted_by_the_apiserver() {
         Duration::from_secs(30),
         "the overlay to pass a server-side dry run",
         || async {
-            let output = jellyfin_ha_e2e::kubectl(&[
-                "apply",
-                "--dry-run=server",
-                "-k",
-                overlay.to_str().unwrap(),
-            ])?;
+            let output = kubectl(&["apply", "--dry-run=server", "-k", overlay.to_str().unwrap()])?;
             let stderr = String::from_utf8_lossy(&output.stderr);
             if stderr.contains("no matches for kind")
                 || stderr.contains("ensure CRDs are installed")
