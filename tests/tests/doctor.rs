@@ -409,47 +409,31 @@ async fn a_healthy_setup_passes_and_doctor_writes_nothing() {
         .collect();
     assert!(fails.is_empty(), "{fails:#?}");
     assert_eq!(code, 0, "{report:#}");
-    assert_finding(&report, "gpu/label", "ok", "2 QuickSync node(s)", "");
-    assert_finding(&report, "workload/strategy", "ok", "Recreate", "");
-    assert_finding(&report, "workload/template", "ok", "carries everything", "");
-    assert_finding(
-        &report,
-        "workload/unmutated-pod",
-        "ok",
-        "1 opted-in pod(s)",
-        "",
-    );
-    assert_finding(
-        &report,
-        "storage/attach",
-        "ok",
-        "rbd.csi.ceph.com attaches",
-        "",
-    );
-    assert_finding(&report, "jellyfin-ha/webhook-ca", "ok", "valid for", "");
-    assert_finding(&report, "jellyfin-ha/fencer", "ok", "doctor-e2e leads", "");
-    assert_finding(
-        &report,
-        "jellyfin-ha/fence-mapping",
-        "ok",
-        "2 eligible node(s)",
-        "",
-    );
-    assert_finding(
-        &report,
-        "jellyfin-ha/fence-agent",
-        "ok",
-        "2 fence agent(s) answered",
-        "",
-    );
-    assert_finding(&report, "failover/estimate", "ok", "dominates", "");
-    assert_finding(
-        &report,
-        "jellyfin-ha/extender",
-        "warn",
-        "no ConfigMap jellyfin-ha-scheduling",
-        "manifests/scheduling/extender",
-    );
+    for (check, verdict, saw, fix) in [
+        ("gpu/label", "ok", "2 QuickSync node(s)", ""),
+        ("workload/strategy", "ok", "Recreate", ""),
+        ("workload/template", "ok", "carries everything", ""),
+        ("workload/unmutated-pod", "ok", "1 opted-in pod(s)", ""),
+        ("storage/attach", "ok", "rbd.csi.ceph.com attaches", ""),
+        ("jellyfin-ha/webhook-ca", "ok", "valid for", ""),
+        ("jellyfin-ha/fencer", "ok", "doctor-e2e leads", ""),
+        ("jellyfin-ha/fence-mapping", "ok", "2 eligible node(s)", ""),
+        (
+            "jellyfin-ha/fence-agent",
+            "ok",
+            "2 fence agent(s) answered",
+            "",
+        ),
+        ("failover/estimate", "ok", "dominates", ""),
+        (
+            "jellyfin-ha/extender",
+            "warn",
+            "no ConfigMap jellyfin-ha-scheduling",
+            "manifests/scheduling/extender",
+        ),
+    ] {
+        assert_finding(&report, check, verdict, saw, fix);
+    }
     drop(registration);
 }
 
@@ -524,64 +508,71 @@ async fn each_broken_setup_fails_with_its_fix() {
     );
     assert_ne!(code, 0, "{report:#}");
 
-    let subject = assert_finding(
-        &report,
-        "gpu/label",
-        "fail",
-        "lacks the QuickSync label",
-        "kubectl label node",
-    );
-    assert_eq!(subject, unlabelled.name);
-    assert_finding(
-        &report,
-        "workload/strategy",
-        "fail",
-        "RollingUpdate with the ReadWriteOnce claim config, media",
-        "Recreate",
-    );
-    assert_finding(
-        &report,
-        "workload/unmutated-pod",
-        "fail",
-        "created without the webhook",
-        "delete the pod",
-    );
-    assert_finding(
-        &report,
-        "storage/attach",
-        "fail",
-        &format!("{driver} has no attach step"),
-        "attaches",
-    );
-    assert_finding(
-        &report,
-        "storage/attach",
-        "ok",
-        "rbd.csi.ceph.com attaches",
-        "",
-    );
-    let subject = assert_finding(
-        &report,
-        "jellyfin-ha/fence-agent",
-        "fail",
-        "does not answer a status query",
-        "network path",
-    );
-    assert_eq!(subject, unreachable.name);
-    assert_finding(
-        &report,
-        "jellyfin-ha/webhook",
-        "fail",
-        "no MutatingWebhookConfiguration",
-        "",
-    );
-    assert_finding(
-        &report,
-        "jellyfin-ha/fencer",
-        "fail",
-        "no fencer leads",
-        "manifests/fencer",
-    );
+    let no_attach = format!("{driver} has no attach step");
+    // (check, verdict, what it saw, its fix, the node it names)
+    for (check, verdict, saw, fix, node) in [
+        (
+            "gpu/label",
+            "fail",
+            "lacks the QuickSync label",
+            "kubectl label node",
+            Some(&unlabelled.name),
+        ),
+        (
+            "workload/strategy",
+            "fail",
+            "RollingUpdate with the ReadWriteOnce claim config, media",
+            "Recreate",
+            None,
+        ),
+        (
+            "workload/unmutated-pod",
+            "fail",
+            "created without the webhook",
+            "delete the pod",
+            None,
+        ),
+        (
+            "storage/attach",
+            "fail",
+            no_attach.as_str(),
+            "attaches",
+            None,
+        ),
+        (
+            "storage/attach",
+            "ok",
+            "rbd.csi.ceph.com attaches",
+            "",
+            None,
+        ),
+        (
+            "jellyfin-ha/fence-agent",
+            "fail",
+            "does not answer a status query",
+            "network path",
+            Some(&unreachable.name),
+        ),
+        (
+            "jellyfin-ha/webhook",
+            "fail",
+            "no MutatingWebhookConfiguration",
+            "manifests/overlays",
+            None,
+        ),
+        (
+            "jellyfin-ha/fencer",
+            "fail",
+            "no fencer leads",
+            "manifests/fencer",
+            None,
+        ),
+    ] {
+        let subject = assert_finding(&report, check, verdict, saw, fix);
+        if let Some(node) = node {
+            assert_eq!(&subject, node, "{check}");
+        }
+    }
 
     Api::<CSIDriver>::all(scene.client.clone())
         .delete(&driver, &DeleteParams::default())
