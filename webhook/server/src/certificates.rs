@@ -48,7 +48,7 @@ pub struct TlsArgs {
     #[arg(long, env = "JELLYFIN_HA_CERT_SECRET")]
     pub cert_secret: Option<String>,
     /// Namespace of the Secret and the Services (in the manifests, the pod's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "jellyfin-ha")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::cli::DEFAULT_NAMESPACE)]
     pub cert_namespace: String,
     /// Services the self-managed certificate is for: valid for SERVICE, SERVICE.NAMESPACE and
     /// SERVICE.NAMESPACE.svc.
@@ -588,7 +588,7 @@ fn write_generated(out_dir: &std::path::Path, names: &[String]) -> anyhow::Resul
 async fn print_scheduler_tls(args: SchedulerTlsArgs) -> anyhow::Result<()> {
     let mut kube = args.kube;
     kube.namespace
-        .get_or_insert_with(|| "jellyfin-ha".to_string());
+        .get_or_insert_with(|| crate::cli::DEFAULT_NAMESPACE.to_string());
     let client = kube.client().await?;
     let namespace = client.default_namespace().to_string();
     let secret = Api::<Secret>::namespaced(client, &namespace)
