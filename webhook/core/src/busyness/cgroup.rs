@@ -3,8 +3,9 @@
 //! The kubelet puts every pod in a cgroup named after its UID. With the cgroupfs driver the
 //! path holds `pod<uid>` (`/kubepods/burstable/pod1b2c.../<container>`); with the systemd
 //! driver a slice `kubepods-burstable-pod<uid with _ for ->.slice`. Both hold under cgroup v1
-//! (one line per hierarchy) and v2 (one `0::` line), and under nesting such as kind's
-//! `kubelet-kubepods-...` slices.
+//! (one line per hierarchy) and v2 (one `0::` line), under nesting such as kind's
+//! `kubelet-kubepods-...` slices, and as a path relative to the reader's own cgroup namespace
+//! (`0::/../../kubepods-burstable-pod....slice/...`), as a containerised agent sees it.
 
 /// The UID of the pod whose cgroup the process is in, in its API form (with `-`). `None` for a
 /// process outside any pod, or text that names none.
@@ -56,6 +57,9 @@ mod tests {
     )]
     #[case::v1_systemd(
         "10:memory:/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1b2c3d4e_aaaa_4bbb_8ccc_0123456789ab.slice/docker-0f3e.scope\n1:name=systemd:/kubepods.slice\n"
+    )]
+    #[case::seen_from_another_cgroup_namespace(
+        "0::/../../kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_aaaa_4bbb_8ccc_0123456789ab.slice/cri-containerd-0f3e.scope\n"
     )]
     #[case::kind_nested(
         "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod1b2c3d4e_aaaa_4bbb_8ccc_0123456789ab.slice/cri-containerd-1.scope\n"

@@ -74,9 +74,10 @@ pub struct CardReport {
     /// The render node's group id: the GID a pod needs in `supplementalGroups`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub render_gid: Option<u32>,
-    /// The render node exists, opens and belongs to a known driver.
+    /// The render node exists, belongs to a known driver and opens (or could not be tried:
+    /// the agent has no device access).
     pub usable: bool,
-    /// Why the card is not usable, or what the agent could not read.
+    /// Why the card is not usable, or what the agent could not check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
     /// Busy ratio from 0 to 1 per engine class, named as the driver names it (`video`, `vcs`).

@@ -67,6 +67,7 @@ fn card(roots: &Roots, dir: &Path, card: String) -> CardReport {
             .find(|name| name.starts_with("renderD"))
     });
     let mut render_gid = None;
+    let mut unchecked = None;
     let problem = match (&driver, &render_node) {
         (None, _) => Some("no driver is bound to the device".to_string()),
         (Some(driver), _) if !DRIVERS.contains(&driver.as_str()) => {
@@ -80,12 +81,16 @@ fn card(roots: &Roots, dir: &Path, card: String) -> CardReport {
                 Ok(meta) => {
                     render_gid = Some(meta.gid());
                     // What a transcoder does first; a wedged or unbound device fails here.
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(&path)
-                        .err()
-                        .map(|e| format!("{} does not open: {e}", path.display()))
+                    match OpenOptions::new().read(true).write(true).open(&path) {
+                        Ok(_) => None,
+                        // The agent's own lack of device access says nothing of the card.
+                        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                            unchecked =
+                                Some(format!("{} not opened to check it: {e}", path.display()));
+                            None
+                        }
+                        Err(e) => Some(format!("{} does not open: {e}", path.display())),
+                    }
                 }
             }
         }
@@ -97,7 +102,7 @@ fn card(roots: &Roots, dir: &Path, card: String) -> CardReport {
         render_node,
         render_gid,
         usable: problem.is_none(),
-        problem,
+        problem: problem.or(unchecked),
         engines: Default::default(),
     }
 }
