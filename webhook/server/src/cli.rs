@@ -11,9 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use axum::Router;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use jellyfin_ha_core::Policy;
 use jellyfin_ha_core::extender::ExtenderPolicy;
+use jellyfin_ha_core::scheduling::Scheduling;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -25,7 +28,7 @@ use crate::manifests::{self, OutputFormat};
 use crate::metrics::Metrics;
 use crate::reflect::{self, SharedSnapshot, SyncState};
 use crate::webhook::{self, WebhookState};
-use crate::{certificates, doctor, explain, fencer, serve, shutdown};
+use crate::{certificates, doctor, explain, fencer, scheduling, serve, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -98,11 +101,28 @@ pub struct ServerArgs {
     pub shutdown_seconds: u64,
 }
 
+/// The namespace jellyfin-ha is installed in, unless the downward API says otherwise.
+pub const DEFAULT_NAMESPACE: &str = "jellyfin-ha";
+
 #[derive(Debug, Args)]
 pub struct WebhookArgs {
     /// HTTPS address for admission reviews.
     #[arg(long, env = "JELLYFIN_HA_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
+    /// The namespace of the ConfigMap that says which scheduler places opted-in pods
+    /// (`jellyfin-ha-scheduling`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Which scheduler places opted-in pods: `configmap` follows that ConfigMap, as the
+    /// scheduling overlays expect; `none`, `extender` or `scheduler:NAME` fix it, with no API
+    /// access needed.
+    #[arg(
+        long,
+        env = "JELLYFIN_HA_SCHEDULING",
+        default_value = "configmap",
+        value_parser = scheduling::parse_source
+    )]
+    pub scheduling: scheduling::Source,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -153,6 +173,11 @@ struct MutateArgs {
     /// Policy file (YAML), as given to the webhook.
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
     config: Option<PathBuf>,
+    /// Which scheduler places opted-in pods, as the webhook reads it from the ConfigMap
+    /// jellyfin-ha-scheduling: `none` (no ConfigMap), `extender`, or `scheduler:NAME` for a
+    /// second scheduler.
+    #[arg(long, default_value = "none", value_parser = scheduling::parse)]
+    scheduling: Scheduling,
     #[arg(short, long, default_value = "yaml")]
     output: OutputFormat,
 }
@@ -228,7 +253,10 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn run_mutate(args: MutateArgs) -> anyhow::Result<()> {
-    let policy = load_policy(args.config.as_deref())?;
+    let policy = Policy {
+        scheduling: args.scheduling,
+        ..load_policy(args.config.as_deref())?
+    };
     let documents = manifests::parse_documents(&manifests::read_input(&args.filename)?)?;
     let mutated = manifests::mutate_documents(documents, &policy)?;
     for warning in mutated.iter().flat_map(manifests::Mutated::warnings) {
@@ -248,17 +276,39 @@ struct RoleServer {
 }
 
 async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
-    let policy = Arc::new(load_policy(args.server.config.as_deref())?);
+    let policy = load_policy(args.server.config.as_deref())?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
+    let (policy, ready_checks) = match args.scheduling {
+        scheduling::Source::Fixed(scheduling) => (
+            Arc::new(ArcSwap::from_pointee(Policy {
+                scheduling,
+                ..policy
+            })),
+            Vec::new(),
+        ),
+        scheduling::Source::ConfigMap => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+            let policy = Arc::new(ArcSwap::from_pointee(policy));
+            let read = scheduling::follow(
+                client,
+                &args.namespace,
+                Arc::clone(&policy),
+                shutdown.clone(),
+            );
+            (policy, vec![read])
+        }
+    };
     let app = webhook::router(WebhookState {
         policy,
         metrics: Arc::clone(&metrics),
     });
     let server = RoleServer {
         roles: vec![("webhook", args.listen, app)],
-        ready_checks: Vec::new(),
+        ready_checks,
         args: args.server,
     };
     // Nothing to wait for: ready as soon as both ports listen.
@@ -287,10 +337,6 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
-    let webhook_app = webhook::router(WebhookState {
-        policy: Arc::new(config.policy),
-        metrics: Arc::clone(&metrics),
-    });
     let (extender_app, extender) = start_extender(
         Arc::new(config.extender),
         &args.fencer.namespace,
@@ -302,6 +348,17 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+    let policy = Arc::new(ArcSwap::from_pointee(config.policy));
+    let scheduling_read = scheduling::follow(
+        client.clone(),
+        &args.fencer.namespace,
+        Arc::clone(&policy),
+        shutdown.clone(),
+    );
+    let webhook_app = webhook::router(WebhookState {
+        policy,
+        metrics: Arc::clone(&metrics),
+    });
     // The fencer has its own caches; serve's readiness stays the extender's.
     let fencer = tokio::spawn(fencer::lead(
         client,
@@ -319,7 +376,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         // A stale extender view does not make serve unready: that would take the webhook out
         // of its Service with it, when most nodes look dead and it is needed most. The
         // extender's answers are errors meanwhile, which the scheduler skips.
-        ready_checks: Vec::new(),
+        ready_checks: vec![scheduling_read],
         args: args.server,
     };
     let ready_when = ready_when_synced(synced, shutdown.clone());

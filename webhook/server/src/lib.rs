@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admission;
 pub mod agent;
+pub mod body;
 pub mod certificates;
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod kubeconfig;
 pub mod manifests;
 pub mod metrics;
 pub mod reflect;
+pub mod scheduling;
 pub mod serve;
 pub mod shutdown;
 pub mod webhook;

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::Bytes;
 use jellyfin_ha_core::Policy;
 
 use crate::admission::{self, Outcome};
+use crate::body::Limited;
 use crate::metrics::{Metrics, ReviewLabels};
 
 /// Larger than any review kube-apiserver sends (objects are capped at 1.5 MiB by etcd, and a
@@ -28,11 +28,13 @@ pub struct WebhookState {
 pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(state)
 }
 
-async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+async fn mutate(
+    State(state): State<WebhookState>,
+    Limited(body): Limited<MAX_REVIEW_BYTES>,
+) -> Response {
     let started = Instant::now();
     let reviewed = admission::review(&body, &state.policy.load());
     let summary = &reviewed.summary;

@@ -245,6 +245,8 @@ async fn binary_becomes_ready_and_exits_zero_on_sigterm() {
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key")
         .arg(dir.path().join("tls.key"))
+        // No cluster here: the scheduling is given, not read from the ConfigMap.
+        .arg("--scheduling=none")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
