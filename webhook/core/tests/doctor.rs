@@ -208,7 +208,12 @@ fn healthy() -> Snapshot {
         csi_drivers: vec![from(
             json!({"metadata": {"name": "rbd.csi.ceph.com"}, "spec": {"attachRequired": true}}),
         )],
-        volume_attachments: vec![],
+        volume_attachments: vec![from(json!({
+            "metadata": {"name": "csi-1"},
+            "spec": {"attacher": "rbd.csi.ceph.com", "nodeName": "node-a",
+                     "source": {"persistentVolumeName": "pv-config"}},
+            "status": {"attached": true}
+        }))],
         ceph_drivers: None,
         webhook_configurations: vec![from(webhook_configuration(service_client_config()))],
         webhook_cas: [(
@@ -546,6 +551,17 @@ fn a_pod_created_without_the_webhook_fails() {
     assert!(
         finding.subject.contains("jellyfin-abc (lacks igpu"),
         "{finding:#?}"
+    );
+}
+
+#[test]
+fn the_attach_check_says_where_the_volume_is() {
+    expect(
+        &healthy(),
+        "storage/attach",
+        Verdict::Ok,
+        "attached to node-a",
+        "",
     );
 }
 

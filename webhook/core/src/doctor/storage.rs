@@ -4,6 +4,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use super::workload::{Workload, single_node};
 use super::{Finding, Snapshot};
+use crate::extender::snapshot::VolumeAttachmentInfo;
 
 /// Where a claim's volume comes from.
 enum Backing {
@@ -110,6 +111,18 @@ fn backing(snapshot: &Snapshot, claim: &PersistentVolumeClaim) -> Backing {
     }
 }
 
+/// The nodes the claim's volume is attached or attaching to.
+fn attached_to(snapshot: &Snapshot, claim: &PersistentVolumeClaim) -> Vec<String> {
+    let volume = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref());
+    snapshot
+        .volume_attachments
+        .iter()
+        .filter_map(VolumeAttachmentInfo::from_volume_attachment)
+        .filter(|a| a.holds_node() && a.pv_name.is_some() && a.pv_name.as_deref() == volume)
+        .map(|a| a.node_name)
+        .collect()
+}
+
 fn attach(snapshot: &Snapshot, claim: &PersistentVolumeClaim, subject: &str) -> Vec<Finding> {
     const CHECK: &str = "storage/attach";
     let single = single_node(claim);
@@ -153,8 +166,12 @@ fn attach(snapshot: &Snapshot, claim: &PersistentVolumeClaim, subject: &str) -> 
             CHECK,
             subject,
             format!(
-                "CSI driver {driver} attaches: a VolumeAttachment records the node, and the \
-                 out-of-service taint detaches it from a dead one at once"
+                "CSI driver {driver} attaches ({}): a VolumeAttachment records the node, and \
+                 the out-of-service taint detaches it from a dead one at once",
+                match attached_to(snapshot, claim).as_slice() {
+                    [] => "attached nowhere now".to_string(),
+                    nodes => format!("attached to {}", nodes.join(", ")),
+                }
             ),
         ),
         (false, false) => Finding::ok(

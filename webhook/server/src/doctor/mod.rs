@@ -96,3 +96,31 @@ pub fn render(report: &Report) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jellyfin_ha_core::doctor::Finding;
+
+    #[test]
+    fn one_line_per_finding_with_its_fix_and_a_tally() {
+        let report = Report {
+            findings: vec![
+                Finding::ok("cluster/version", "", "Kubernetes v1.33.1"),
+                Finding::fail(
+                    "workload/strategy",
+                    "Deployment/jellyfin",
+                    "RollingUpdate with a ReadWriteOnce claim",
+                    "set Recreate",
+                ),
+            ],
+        };
+        assert_eq!(
+            render(&report),
+            "ok    cluster/version    Kubernetes v1.33.1\n\
+             fail  workload/strategy  Deployment/jellyfin: RollingUpdate with a ReadWriteOnce \
+             claim -> fix: set Recreate\n\
+             1 ok, 0 warn, 1 fail\n"
+        );
+    }
+}
