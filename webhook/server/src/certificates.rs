@@ -180,7 +180,7 @@ fn set_expiry(metrics: &Metrics, not_after: i64) {
 }
 
 fn set_file_expiry(files: &CertFiles, metrics: &Metrics) {
-    if let Some(first) = lifecycle::parse_certificates(&files.cert_pem(), "tls.crt")
+    if let Some(first) = lifecycle::parse_certificates(&files.cert_pem(), lifecycle::TLS_CERT)
         .ok()
         .and_then(|certs| certs.into_iter().next())
     {
