@@ -520,6 +520,24 @@ fn the_webhooks_own_warnings_are_reported() {
 }
 
 #[test]
+fn a_toleration_that_blocks_fencing_is_reported() {
+    let snapshot = with_stored(|d| {
+        let tolerations = &mut d["spec"]["template"]["spec"]["tolerations"];
+        tolerations
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"operator": "Exists"}));
+    });
+    expect(
+        &snapshot,
+        "workload/webhook-warning",
+        Verdict::Warn,
+        "fencing cannot evict this pod",
+        "change the pod template",
+    );
+}
+
+#[test]
 fn a_named_workload_that_does_not_exist_fails() {
     let mut snapshot = healthy();
     snapshot.workload = Some("emby".into());

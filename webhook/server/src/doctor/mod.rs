@@ -27,13 +27,21 @@ pub struct DoctorArgs {
     pub config: Option<PathBuf>,
     /// The namespace jellyfin-ha is installed in: its config, fencer Lease, fence agent
     /// credentials and node agent reports.
-    #[arg(long, default_value = crate::cli::DEFAULT_NAMESPACE)]
+    #[arg(
+        long,
+        env = "JELLYFIN_HA_INSTALL_NAMESPACE",
+        default_value = crate::cli::DEFAULT_NAMESPACE
+    )]
     pub install_namespace: String,
     /// Check only the nodes with these labels (a label selector, as kubectl -l takes it).
-    #[arg(short = 'l', long = "node-selector")]
+    #[arg(short = 'l', long = "node-selector", env = "JELLYFIN_HA_NODE_SELECTOR")]
     pub node_selector: Option<String>,
     /// The fencer's leader Lease, in the install namespace.
-    #[arg(long, default_value = "jellyfin-ha-fencer")]
+    #[arg(
+        long,
+        env = "JELLYFIN_HA_FENCER_LEASE",
+        default_value = "jellyfin-ha-fencer"
+    )]
     pub fencer_lease: String,
 }
 
