@@ -13,7 +13,8 @@ start_extender() {
   port_in_use "$admin_port" && die "port $admin_port is in use (set JFHA_EXTENDER_ADMIN_PORT)"
   mkdir -p "$dir"
   [[ -f $dir/certs/tls.crt ]] || "$bin" certs --out-dir "$dir/certs" --name localhost --name 127.0.0.1 2>/dev/null
-  "$bin" extender --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
+  # No Service in front of it here, so nothing to wait for on SIGTERM.
+  "$bin" extender --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" --shutdown-delay-seconds=0 \
     --tls-cert "$dir/certs/tls.crt" --tls-key "$dir/certs/tls.key" "$@" >"$dir/extender.log" 2>&1 &
   echo $! >"$dir/extender.pid"
   EXTENDER_URL="https://127.0.0.1:$port"

@@ -35,7 +35,8 @@ start_webhook() {
   port_in_use "$admin_port" && die "port $admin_port is in use (set JFHA_ADMIN_PORT)"
   mkdir -p "$dir"
   "$bin" certs --out-dir "$dir/certs" --name localhost --name 127.0.0.1 2>/dev/null
-  "$bin" webhook --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
+  # No Service in front of it here, so nothing to wait for on SIGTERM.
+  "$bin" webhook --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" --shutdown-delay-seconds=0 \
     --tls-cert "$dir/certs/tls.crt" --tls-key "$dir/certs/tls.key" "$@" >"$dir/webhook.log" 2>&1 &
   echo $! >"$dir/webhook.pid"
   WEBHOOK_URL="https://127.0.0.1:$port"

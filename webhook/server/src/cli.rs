@@ -99,6 +99,11 @@ pub struct ServerArgs {
     /// How long a shutdown waits for in-flight requests.
     #[arg(long, env = "JELLYFIN_HA_SHUTDOWN_SECONDS", default_value_t = 20)]
     pub shutdown_seconds: u64,
+    /// How long the ports keep accepting after SIGTERM, with /readyz already false: the
+    /// endpoints of a Service follow readiness a few seconds late, and kube-apiserver admits
+    /// a pod unmutated when its call is refused (failurePolicy Ignore).
+    #[arg(long, env = "JELLYFIN_HA_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
+    pub shutdown_delay_seconds: u64,
 }
 
 /// The namespace jellyfin-ha is installed in, unless the downward API says otherwise.
@@ -467,24 +472,41 @@ where
         },
         server.ready_checks,
     );
+    // On the signal, unready first; accepting stops only once the Service has had time to
+    // take this replica out, and then in-flight requests drain.
+    let stop_accepting = CancellationToken::new();
     let admin = tokio::spawn(
         axum::serve(admin_listener, admin_app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
             .into_future(),
     );
     tokio::spawn(ready_when(Arc::clone(&ready)));
-    let not_ready_on_shutdown = {
-        let (ready, shutdown) = (Arc::clone(&ready), shutdown.clone());
+    let unready_then_stop = {
+        let (ready, shutdown, stop) =
+            (Arc::clone(&ready), shutdown.clone(), stop_accepting.clone());
+        let delay = Duration::from_secs(server.args.shutdown_delay_seconds);
         async move {
             shutdown.cancelled().await;
             ready.store(false, Ordering::Release);
+            tracing::info!(
+                ?delay,
+                "unready; still accepting while the Service catches up"
+            );
+            tokio::time::sleep(delay).await;
+            stop.cancel();
         }
     };
-    tokio::spawn(not_ready_on_shutdown);
+    tokio::spawn(unready_then_stop);
 
     let drain = Duration::from_secs(server.args.shutdown_seconds);
     futures::future::join_all(listeners.into_iter().map(|(listener, app)| {
-        serve::serve_tls(listener, Arc::clone(&tls), app, shutdown.clone(), drain)
+        serve::serve_tls(
+            listener,
+            Arc::clone(&tls),
+            app,
+            stop_accepting.clone(),
+            drain,
+        )
     }))
     .await;
     admin

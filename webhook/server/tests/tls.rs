@@ -231,7 +231,9 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 #[tokio::test]
 async fn binary_becomes_ready_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    write_certs(dir.path(), &generate(&["localhost".into()]).unwrap());
+    let generated = generate(&["localhost".into()]).unwrap();
+    write_certs(dir.path(), &generated);
+    let ca_pem = generated.ca_pem.clone();
     let (port, admin_port) = (free_port(), free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jellyfin-ha"))
         .args([
@@ -247,6 +249,7 @@ async fn binary_becomes_ready_and_exits_zero_on_sigterm() {
         .arg(dir.path().join("tls.key"))
         // No cluster here: the scheduling is given, not read from the ConfigMap.
         .arg("--scheduling=none")
+        .arg("--shutdown-delay-seconds=2")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -274,6 +277,25 @@ async fn binary_becomes_ready_and_exits_zero_on_sigterm() {
         .await
         .unwrap();
     assert!(killed.success());
+    // Unready at once, while a new connection is still served until the delay is over.
+    let mut unready = None;
+    for _ in 0..20 {
+        unready = http_get(admin_port, "/readyz").await.map(|r| r.0);
+        if unready == Some(503) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(unready, Some(503), "readiness turns false first");
+    let config = Arc::new(jellyfin_ha_certs::client_config(&ca_pem, &[b"http/1.1"]).unwrap());
+    let stream = connect(([127, 0, 0, 1], port).into(), config)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    assert!(allowed(sender.send_request(review_request()).await.unwrap()).await);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .unwrap()
