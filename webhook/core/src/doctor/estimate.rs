@@ -82,7 +82,11 @@ pub(super) fn check(snapshot: &Snapshot, workloads: &[Workload<'_>]) -> Vec<Find
 fn estimate(snapshot: &Snapshot, workload: &Workload<'_>) -> Finding {
     const CHECK: &str = "failover/estimate";
     let subject = workload.subject();
-    let pod = workload.pods.first().copied();
+    let pod = workload
+        .pods
+        .iter()
+        .copied()
+        .find(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()));
     let node = pod.and_then(|p| p.spec.as_ref()?.node_name.clone());
     let Some(node) = node else {
         return Finding::warn(

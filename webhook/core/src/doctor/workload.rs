@@ -45,7 +45,7 @@ impl Workload<'_> {
 pub(super) fn selected(snapshot: &Snapshot) -> Vec<Workload<'_>> {
     let deployments = snapshot.deployments.iter().filter_map(|d| {
         let spec = d.spec.as_ref()?;
-        let object = json!(d);
+        let object = serde_json::to_value(d).ok()?;
         workload(
             snapshot,
             "Deployment",
@@ -58,7 +58,7 @@ pub(super) fn selected(snapshot: &Snapshot) -> Vec<Workload<'_>> {
     });
     let stateful_sets = snapshot.stateful_sets.iter().filter_map(|s| {
         let spec = s.spec.as_ref()?;
-        let object = json!(s);
+        let object = serde_json::to_value(s).ok()?;
         workload(
             snapshot,
             "StatefulSet",
@@ -225,8 +225,12 @@ fn check_workload(snapshot: &Snapshot, workload: &Workload<'_>) -> Vec<Finding> 
         )
     });
     // The template's warnings alone: the strategy has a finding of its own above.
-    let template_only = json!({ "template": workload.template });
-    let warnings = mutate_object(&template_only, "", "PodTemplate", policy)
+    let warnings = serde_json::to_value(workload.template)
+        .ok()
+        .and_then(|template| {
+            let template_only = json!({ "template": template });
+            mutate_object(&template_only, "", "PodTemplate", policy).ok()
+        })
         .map(|m| m.warnings)
         .unwrap_or_default();
     for warning in warnings {
@@ -346,7 +350,10 @@ fn unmutated_pods(snapshot: &Snapshot, workloads: &[Workload<'_>]) -> Finding {
     let mut unmutated = Vec::new();
     for pod in &pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let missing = match mutate_pod(&json!(pod), &snapshot.policy) {
+        let mutated = serde_json::to_value(pod)
+            .map_err(|e| e.to_string())
+            .and_then(|pod| mutate_pod(&pod, &snapshot.policy).map_err(|e| e.to_string()));
+        let missing = match mutated {
             Ok(m) if m.changes.is_empty() => continue,
             Ok(m) => m
                 .changes
@@ -354,7 +361,7 @@ fn unmutated_pods(snapshot: &Snapshot, workloads: &[Workload<'_>]) -> Finding {
                 .map(Change::record_key)
                 .collect::<Vec<_>>()
                 .join(", "),
-            Err(error) => error.to_string(),
+            Err(error) => error,
         };
         unmutated.push(format!("{name} (lacks {missing})"));
     }

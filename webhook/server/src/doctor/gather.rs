@@ -62,8 +62,9 @@ pub async fn snapshot(client: &Client, args: &DoctorArgs) -> anyhow::Result<Snap
         .get_opt(SCHEDULING_CONFIGMAP)
         .await
         .with_context(|| format!("reading ConfigMap {install}/{SCHEDULING_CONFIGMAP}"))?
+        // Read as the webhook reads it.
         .map_or(Scheduling::Default, |map| {
-            Scheduling::from_configmap(Some(&map.data.unwrap_or_default()))
+            Scheduling::from_configmap(map.data.as_ref())
         });
 
     let version = client
