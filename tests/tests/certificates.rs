@@ -277,6 +277,35 @@ async fn self_managed_certificates_rotate_without_failing_an_admission() {
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
 
+    // The shipped rights reach its own Secret and configuration, and nothing beside them.
+    let as_webhook = {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&identity.kubeconfig).unwrap();
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    };
+    let forbidden = |result: Result<_, kube::Error>| matches!(result, Err(kube::Error::Api(status)) if status.code == 403);
+    assert!(forbidden(
+        Api::<Secret>::namespaced(as_webhook.clone(), ns)
+            .get("jellyfin-ha-fencer-credentials")
+            .await
+            .map(drop)
+    ));
+    assert!(forbidden(
+        Api::<MutatingWebhookConfiguration>::all(as_webhook.clone())
+            .list(&ListParams::default())
+            .await
+            .map(drop)
+    ));
+    assert!(forbidden(
+        Api::<Pod>::namespaced(as_webhook, ns)
+            .list(&ListParams::default())
+            .await
+            .map(drop)
+    ));
+
     // Both start at once and race to create the Secret.
     let replicas: Vec<Replica> = REPLICAS
         .iter()
