@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::SignedDuration;
 
 use super::selector;
-use super::workload::Workload;
+use super::snapshot::CONFIG_CONFIGMAP;
 use super::{ConfigSource, Finding, Snapshot};
 use crate::annotations::MANAGED;
 use crate::extender::snapshot::{ConditionStatus, ReadyCondition};
@@ -26,7 +26,7 @@ const CA_EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(30 * 24);
 /// The label EndpointSlices carry for their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-pub(super) fn check(snapshot: &Snapshot, _workloads: &[Workload<'_>]) -> Vec<Finding> {
+pub(super) fn check(snapshot: &Snapshot) -> Vec<Finding> {
     let mut findings = vec![config(snapshot)];
     findings.extend(webhook(snapshot));
     findings.push(extender(snapshot));
@@ -46,7 +46,7 @@ fn config(snapshot: &Snapshot) -> Finding {
             CHECK,
             "",
             format!(
-                "no config in {} (ConfigMap jellyfin-ha-config), so the checks assume the \
+                "no config in {} (ConfigMap {CONFIG_CONFIGMAP}), so the checks assume the \
                  defaults",
                 snapshot.install_namespace
             ),

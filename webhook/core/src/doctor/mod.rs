@@ -18,7 +18,10 @@ mod workload;
 use serde::Serialize;
 
 pub use components::{POD_WEBHOOK, WORKLOAD_WEBHOOK};
-pub use snapshot::{CaCertificate, CephDriver, ConfigSource, FenceStatus, ServerVersion, Snapshot};
+pub use snapshot::{
+    CONFIG_CONFIGMAP, CONFIG_KEY, CaCertificate, CephDriver, ConfigSource, FenceStatus,
+    ServerVersion, Snapshot,
+};
 
 /// How a check came out. A `fail` makes the command exit non-zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -125,7 +128,7 @@ pub fn diagnose(snapshot: &Snapshot) -> Report {
     findings.extend(gpu::check(snapshot, &workloads));
     findings.extend(workload::check(snapshot, &workloads));
     findings.extend(storage::check(snapshot, &workloads));
-    findings.extend(components::check(snapshot, &workloads));
+    findings.extend(components::check(snapshot));
     findings.extend(estimate::check(snapshot, &workloads));
     Report { findings }
 }

@@ -15,6 +15,10 @@ use crate::busyness::report::AgentReport;
 use crate::extender::ExtenderPolicy;
 use crate::fencing::{FencerPolicy, PowerState};
 
+/// The ConfigMap, in the install namespace, that holds jellyfin-ha's config, and its key.
+pub const CONFIG_CONFIGMAP: &str = "jellyfin-ha-config";
+pub const CONFIG_KEY: &str = "config.yaml";
+
 /// Where jellyfin-ha's config came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ConfigSource {

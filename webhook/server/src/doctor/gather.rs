@@ -9,8 +9,8 @@ use jellyfin_ha_core::busyness::report::{
     AgentReport, REPORT_KEY, REPORT_LABELS, REPORT_NODE_LABEL,
 };
 use jellyfin_ha_core::doctor::{
-    CaCertificate, CephDriver, ConfigSource, FenceStatus, POD_WEBHOOK, ServerVersion, Snapshot,
-    WORKLOAD_WEBHOOK,
+    CONFIG_CONFIGMAP, CONFIG_KEY, CaCertificate, CephDriver, ConfigSource, FenceStatus,
+    POD_WEBHOOK, ServerVersion, Snapshot, WORKLOAD_WEBHOOK,
 };
 use jellyfin_ha_core::extender::snapshot::NODE_LEASE_NAMESPACE;
 use jellyfin_ha_core::fencing::decide::{NodeFacts, eligibility};
@@ -32,10 +32,6 @@ use super::DoctorArgs;
 use crate::config::{ConfigFile, load_config, parse_config};
 use crate::fencer::agent::FenceAgent;
 use crate::fencer::device::Device;
-
-/// The ConfigMap the install ships jellyfin-ha's config in, and its key.
-const CONFIG_CONFIGMAP: &str = "jellyfin-ha-config";
-const CONFIG_KEY: &str = "config.yaml";
 
 async fn list<K>(api: Api<K>, params: &ListParams) -> anyhow::Result<Vec<K>>
 where
