@@ -9,14 +9,15 @@
     clippy::panic
 )]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jellyfin_ha_e2e::{
-    TestNamespace, TestNode, client, create_rbd_claim, eventually, kubectl, repo_root,
+    ShippedRbac, TestNamespace, TestNode, client, create_rbd_claim, eventually, kubectl, repo_root,
+    service_account_kubeconfig,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -31,11 +32,15 @@ const FENCED: &str = "jellyfin-ha.io/fenced";
 const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
 const NONE_ACKNOWLEDGEMENT: &str = jellyfin_ha_core::fencing::config::NONE_ACKNOWLEDGEMENT;
 
-/// A test's nodes, each with its BMC, a namespace, and the credentials Secrets.
+/// A test's nodes, each with its BMC, a namespace, the credentials Secrets, and the shipped
+/// RBAC for the fencer's ServiceAccount there: the fencer runs with that account's token, so
+/// the apiserver enforces exactly the rights users install.
 struct Scene {
     client: Client,
     namespace: TestNamespace,
     nodes: Vec<TestNode>,
+    _rbac: ShippedRbac,
+    kubeconfig: PathBuf,
 }
 
 impl Scene {
@@ -54,10 +59,14 @@ impl Scene {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let rbac = ShippedRbac::apply("manifests/fencer", &namespace.name).unwrap();
+        let kubeconfig = service_account_kubeconfig(&namespace.name, "jellyfin-ha-fencer").unwrap();
         let scene = Self {
             client,
             namespace,
             nodes,
+            _rbac: rbac,
+            kubeconfig,
         };
         for (i, node) in scene.nodes.iter().enumerate() {
             let bmc = node.bmc().unwrap();
@@ -113,7 +122,11 @@ impl Scene {
     }
 
     fn fencer(&self, config: &str, identity: &str) -> Fencer {
-        Fencer::start(self.ns(), config, identity, &[])
+        self.fencer_with(config, identity, &[])
+    }
+
+    fn fencer_with(&self, config: &str, identity: &str, extra: &[&str]) -> Fencer {
+        Fencer::start(self.ns(), &self.kubeconfig, config, identity, extra)
     }
 
     async fn node(&self, name: &str) -> Node {
@@ -188,7 +201,13 @@ struct Fencer {
 }
 
 impl Fencer {
-    fn start(namespace: &str, config: &str, identity: &str, extra: &[&str]) -> Self {
+    fn start(
+        namespace: &str,
+        kubeconfig: &Path,
+        config: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = repo_root().join("target/e2e-fencer").join(namespace);
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.yaml");
@@ -209,7 +228,7 @@ impl Fencer {
             .args(extra)
             .arg("--config")
             .arg(&config_path)
-            .env("KUBECONFIG", jellyfin_ha_e2e::kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,jellyfin_ha=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -423,7 +442,7 @@ async fn a_dry_run_proves_and_reports_but_writes_nothing() {
     let scene = Scene::new("fence-dry", 4).await;
     let config = scene.config(true, |_, _| {});
     let started = std::time::Instant::now();
-    let fencer = Fencer::start(scene.ns(), &config, "fencer-0", &["--dry-run"]);
+    let fencer = scene.fencer_with(&config, "fencer-0", &["--dry-run"]);
     let (alive, dead) = (&scene.nodes[0], &scene.nodes[1]);
     alive.partition().unwrap();
     dead.power_off().unwrap();
