@@ -52,4 +52,7 @@ tested hack/e2e.sh
 log "end-to-end tests of the scheduler extender"
 tested hack/e2e-extender.sh
 
+log "container image (under podman, hardened as the manifests run it) and the kubectl plugin"
+tested hack/image.sh test
+
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$RESULTS"
