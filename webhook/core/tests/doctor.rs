@@ -904,6 +904,21 @@ fn the_estimate_adds_the_parts_and_names_the_largest() {
 }
 
 #[test]
+fn the_estimate_needs_the_pods_node_among_those_checked() {
+    let mut snapshot = healthy();
+    snapshot
+        .nodes
+        .retain(|n| n.metadata.name.as_deref() != Some("node-a"));
+    expect(
+        &snapshot,
+        "failover/estimate",
+        Verdict::Warn,
+        "not among the nodes checked",
+        "--node-selector",
+    );
+}
+
+#[test]
 fn an_invalid_config_fails() {
     let mut snapshot = healthy();
     snapshot.config_source = ConfigSource::Invalid("config ConfigMap jellyfin-ha/jellyfin-ha-config: config field failoverSeconds: 301 is not from 0 to 300".into());

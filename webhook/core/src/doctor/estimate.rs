@@ -96,12 +96,19 @@ fn estimate(snapshot: &Snapshot, workload: &Workload<'_>) -> Finding {
             "start the workload, then run doctor again",
         );
     };
-    let labels = snapshot
+    let Some(object) = snapshot
         .nodes
         .iter()
         .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
-        .and_then(|n| n.metadata.labels.clone())
-        .unwrap_or_default();
+    else {
+        return Finding::warn(
+            CHECK,
+            subject,
+            format!("its pod runs on node {node}, which is not among the nodes checked"),
+            "include the node in doctor's --node-selector",
+        );
+    };
+    let labels = object.metadata.labels.clone().unwrap_or_default();
     let Some(detect) = detection(snapshot, &node) else {
         return Finding::warn(
             CHECK,
@@ -111,24 +118,19 @@ fn estimate(snapshot: &Snapshot, workload: &Workload<'_>) -> Finding {
         );
     };
     if snapshot.fencer_lease.is_none() {
-        let needs_fencing = !workload.claims.is_empty();
+        let stuck = if workload.claims.is_empty() {
+            ""
+        } else {
+            ", and its volume stays attached to the dead node until someone deletes the pod"
+        };
         return Finding::warn(
             CHECK,
             subject,
-            if needs_fencing {
-                format!(
-                    "no fencer runs: after node {node} dies its pod is evicted after the node \
-                     controller's 40-50 s and {} s of tolerations, and its volume stays \
-                     attached to the dead node until someone deletes the pod",
-                    snapshot.policy.failover_seconds
-                )
-            } else {
-                format!(
-                    "no fencer runs: after node {node} dies its pod is evicted after the node \
-                     controller's 40-50 s and {} s of tolerations",
-                    snapshot.policy.failover_seconds
-                )
-            },
+            format!(
+                "no fencer runs: after node {node} dies its pod is evicted after the node \
+                 controller's 40-50 s and {} s of tolerations{stuck}",
+                snapshot.policy.failover_seconds
+            ),
             "install the fencer (kubectl apply -k manifests/fencer) and map the node to its \
              fence device",
         );
