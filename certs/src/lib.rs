@@ -276,6 +276,35 @@ mod tests {
         assert_eq!(served_der(&files), before);
     }
 
+    /// The kubelet's update of a mounted Secret: the files are links through `..data`, which is
+    /// renamed over to point at a new timestamped directory, and the old one is removed; the
+    /// links themselves never change.
+    #[test]
+    fn a_swapped_data_link_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path();
+        let version = |name: &str| {
+            let versioned = mount.join(name);
+            std::fs::create_dir(&versioned).unwrap();
+            write(&versioned, &generate(&["localhost".into()]).unwrap());
+            let link = mount.join("..data_tmp");
+            std::os::unix::fs::symlink(name, &link).unwrap();
+            std::fs::rename(&link, mount.join("..data")).unwrap();
+        };
+        version("..2026_11_25_20_00_00.1");
+        for file in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{file}"), mount.join(file)).unwrap();
+        }
+        let files = CertFiles::load(mount.join("tls.crt"), mount.join("tls.key")).unwrap();
+        let first = served_der(&files);
+
+        version("..2026_11_25_20_05_00.2");
+        std::fs::remove_dir_all(mount.join("..2026_11_25_20_00_00.1")).unwrap();
+        assert!(files.reload().unwrap());
+        assert_ne!(served_der(&files), first);
+        assert!(!files.reload().unwrap());
+    }
+
     #[test]
     fn missing_key_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
