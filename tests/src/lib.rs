@@ -103,6 +103,7 @@ impl ShippedRbac {
                 "{kustomization}: {kind} {name} names no namespace; it would land in whichever \
                  namespace kubectl defaults to"
             );
+            let binding_moved = namespaced && metadata.namespace.as_deref() != Some("jellyfin-ha");
             let mut moved = serde_json::Map::new();
             match metadata.namespace.as_deref() {
                 Some("jellyfin-ha") => {
@@ -129,14 +130,19 @@ impl ShippedRbac {
                     subject.insert("namespace".into(), namespace.into());
                 }
             }
+            // A reference to a role that was renamed follows it: every ClusterRole of ours,
+            // and a Role of ours beside a binding that moved with it.
             if let Some(role_ref) = object.get_mut("roleRef").and_then(|r| r.as_object_mut()) {
-                let cluster_role =
-                    role_ref.get("kind").and_then(|k| k.as_str()) == Some("ClusterRole");
+                let kind = role_ref
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default();
+                let renamed = kind == "ClusterRole" || binding_moved;
                 let name = role_ref
                     .get("name")
                     .and_then(|n| n.as_str())
                     .unwrap_or_default();
-                if cluster_role && ours(name) {
+                if renamed && ours(name) {
                     let renamed = format!("{name}-{namespace}");
                     role_ref.insert("name".into(), renamed.into());
                 }
@@ -397,16 +403,27 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// A `jellyfin-ha webhook` of a test's own on free loopback ports, with fresh certificates in
-/// `dir`; killed when dropped.
-pub struct WebhookProcess {
-    pub webhook: Webhook,
+/// An HTTPS role of `jellyfin-ha` (`webhook` or `extender`) of a test's own on free loopback
+/// ports, with fresh certificates in `dir`; killed when dropped.
+pub struct RoleProcess {
+    /// Where it serves; the type describes any HTTPS role, not only the webhook.
+    pub served: Webhook,
     child: std::process::Child,
 }
 
-impl WebhookProcess {
-    /// Starts it with `args` besides the ports and certificates, and waits until it is ready.
-    pub async fn start(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+impl RoleProcess {
+    /// Starts the webhook with `args` besides the ports and certificates, as the admin.
+    pub async fn webhook(dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start("webhook", dir, &kubeconfig_path(), args).await
+    }
+
+    /// Starts `role` connecting with `kubeconfig`, and waits until it is ready.
+    pub async fn start(
+        role: &str,
+        dir: &Path,
+        kubeconfig: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let certs = dir.join("certs");
         let status = Command::new(binary())
@@ -416,10 +433,10 @@ impl WebhookProcess {
             .status()?;
         anyhow::ensure!(status.success(), "jellyfin-ha certs: {status}");
         let (port, admin_port) = (free_port()?, free_port()?);
-        let log = std::fs::File::create(dir.join("webhook.log"))?;
+        let log = std::fs::File::create(dir.join(format!("{role}.log")))?;
         let child = Command::new(binary())
-            .env("KUBECONFIG", kubeconfig_path())
-            .arg("webhook")
+            .env("KUBECONFIG", kubeconfig)
+            .arg(role)
             .arg(format!("--listen=127.0.0.1:{port}"))
             .arg(format!("--admin-listen=127.0.0.1:{admin_port}"))
             .arg(format!("--tls-cert={}", certs.join("tls.crt").display()))
@@ -429,15 +446,16 @@ impl WebhookProcess {
             .stderr(log)
             .spawn()?;
         let process = Self {
-            webhook: Webhook {
+            served: Webhook {
                 url: format!("https://127.0.0.1:{port}"),
                 admin: format!("127.0.0.1:{admin_port}"),
                 ca_pem: std::fs::read_to_string(certs.join("ca.crt"))?,
             },
             child,
         };
-        let admin = process.webhook.admin.clone();
-        eventually(Duration::from_secs(30), "the webhook to be ready", || {
+        let admin = process.served.admin.clone();
+        let what = format!("the {role} to be ready");
+        eventually(Duration::from_secs(30), &what, || {
             let ready = admin_get(&admin, "/readyz").is_ok();
             async move { Ok(ready.then_some(())) }
         })
@@ -446,7 +464,7 @@ impl WebhookProcess {
     }
 }
 
-impl Drop for WebhookProcess {
+impl Drop for RoleProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -20,7 +20,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use jellyfin_ha_e2e::{
-    OWN_REGISTRATION, ShippedRbac, TestNamespace, TestNode, WebhookProcess, admin_get, client,
+    OWN_REGISTRATION, RoleProcess, ShippedRbac, TestNamespace, TestNode, admin_get, client,
     eventually, free_port, kubectl, metric_total, repo_root, service_account_kubeconfig,
 };
 use k8s_openapi::api::apps::v1::Deployment;
@@ -71,7 +71,7 @@ struct Scene {
     client: Client,
     namespace: TestNamespace,
     node: TestNode,
-    _webhook: WebhookProcess,
+    _webhook: RoleProcess,
 }
 
 impl Scene {
@@ -83,15 +83,15 @@ impl Scene {
                 .unwrap();
         let node = TestNode::add(prefix, 2).unwrap();
         let dir = repo_root().join(format!("target/e2e-scheduling/{}", namespace.name));
-        let webhook = WebhookProcess::start(&dir, &["--namespace", &namespace.name])
+        let webhook = RoleProcess::webhook(&dir, &["--namespace", &namespace.name])
             .await
             .unwrap();
-        let url = format!("{}/mutate", webhook.webhook.url);
+        let url = format!("{}/mutate", webhook.served.url);
         // The registration lives as long as the namespace: dropping it would delete it
         // before the test's pods are gone.
         std::mem::forget(
             webhook
-                .webhook
+                .served
                 .register_own(&client, &namespace.name, &url)
                 .await
                 .unwrap(),

@@ -12,8 +12,7 @@
 use std::time::Duration;
 
 use jellyfin_ha_e2e::{
-    OWN_REGISTRATION, TestNamespace, Webhook, WebhookProcess, client, eventually, kubectl,
-    repo_root,
+    OWN_REGISTRATION, RoleProcess, TestNamespace, Webhook, client, eventually, kubectl, repo_root,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -186,8 +185,8 @@ async fn pods_that_did_not_opt_in_never_reach_the_webhook() {
         .unwrap();
     let ns = namespace.name.as_str();
     let dir = repo_root().join(format!("target/e2e-webhooks/{ns}"));
-    let own = WebhookProcess::start(&dir, &[]).await.unwrap();
-    let webhook = &own.webhook;
+    let own = RoleProcess::webhook(&dir, &[]).await.unwrap();
+    let webhook = &own.served;
     let _registration = webhook
         .register_own(&client, ns, &format!("{}/mutate", webhook.url))
         .await
