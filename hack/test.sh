@@ -52,6 +52,9 @@ tested hack/e2e.sh
 log "end-to-end tests of the scheduler extender"
 tested hack/e2e-extender.sh
 
+log "end-to-end tests of the node agent, through the extender"
+tested hack/e2e-extender.sh --test agent
+
 log "container image (under podman, hardened as the manifests run it) and the kubectl plugin"
 tested hack/image.sh test
 
