@@ -856,6 +856,18 @@ fn an_unreachable_or_miswired_fence_agent_fails() {
         "wired to another machine",
         "address",
     );
+    // Powered off and silent, though still Ready until the node controller's grace runs out.
+    snapshot.leases[1].spec.as_mut().unwrap().renew_time =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            now() - SignedDuration::from_secs(13),
+        ));
+    expect(
+        &snapshot,
+        "jellyfin-ha/fence-agent",
+        Verdict::Ok,
+        "2 fence agent(s) answered",
+        "",
+    );
 }
 
 #[test]

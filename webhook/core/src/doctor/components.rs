@@ -11,7 +11,6 @@ use super::selector;
 use super::snapshot::CONFIG_CONFIGMAP;
 use super::{ConfigSource, Finding, Snapshot};
 use crate::annotations::MANAGED;
-use crate::extender::snapshot::{ConditionStatus, ReadyCondition};
 use crate::fencing::decide::{NodeFacts, eligibility};
 use crate::scheduling::{CONFIGMAP, Scheduling};
 
@@ -503,9 +502,12 @@ fn fence_agents(snapshot: &Snapshot) -> Vec<Finding> {
         let Some(status) = snapshot.fence_status.get(&facts.name) else {
             continue;
         };
-        let ready = facts
-            .ready
-            .is_some_and(|r: ReadyCondition| r.status == ConditionStatus::True);
+        // Heartbeating as the fencer reads it: not overdue past the suspect margin. A node that
+        // just lost power still says Ready for the node controller's grace period.
+        let margin = SignedDuration::from_secs(i64::from(snapshot.fencer.suspect_margin_seconds));
+        let heartbeating = facts
+            .overdue(snapshot.now)
+            .is_some_and(|late| late <= margin);
         match &status.outcome {
             Err(error) => findings.push(Finding::fail(
                 CHECK,
@@ -517,12 +519,12 @@ fn fence_agents(snapshot: &Snapshot) -> Vec<Finding> {
                 "check the agent's address, the network path from the fencer to it, and its \
                  credentials Secret",
             )),
-            Ok(state) if ready && state.is_off() => findings.push(Finding::fail(
+            Ok(state) if heartbeating && state.is_off() => findings.push(Finding::fail(
                 CHECK,
                 facts.name.clone(),
                 format!(
-                    "agent {} says {state:?} while the node is Ready: it is wired to another \
-                     machine",
+                    "agent {} says {state:?} while the node's kubelet still heartbeats: it is \
+                     wired to another machine",
                     status.agent
                 ),
                 "correct the agent's address or system for this node",
