@@ -32,8 +32,12 @@ pub fn kubeconfig_path() -> PathBuf {
 
 /// A client for the local control plane; fails with instructions when it is not up.
 pub async fn client() -> anyhow::Result<Client> {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
+    client_from(&kubeconfig_path()).await
+}
+
+/// A client for the local control plane that connects with the kubeconfig at `path`.
+pub async fn client_from(path: &Path) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
         format!(
             "reading {}: start the control plane with hack/envtest.sh up",
             path.display()
