@@ -103,12 +103,7 @@ impl NodeAgent {
                 "5s",
             ])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .arg("--proc-root")
-            .arg(host.proc_root())
-            .arg("--sys-root")
-            .arg(host.sys_root())
-            .arg("--dev-root")
-            .arg(host.dev_root())
+            .args(host.agent_args())
             .spawn()
             .unwrap();
         Self {

@@ -664,20 +664,14 @@ fn equal_pod_counts_prefer_the_node_measured_less_busy() {
 #[case::fresh(5, false)]
 #[case::stale_counts_as_unknown(61, true)]
 fn a_fresh_report_of_no_usable_gpu_fails_the_node(#[case] age: i64, #[case] passes: bool) {
-    let mut snapshot = cluster(&["qs-1", "qs-2"]);
+    let mut snapshot = cluster(&["qs-1"]);
     snapshot.upsert_agent_report(report("qs-1", None, age));
-    let decision = filter(
-        &bare_pod(),
-        names(&["qs-1", "qs-2"]),
-        &snapshot,
-        &ExtenderPolicy::default(),
-        now(),
-    );
-    assert_eq!(decision.passed.contains(&"qs-1".to_string()), passes);
-    if !passes {
-        let rejection = &decision.failed["qs-1"];
-        assert_eq!(rejection.reason, "node agent reports no usable GPU");
-        assert!(rejection.unresolvable);
+    let reasons = reasons(&snapshot, &bare_pod(), &["qs-1"], "qs-1");
+    if passes {
+        assert!(reasons.is_empty(), "{reasons:?}");
+    } else {
+        assert_eq!(reasons, ["node agent reports no usable GPU"]);
+        assert!(!Reason::NoUsableGpu.preemption_may_help());
     }
     let facts = Evaluation::new(
         &bare_pod(),

@@ -140,12 +140,7 @@ fn main() {
                 "--admin-listen",
                 &admin,
             ])
-            .arg("--proc-root")
-            .arg(host.proc_root())
-            .arg("--sys-root")
-            .arg(host.sys_root())
-            .arg("--dev-root")
-            .arg(host.dev_root())
+            .args(host.agent_args())
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap(),

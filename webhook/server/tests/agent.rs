@@ -235,12 +235,7 @@ async fn busyness_on_metrics_follows_the_host_tree() {
                 "500ms",
             ])
             .args(["--admin-listen", &admin])
-            .arg("--proc-root")
-            .arg(host.proc_root())
-            .arg("--sys-root")
-            .arg(host.sys_root())
-            .arg("--dev-root")
-            .arg(host.dev_root())
+            .args(host.agent_args())
             .spawn()
             .unwrap(),
     );

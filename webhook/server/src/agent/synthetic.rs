@@ -7,6 +7,7 @@
 //! written as each driver writes it. Files are replaced by rename, as the kernel never shows a
 //! half-written fdinfo.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -56,6 +57,18 @@ impl SyntheticHost {
 
     pub fn dev_root(&self) -> PathBuf {
         self.root.join("dev")
+    }
+
+    /// The flags that point `jellyfin-ha agent` at this host.
+    pub fn agent_args(&self) -> Vec<OsString> {
+        [
+            ("--proc-root", self.proc_root()),
+            ("--sys-root", self.sys_root()),
+            ("--dev-root", self.dev_root()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, dir)| [OsString::from(flag), dir.into_os_string()])
+        .collect()
     }
 
     pub fn add_card(&self, card: &SyntheticCard<'_>) -> io::Result<()> {
