@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use jellyfin_ha_e2e::{
-    OWN_REGISTRATION, TestNamespace, TestNode, WebhookProcess, client, create_rbd_claim,
+    OWN_REGISTRATION, RoleProcess, TestNamespace, TestNode, binary, client, create_rbd_claim,
     eventually, kubeconfig_path, kubectl, repo_root,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -34,12 +34,6 @@ use serde_json::{Value, json};
 
 const NODE_LABEL: &str = "jellyfin-ha.io/e2e-doctor";
 const QUICKSYNC_LABEL: &str = "intel.feature.node.kubernetes.io/gpu";
-
-fn binary() -> PathBuf {
-    std::env::var("JFHA_E2E_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target/debug/jellyfin-ha"))
-}
 
 fn dir(namespace: &str) -> PathBuf {
     let dir = repo_root().join("target/e2e-doctor").join(namespace);
@@ -347,12 +341,12 @@ async fn a_healthy_setup_passes_and_doctor_writes_nothing() {
     // A webhook of this install's own: it reads which scheduler is there from this
     // namespace, where no scheduling overlay is applied (the local kube-scheduler runs
     // without the extender), so pods carry no marker and schedule.
-    let webhook = WebhookProcess::start(&dir(ns).join("webhook"), &["--namespace", ns])
+    let webhook = RoleProcess::webhook(&dir(ns).join("webhook"), &["--namespace", ns])
         .await
         .unwrap();
-    let url = format!("{}/mutate", webhook.webhook.url);
+    let url = format!("{}/mutate", webhook.served.url);
     let registration = webhook
-        .webhook
+        .served
         .register_own(&scene.client, ns, &url)
         .await
         .unwrap();
