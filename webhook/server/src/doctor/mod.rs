@@ -40,7 +40,7 @@ pub struct DoctorArgs {
     #[arg(
         long,
         env = "JELLYFIN_HA_FENCER_LEASE",
-        default_value = "jellyfin-ha-fencer"
+        default_value = crate::fencer::LEADER_LEASE
     )]
     pub fencer_lease: String,
 }

@@ -43,6 +43,9 @@ use controller::{Fencer, TICK, Term};
 const LEADER_LEASE_SECONDS: u64 = 6;
 const LEADER_RENEW_MARGIN_SECONDS: u64 = 2;
 
+/// The leader Lease's default name, in the fencer's namespace.
+pub const LEADER_LEASE: &str = "jellyfin-ha-fencer";
+
 /// The flags of the fencer's part, shared by `fencer` and `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct FencerFlags {
@@ -60,7 +63,7 @@ pub struct FencerFlags {
     #[arg(
         long,
         env = "JELLYFIN_HA_FENCER_LEASE",
-        default_value = "jellyfin-ha-fencer"
+        default_value = LEADER_LEASE
     )]
     pub leader_lease: String,
 }
