@@ -246,6 +246,15 @@ fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> SelfManagedErro
     move |source| SelfManagedError::Kube { what, source }
 }
 
+/// Where the CA bundle goes.
+enum Publication {
+    /// No webhook configuration (the extender): its clients are given the CA by hand.
+    Nowhere,
+    /// The configured one does not exist (yet).
+    Missing(String),
+    To(Box<MutatingWebhookConfiguration>),
+}
+
 /// One replica's share of keeping the self-managed Secret.
 struct SelfManaged {
     secrets: Api<Secret>,
@@ -368,24 +377,28 @@ impl SelfManaged {
         }
     }
 
-    async fn webhook_configuration(
-        &self,
-    ) -> Result<Option<MutatingWebhookConfiguration>, SelfManagedError> {
+    async fn webhook_configuration(&self) -> Result<Publication, SelfManagedError> {
         let Some(name) = &self.webhook_configuration else {
-            return Ok(None);
+            return Ok(Publication::Nowhere);
         };
-        self.webhook_configurations
-            .get(name)
+        let found = self
+            .webhook_configurations
+            .get_opt(name)
             .await
-            .map(Some)
-            .map_err(kube_error("reading the MutatingWebhookConfiguration"))
+            .map_err(kube_error("reading the MutatingWebhookConfiguration"))?;
+        Ok(found.map_or_else(
+            || Publication::Missing(name.clone()),
+            |found| Publication::To(Box::new(found)),
+        ))
     }
 
     /// Whether every webhook of the configuration trusts the signing CA. Without a
     /// configuration to publish to there is nothing to wait for but the publish delay.
     async fn signing_ca_published(&self, stored: &Stored) -> Result<bool, SelfManagedError> {
-        let Some(configuration) = self.webhook_configuration().await? else {
-            return Ok(true);
+        let configuration = match self.webhook_configuration().await? {
+            Publication::Nowhere => return Ok(true),
+            Publication::Missing(_) => return Ok(false),
+            Publication::To(configuration) => configuration,
         };
         Ok(configuration.webhooks.iter().flatten().all(|webhook| {
             webhook
@@ -399,8 +412,14 @@ impl SelfManaged {
 
     /// Sets every webhook's caBundle to the Secret's trust bundle, when it differs.
     async fn publish(&self, stored: &Stored) -> Result<(), SelfManagedError> {
-        let Some(mut configuration) = self.webhook_configuration().await? else {
-            return Ok(());
+        let mut configuration = match self.webhook_configuration().await? {
+            Publication::Nowhere => return Ok(()),
+            // Applied after the Deployment, it gets its caBundle on the next round.
+            Publication::Missing(name) => {
+                tracing::warn!(webhook_configuration = %name, "not found; its caBundle is set once it exists");
+                return Ok(());
+            }
+            Publication::To(configuration) => *configuration,
         };
         let bundle = ByteString(stored.ca_bundle_pem().into_bytes());
         let mut changed = false;
