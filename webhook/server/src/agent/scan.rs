@@ -11,7 +11,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use jellyfin_ha_core::busyness::fdinfo;
+use jellyfin_ha_core::busyness::fdinfo::{self, engine_classes};
 use jellyfin_ha_core::busyness::{CardReport, SeenClient, cgroup};
 
 /// Where the host's trees are mounted.
@@ -22,13 +22,9 @@ pub struct Roots {
     pub dev: PathBuf,
 }
 
-/// The drivers whose usage stats the agent reads.
-const DRIVERS: [&str; 2] = ["i915", "xe"];
-
 /// What a scan of `/proc` could not read, for the metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScanCounts {
-    pub processes: u64,
     pub drm_fds: u64,
     /// Files that exist but could not be read (permissions); a process that exited is not
     /// counted.
@@ -70,7 +66,7 @@ fn card(roots: &Roots, dir: &Path, card: String) -> CardReport {
     let mut unchecked = None;
     let problem = match (&driver, &render_node) {
         (None, _) => Some("no driver is bound to the device".to_string()),
-        (Some(driver), _) if !DRIVERS.contains(&driver.as_str()) => {
+        (Some(driver), _) if engine_classes(driver).is_empty() => {
             Some(format!("driver {driver} is neither i915 nor xe"))
         }
         (_, None) => Some("the card has no render node".to_string()),
@@ -139,7 +135,6 @@ pub fn clients(roots: &Roots, cards: &[CardReport]) -> (Vec<SeenClient>, ScanCou
     pids.sort_unstable();
     let mut link = PathBuf::new();
     for pid in pids {
-        counts.processes += 1;
         let process = roots.proc.join(pid.to_string());
         let fd_dir = process.join("fd");
         let fds = match fs::read_dir(&fd_dir) {
