@@ -502,12 +502,10 @@ fn fence_agents(snapshot: &Snapshot) -> Vec<Finding> {
         let Some(status) = snapshot.fence_status.get(&facts.name) else {
             continue;
         };
-        // Heartbeating as the fencer reads it: not overdue past the suspect margin. A node that
-        // just lost power still says Ready for the node controller's grace period.
-        let margin = SignedDuration::from_secs(i64::from(snapshot.fencer.suspect_margin_seconds));
-        let heartbeating = facts
-            .overdue(snapshot.now)
-            .is_some_and(|late| late <= margin);
+        // Heartbeating as the fencer reads it: a node that just lost power still says Ready
+        // for the node controller's grace period.
+        let heartbeating = facts.overdue(snapshot.now).is_some()
+            && !facts.is_silent(&snapshot.fencer, snapshot.now);
         match &status.outcome {
             Err(error) => findings.push(Finding::fail(
                 CHECK,

@@ -80,7 +80,8 @@ impl NodeFacts {
         Some(now.duration_since(renewed))
     }
 
-    fn is_silent(&self, policy: &FencerPolicy, now: Timestamp) -> bool {
+    /// Whether a renewal is overdue by more than `suspectMarginSeconds`: the node is suspected.
+    pub fn is_silent(&self, policy: &FencerPolicy, now: Timestamp) -> bool {
         let margin = SignedDuration::from_secs(i64::from(policy.suspect_margin_seconds));
         self.overdue(now).is_some_and(|late| late > margin)
     }
