@@ -19,6 +19,7 @@ pub struct DoctorArgs {
     pub workload: Option<String>,
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// A table, one line per check, or the whole report as JSON.
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: DoctorOutput,
     /// jellyfin-ha's config file; otherwise the ConfigMap jellyfin-ha-config in the install
