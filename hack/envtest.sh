@@ -25,7 +25,8 @@ KWOK_DIR="$CACHE_DIR/kwok-$KWOK_VERSION"
 # One directory on PATH with all binaries of this version combination.
 BIN_DIR="$CACHE_DIR/envtest-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"
 
-STATE_DIR="$REPO_ROOT/target/envtest"
+# Overridable, like the ports below, so that a second control plane can run beside the first.
+STATE_DIR=${ENVTEST_STATE_DIR:-$REPO_ROOT/target/envtest}
 PKI_DIR="$STATE_DIR/pki"
 LOG_DIR="$STATE_DIR/logs"
 PID_DIR="$STATE_DIR/pids"
@@ -479,7 +480,10 @@ start_etcd() {
 
 start_apiserver() {
   # The `kubernetes` Service gets no endpoints: loopback IPs are not valid
-  # endpoints and nothing runs in-cluster here.
+  # endpoints and nothing runs in-cluster here. Webhook Services are reached through
+  # their endpoints (aggregator routing) rather than a cluster IP, since nothing proxies
+  # cluster IPs here: a Service whose endpoints are this host's address reaches processes
+  # on the host, as replicas behind a Service.
   # Default admission plugins stay on (they include DefaultTolerationSeconds,
   # MutatingAdmissionWebhook, ValidatingAdmissionWebhook); NodeRestriction is added.
   start_proc kube-apiserver "$BIN_DIR/kube-apiserver" \
@@ -496,6 +500,7 @@ start_apiserver() {
     --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true \
     --endpoint-reconciler-type=none \
+    --enable-aggregator-routing=true \
     --requestheader-client-ca-file="$PKI_DIR/front-proxy-ca.crt" \
     --requestheader-allowed-names=front-proxy-client \
     --requestheader-username-headers=X-Remote-User \

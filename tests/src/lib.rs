@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, WebhookClientConfig,
+    MutatingWebhookConfiguration, ServiceReference, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
@@ -26,8 +26,15 @@ pub fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Where `hack/envtest.sh` keeps the control plane's state (`ENVTEST_STATE_DIR`).
+pub fn envtest_dir() -> PathBuf {
+    std::env::var_os("ENVTEST_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/envtest"))
+}
+
 pub fn kubeconfig_path() -> PathBuf {
-    repo_root().join("target/envtest/kubeconfig")
+    envtest_dir().join("kubeconfig")
 }
 
 /// A client for the local control plane; fails with instructions when it is not up.
@@ -285,8 +292,13 @@ impl Webhook {
         // one per webhook port, so that test runs side by side each keep their own.
         let port = self.url.rsplit(':').next().unwrap_or_default();
         let name = format!("jellyfin-ha-e2e-{port}");
-        self.apply_shipped(client, &name, &url, own_registration)
-            .await
+        self.apply_shipped(
+            client,
+            &name,
+            self.client_config(Some(&url), None),
+            own_registration,
+        )
+        .await
     }
 
     /// Registers the shipped configuration once more under a name of its own, for `namespace`
@@ -306,11 +318,24 @@ impl Webhook {
         Ok(registration)
     }
 
+    /// A client configuration that trusts this webhook's CA, by URL or by Service.
+    fn client_config(
+        &self,
+        url: Option<&str>,
+        service: Option<ServiceReference>,
+    ) -> WebhookClientConfig {
+        WebhookClientConfig {
+            url: url.map(str::to_string),
+            ca_bundle: Some(ByteString(self.ca_pem.clone().into_bytes())),
+            service,
+        }
+    }
+
     async fn apply_shipped(
         &self,
         client: &Client,
         name: &str,
-        url: &str,
+        client_config: WebhookClientConfig,
         namespaces: LabelSelectorRequirement,
     ) -> anyhow::Result<()> {
         let path = repo_root().join("manifests/base/mutatingwebhookconfiguration.yaml");
@@ -318,11 +343,7 @@ impl Webhook {
             .with_context(|| format!("reading {}", path.display()))?;
         let mut config: MutatingWebhookConfiguration = serde_yaml::from_str(&text)?;
         for webhook in config.webhooks.iter_mut().flatten() {
-            webhook.client_config = WebhookClientConfig {
-                url: Some(url.to_string()),
-                ca_bundle: Some(ByteString(self.ca_pem.clone().into_bytes())),
-                service: None,
-            };
+            webhook.client_config = client_config.clone();
             webhook
                 .namespace_selector
                 .get_or_insert_default()
@@ -412,6 +433,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub struct RoleProcess {
     /// Where it serves; the type describes any HTTPS role, not only the webhook.
     pub served: Webhook,
+    /// Its HTTPS port.
+    pub port: u16,
     child: std::process::Child,
 }
 
@@ -421,27 +444,43 @@ impl RoleProcess {
         Self::start("webhook", dir, &kubeconfig_path(), args).await
     }
 
-    /// Starts `role` connecting with `kubeconfig`, and waits until it is ready.
+    /// Starts `role` on loopback connecting with `kubeconfig`, and waits until it is ready.
     pub async fn start(
         role: &str,
         dir: &Path,
         kubeconfig: &Path,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_at(role, "127.0.0.1", &[], dir, kubeconfig, args).await
+    }
+
+    /// The same on `host`, with a certificate also valid for `names`. Replicas started with
+    /// the same `dir` share its certificate.
+    pub async fn start_at(
+        role: &str,
+        host: &str,
+        names: &[&str],
+        dir: &Path,
+        kubeconfig: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let certs = dir.join("certs");
-        let status = Command::new(binary())
-            .args(["certs", "--name", "127.0.0.1", "--out-dir"])
-            .arg(&certs)
-            .stderr(Stdio::null())
-            .status()?;
-        anyhow::ensure!(status.success(), "jellyfin-ha certs: {status}");
+        if !certs.join("tls.crt").exists() {
+            let status = Command::new(binary())
+                .args(["certs", "--name", host, "--out-dir"])
+                .arg(&certs)
+                .args(names.iter().flat_map(|name| ["--name", name]))
+                .stderr(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "jellyfin-ha certs: {status}");
+        }
         let (port, admin_port) = (free_port()?, free_port()?);
-        let log = std::fs::File::create(dir.join(format!("{role}.log")))?;
+        let log = std::fs::File::create(dir.join(format!("{role}-{port}.log")))?;
         let child = Command::new(binary())
             .env("KUBECONFIG", kubeconfig)
             .arg(role)
-            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--listen={host}:{port}"))
             .arg(format!("--admin-listen=127.0.0.1:{admin_port}"))
             .arg(format!("--tls-cert={}", certs.join("tls.crt").display()))
             .arg(format!("--tls-key={}", certs.join("tls.key").display()))
@@ -450,8 +489,9 @@ impl RoleProcess {
             .stderr(log)
             .spawn()?;
         let process = Self {
+            port,
             served: Webhook {
-                url: format!("https://127.0.0.1:{port}"),
+                url: format!("https://{host}:{port}"),
                 admin: format!("127.0.0.1:{admin_port}"),
                 ca_pem: std::fs::read_to_string(certs.join("ca.crt"))?,
             },
@@ -465,6 +505,29 @@ impl RoleProcess {
         })
         .await?;
         Ok(process)
+    }
+}
+
+impl RoleProcess {
+    /// SIGTERM, as the kubelet stops a pod; its exit status once it has exited.
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM: {status}");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("still running {within:?} after SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -489,13 +552,35 @@ impl OwnRegistration {
     /// Points every webhook of the registration at `url` (`https://HOST:PORT/mutate`), with
     /// the shipped rules, match conditions and failure policy.
     pub async fn point_at(&self, client: &Client, url: &str) -> anyhow::Result<()> {
+        self.point_at_config(client, self.webhook.client_config(Some(url), None))
+            .await
+    }
+
+    /// Points every webhook of the registration at the Service `service` (port 443, path
+    /// `/mutate`) in the registration's namespace, as an installed webhook is reached.
+    pub async fn point_at_service(&self, client: &Client, service: &str) -> anyhow::Result<()> {
+        let reference = ServiceReference {
+            namespace: self.namespace.clone(),
+            name: service.to_string(),
+            path: Some("/mutate".to_string()),
+            port: Some(443),
+        };
+        self.point_at_config(client, self.webhook.client_config(None, Some(reference)))
+            .await
+    }
+
+    async fn point_at_config(
+        &self,
+        client: &Client,
+        config: WebhookClientConfig,
+    ) -> anyhow::Result<()> {
         let only_this_namespace = LabelSelectorRequirement {
             key: "kubernetes.io/metadata.name".to_string(),
             operator: "In".to_string(),
             values: Some(vec![self.namespace.clone()]),
         };
         self.webhook
-            .apply_shipped(client, &self.name, url, only_this_namespace)
+            .apply_shipped(client, &self.name, config, only_this_namespace)
             .await
     }
 }
