@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use jellyfin_ha_certs::lifecycle::{CA_CERT, TLS_CERT, parse_certificates};
 use jellyfin_ha_e2e::{
-    OWN_REGISTRATION, ShippedRbac, TestNamespace, admin_get, binary, client, eventually,
+    OWN_REGISTRATION, ShippedRbac, TestNamespace, admin_get, binary, client, eventually, free_port,
     kubeconfig_path, kubectl, metric_total, repo_root, service_account_kubeconfig,
 };
 use k8s_openapi::ByteString;
@@ -52,6 +52,11 @@ struct Replica {
 
 impl Replica {
     fn start(identity: &Identity, (port, admin): (u16, u16)) -> Self {
+        Self::spawn(self_managed(identity, port, admin), port, admin)
+    }
+
+    /// Runs `command`, a webhook listening on `port` with its admin server on `admin`.
+    fn spawn(mut command: Command, port: u16, admin: u16) -> Self {
         for p in [port, admin] {
             assert!(
                 TcpStream::connect(("127.0.0.1", p)).is_err(),
@@ -61,11 +66,7 @@ impl Replica {
         let log =
             std::fs::File::create(repo_root().join(format!("target/e2e-certificates-{port}.log")))
                 .unwrap();
-        let child = self_managed(identity, port, admin)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Self { child, port, admin }
     }
 
@@ -612,4 +613,77 @@ async fn cert_manager_overlay_is_accepted_by_the_apiserver() {
     ] {
         assert!(applied.contains(object), "{object} missing:\n{applied}");
     }
+}
+
+/// Certificate files (a mounted Secret, cert-manager's) broken on disk: the previous
+/// certificate stays served, the failure is counted, and a Warning Event on the pod says why.
+#[tokio::test]
+async fn a_broken_certificate_file_keeps_the_old_one_served_and_says_so_on_the_pod() {
+    let client = client().await.unwrap();
+    let namespace = TestNamespace::create(&client, "certfile").await.unwrap();
+    let ns = namespace.name.as_str();
+    let dir = repo_root().join(format!("target/e2e-certfile-{ns}"));
+    let generated = Command::new(binary())
+        .args([
+            "certs",
+            "--out-dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+    let (port, admin) = (free_port().unwrap(), free_port().unwrap());
+    let mut command = Command::new(binary());
+    command
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("POD_NAMESPACE", ns)
+        .env("POD_NAME", "jellyfin-ha-webhook-0")
+        .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--tls-cert", dir.join(TLS_CERT).to_str().unwrap()])
+        .args(["--tls-key", dir.join("tls.key").to_str().unwrap()])
+        .args(["--cert-reload-seconds", "1"]);
+    let replica = Replica::spawn(command, port, admin);
+    eventually(Duration::from_secs(30), "the webhook ready", || async {
+        Ok(admin_get(&replica.admin(), "/readyz").ok().map(drop))
+    })
+    .await
+    .unwrap();
+    let ca = std::fs::read_to_string(dir.join(CA_CERT)).unwrap();
+    let served = replica.served(&ca).await.unwrap();
+
+    std::fs::write(dir.join(TLS_CERT), "not a certificate").unwrap();
+    eventually(Duration::from_secs(15), "the failure counted", || async {
+        Ok((replica.reloads("error") > 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(replica.served(&ca).await.unwrap(), served);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let event = eventually(
+        Duration::from_secs(15),
+        "a Warning Event on the pod",
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("CertificateNotRenewed")
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Pod")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some("jellyfin-ha-webhook-0")
+            }))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        event
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("tls.crt"),
+        "{:?}",
+        event.note
+    );
 }

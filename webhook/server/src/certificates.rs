@@ -20,6 +20,7 @@ use jellyfin_ha_certs::{CertError, CertFiles, ServedCert};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -166,13 +167,31 @@ pub async fn start(
     let files = CertFiles::load(cert, key)?;
     set_file_expiry(&files, metrics);
     let served = Arc::clone(files.served());
+    let warnings = own_pod_warnings(&args.cert_namespace).await;
     tokio::spawn(reload_files(
         files,
         args.every(),
         Arc::clone(metrics),
+        warnings,
         stop.clone(),
     ));
     Ok(served)
+}
+
+/// Events about this pod, when it runs in one (the downward API gives POD_NAME) and the API is
+/// reachable; files served outside a cluster only log and count.
+async fn own_pod_warnings(namespace: &str) -> Option<Warnings> {
+    let name = std::env::var("POD_NAME").ok()?;
+    let client = Client::try_default().await.ok()?;
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Pod::default()
+    };
+    Some(Warnings::new(recorder(client), pod.object_ref(&())))
 }
 
 fn set_expiry(metrics: &Metrics, not_after: i64) {
@@ -203,6 +222,7 @@ async fn reload_files(
     files: Arc<CertFiles>,
     every: Duration,
     metrics: Arc<Metrics>,
+    mut warnings: Option<Warnings>,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(every);
@@ -218,10 +238,14 @@ async fn reload_files(
                 tracing::info!("serving certificate reloaded");
                 set_file_expiry(&files, &metrics);
                 count_reload(&metrics, "success");
+                warnings.iter_mut().for_each(Warnings::clear);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reload the serving certificate; keeping the current one");
                 count_reload(&metrics, "error");
+                if let Some(warnings) = &mut warnings {
+                    warnings.warn(e.to_string()).await;
+                }
             }
         }
     }
@@ -274,14 +298,10 @@ impl SelfManaged {
             !names.is_empty(),
             "--cert-secret needs at least one --cert-service or --cert-name"
         );
-        let reporter = Reporter {
-            controller: "jellyfin-ha".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Ok(Self {
             secrets: Api::namespaced(client.clone(), &args.cert_namespace),
             webhook_configurations: Api::all(client.clone()),
-            recorder: Recorder::new(client, reporter),
+            recorder: recorder(client),
             namespace: args.cert_namespace.clone(),
             secret: secret.to_string(),
             webhook_configuration: args.webhook_configuration.clone(),
@@ -458,7 +478,15 @@ impl SelfManaged {
             .boxed();
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_error = None;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(self.secret.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        };
+        let mut warnings = Warnings::new(self.recorder.clone(), secret.object_ref(&()));
         loop {
             let result = tokio::select! {
                 _ = ticks.tick() => self.reconcile().await,
@@ -473,46 +501,67 @@ impl SelfManaged {
             };
             match result {
                 Ok(stored) => {
-                    last_error = None;
+                    warnings.clear();
                     serve(&stored, &served, &metrics);
                 }
                 Err(e) => {
                     tracing::warn!(secret = %self.secret, error = %e, "certificate not renewed; keeping the one served");
                     count_reload(&metrics, "error");
-                    let message = e.to_string();
-                    if last_error.as_ref() != Some(&message) {
-                        self.record(&message).await;
-                        last_error = Some(message);
-                    }
+                    warnings.warn(e.to_string()).await;
                 }
             }
         }
     }
+}
 
-    /// A Warning Event on the Secret, once per distinct failure.
-    async fn record(&self, message: &str) {
-        let reference = Secret {
-            metadata: ObjectMeta {
-                name: Some(self.secret.clone()),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Secret::default()
+/// Warning Events about one object when the served certificate cannot be replaced: each
+/// distinct failure once, until one succeeds.
+struct Warnings {
+    recorder: Recorder,
+    regarding: ObjectReference,
+    last: Option<String>,
+}
+
+impl Warnings {
+    fn new(recorder: Recorder, regarding: ObjectReference) -> Self {
+        Self {
+            recorder,
+            regarding,
+            last: None,
         }
-        .object_ref(&());
+    }
+
+    fn clear(&mut self) {
+        self.last = None;
+    }
+
+    async fn warn(&mut self, message: String) {
+        if self.last.as_ref() == Some(&message) {
+            return;
+        }
         let event = Event {
             type_: EventType::Warning,
             reason: "CertificateNotRenewed".into(),
             note: Some(format!(
                 "{message}; the previous certificate is still served"
             )),
-            action: "Rotate".into(),
+            action: "Reload".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
+        if let Err(e) = self.recorder.publish(&event, &self.regarding).await {
             tracing::warn!(error = %e, "could not record an Event");
         }
+        self.last = Some(message);
     }
+}
+
+/// Who records Events: this pod, when the downward API names it.
+fn recorder(client: Client) -> Recorder {
+    let reporter = Reporter {
+        controller: "jellyfin-ha".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    Recorder::new(client, reporter)
 }
 
 fn parse(secret: &Secret) -> Result<Stored, SelfManagedError> {
