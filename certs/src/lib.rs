@@ -43,7 +43,8 @@ pub struct GeneratedCerts {
 }
 
 /// A throwaway CA and a serving certificate for `names` (DNS names or IP addresses), for local
-/// clusters, tests and the demo. Production clusters should let cert-manager issue them.
+/// clusters, tests and the demo. Installs use self-managed certificates ([`lifecycle`]) or
+/// cert-manager.
 pub fn generate(names: &[String]) -> Result<GeneratedCerts, CertError> {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

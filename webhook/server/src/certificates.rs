@@ -654,10 +654,7 @@ fn write_generated(out_dir: &std::path::Path, names: &[String]) -> anyhow::Resul
 }
 
 async fn print_scheduler_tls(args: SchedulerTlsArgs) -> anyhow::Result<()> {
-    let mut kube = args.kube;
-    kube.namespace
-        .get_or_insert_with(|| crate::cli::DEFAULT_NAMESPACE.to_string());
-    let client = kube.client().await?;
+    let client = args.kube.client().await?;
     let namespace = client.default_namespace().to_string();
     let secret = Api::<Secret>::namespaced(client, &namespace)
         .get(&args.secret)
