@@ -168,11 +168,18 @@ impl Scene {
 
     /// The Events the fencer recorded on a node, as (reason, note).
     async fn events(&self, node: &str) -> Vec<(String, String)> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
-        let list = events
-            .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
-            .await
-            .unwrap();
+        // A Node's Events live in `default`.
+        self.events_in("default", Some(node)).await
+    }
+
+    /// The Events the fencer recorded in `namespace`, on objects named `name` if given.
+    async fn events_in(&self, namespace: &str, name: Option<&str>) -> Vec<(String, String)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let mut params = ListParams::default();
+        if let Some(name) = name {
+            params = params.fields(&format!("involvedObject.name={name}"));
+        }
+        let list = events.list(&params).await.unwrap();
         list.items
             .into_iter()
             .filter(|e| e.reporting_component.as_deref() == Some("jellyfin-ha-fencer"))
@@ -375,6 +382,14 @@ async fn a_powered_off_node_is_fenced_and_jellyfin_moves_with_its_volume() {
         .wait_event(&first, "Fenced", Duration::from_secs(5))
         .await;
     assert!(note.contains("Lease not renewed"), "{note}");
+    // The replaced pod says why it went.
+    let on_pods = scene.events_in(scene.ns(), None).await;
+    assert!(
+        on_pods
+            .iter()
+            .any(|(reason, note)| reason == "ForceDeleted" && note.contains(&first)),
+        "{on_pods:?}"
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use jellyfin_ha_core::fencing::{
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -519,6 +519,13 @@ impl Fencer {
                 Ok(_) => {
                     tracing::info!(%node, pod = %format!("{namespace}/{name}"), "force-deleted from the fenced node");
                     self.metrics.fencer_pods_deleted.inc();
+                    // Whoever asks why the pod was replaced finds the answer on it.
+                    let note = format!(
+                        "its node {node} was proven off and fenced: deleted without grace so \
+                         that its replacement starts now"
+                    );
+                    let event = (EventType::Normal, "ForceDeleted", "Fence", note);
+                    self.publish(&pod.object_ref(&()), event).await;
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
@@ -536,9 +543,6 @@ impl Fencer {
 
     /// Records an Event on the Node; in a dry run it is only logged.
     async fn event(&self, node: &str, type_: EventType, reason: &str, action: &str, note: String) {
-        if self.dry_run {
-            return;
-        }
         let reference = Node::object_ref(
             &Node {
                 metadata: kube::api::ObjectMeta {
@@ -550,6 +554,20 @@ impl Fencer {
             },
             &(),
         );
+        self.publish(&reference, (type_, reason, action, note))
+            .await;
+    }
+
+    /// Records an Event (type, reason, action, note) on `object`; in a dry run it is only
+    /// logged.
+    async fn publish(
+        &self,
+        object: &ObjectReference,
+        (type_, reason, action, note): (EventType, &str, &str, String),
+    ) {
+        if self.dry_run {
+            return;
+        }
         let event = Event {
             type_,
             reason: reason.to_string(),
@@ -557,8 +575,9 @@ impl Fencer {
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(%node, error = %e, "could not record an Event");
+        if let Err(e) = self.recorder.publish(&event, object).await {
+            let name = object.name.as_deref().unwrap_or_default();
+            tracing::warn!(object = name, error = %e, "could not record an Event");
         }
     }
 }
