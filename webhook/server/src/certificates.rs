@@ -779,3 +779,112 @@ mod tests {
         assert!(err.to_string().contains("ca.crt"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod api_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex;
+
+    use axum::http::{Method, Request, Response, StatusCode};
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use jellyfin_ha_certs::lifecycle::Step;
+
+    use super::*;
+
+    const NAMESPACE: &str = "jellyfin-ha";
+    const SECRET: &str = "jellyfin-ha-webhook-tls";
+
+    fn lifetimes() -> Lifetimes {
+        Lifetimes {
+            ca: Duration::from_secs(3600),
+            serving: Duration::from_secs(600),
+            publish_delay: Duration::from_secs(60),
+        }
+    }
+
+    fn names() -> Vec<String> {
+        vec!["jellyfin-ha-webhook.jellyfin-ha.svc".to_string()]
+    }
+
+    fn status(code: u16, reason: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "message": reason, "reason": reason, "code": code})
+    }
+
+    /// An apiserver where another replica creates the Secret between this replica's read and
+    /// its create: the create conflicts, and the Secret then holds the winner's certificate.
+    fn apiserver_with_a_faster_replica(winner: Secret, calls: Arc<Mutex<Vec<String>>>) -> Client {
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let (winner, calls) = (winner.clone(), Arc::clone(&calls));
+            async move {
+                let call = format!("{} {}", request.method(), request.uri().path());
+                let created = calls.lock().unwrap().iter().any(|c| c.starts_with("POST"));
+                calls.lock().unwrap().push(call);
+                let (code, body) = match *request.method() {
+                    Method::GET if created => (200, serde_json::to_value(&winner).unwrap()),
+                    Method::GET => (404, status(404, "NotFound")),
+                    Method::POST => (409, status(409, "AlreadyExists")),
+                    _ => (405, status(405, "MethodNotAllowed")),
+                };
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(StatusCode::from_u16(code).unwrap())
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, NAMESPACE)
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_loses_the_race_to_create_serves_the_winners_certificate() {
+        let now = unix_now();
+        let won = lifecycle::perform(Step::Create, None, &names(), now, &lifetimes())
+            .unwrap()
+            .unwrap();
+        let winner = Secret {
+            metadata: ObjectMeta {
+                name: Some(SECRET.into()),
+                namespace: Some(NAMESPACE.into()),
+                resource_version: Some("7".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                won.to_data()
+                    .into_iter()
+                    .map(|(k, v)| (k, ByteString(v)))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let client = apiserver_with_a_faster_replica(winner, Arc::clone(&calls));
+        let replica = SelfManaged {
+            secrets: Api::namespaced(client.clone(), NAMESPACE),
+            webhook_configurations: Api::all(client.clone()),
+            recorder: recorder(client),
+            namespace: NAMESPACE.into(),
+            secret: SECRET.into(),
+            webhook_configuration: None,
+            names: names(),
+            lifetimes: lifetimes(),
+        };
+
+        let stored = replica.reconcile().await.unwrap();
+        assert_eq!(stored, won);
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/secrets");
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [
+                format!("GET {path}/{SECRET}"),
+                format!("POST {path}"),
+                format!("GET {path}/{SECRET}"),
+            ],
+            "read, lost the create, read the winner's and wrote nothing more"
+        );
+    }
+}
