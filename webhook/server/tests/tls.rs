@@ -21,12 +21,12 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jellyfin_ha::metrics::Metrics;
 use jellyfin_ha::serve::serve_tls;
-use jellyfin_ha::webhook::{WebhookState, router};
+use jellyfin_ha::webhook::{MAX_REVIEW_BYTES, WebhookState, router};
 use jellyfin_ha_certs::{CertFiles, generate};
 use jellyfin_ha_core::Policy;
 use rustls::ClientConfig;
 use serde_json::Value;
-use support::{connect, free_port, review_request, write_certs};
+use support::{POD_CREATE, connect, free_port, review_request, write_certs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -210,6 +210,106 @@ async fn shutdown_closes_idle_keep_alive_connections_and_returns() {
         TcpStream::connect(server.addr).await.is_err(),
         "listener closed"
     );
+}
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from `stream`.
+async fn read_response(stream: &mut (impl AsyncReadExt + Unpin)) -> (String, Vec<u8>) {
+    let mut buffer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buffer.ends_with(b"\r\n\r\n") {
+        let read = stream
+            .read(&mut byte)
+            .await
+            .expect("reading the response head");
+        assert!(
+            read == 1,
+            "connection closed before the response: {buffer:?}"
+        );
+        buffer.push(byte[0]);
+    }
+    let head = String::from_utf8(buffer).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (head, body)
+}
+
+#[rstest::rstest]
+#[case::announced(true)]
+#[case::chunked(false)]
+#[tokio::test]
+/// An oversized review over a real socket: the client reads the 413 even while it is still
+/// sending, instead of a reset connection, and the connection carries the next review.
+async fn the_client_reads_the_413_while_still_sending(#[case] announced: bool) {
+    let server = start().await;
+    let stream = connect(server.addr, client_config(&server.ca_pem, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+
+    let size = 3 * MAX_REVIEW_BYTES;
+    let framing = if announced {
+        format!("content-length: {size}")
+    } else {
+        "transfer-encoding: chunked".to_string()
+    };
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // Send slowly, as a client on a slow link does, and keep sending while the answer comes.
+    let sending = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            let framed = if announced {
+                chunk.clone()
+            } else {
+                [
+                    format!("{:x}\r\n", chunk.len()).into_bytes(),
+                    chunk.clone(),
+                    b"\r\n".to_vec(),
+                ]
+                .concat()
+            };
+            if writer.write_all(&framed).await.is_err() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if !announced {
+            writer.write_all(b"0\r\n\r\n").await.ok()?;
+        }
+        Some(writer)
+    });
+
+    let (head, _) = read_response(&mut reader).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        !sending.is_finished(),
+        "the answer came while the client was still sending"
+    );
+
+    // The rest of the body is read and dropped, so the connection carries the next request.
+    let mut writer = sending
+        .await
+        .unwrap()
+        .expect("the server kept reading the body");
+    let review = format!(
+        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{POD_CREATE}",
+        POD_CREATE.len()
+    );
+    writer.write_all(review.as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut reader).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(review["response"]["allowed"], true);
 }
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
