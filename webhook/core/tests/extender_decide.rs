@@ -322,6 +322,34 @@ fn a_volume_in_use_on_a_healthy_non_candidate_leaves_no_node() {
     assert!(passed(&snapshot, &pod(), &["qs-1", "qs-2"]).is_empty());
 }
 
+/// `jellyfin-ha explain` offers every node, the scheduler only some: a holder nobody uses pins
+/// the pod only when it is offered, and explain says that instead of a flat "no".
+#[test]
+fn explain_says_where_a_verdict_depends_on_the_holder_being_offered() {
+    let mut snapshot = cluster(&["qs-1", "qs-2", "qs-3"]);
+    bind(&mut snapshot, CONFIG_CLAIM, "pv-config", &["ReadWriteOnce"]);
+    attach(&mut snapshot, "va-1", "pv-config", "qs-3");
+    let every = names(&["qs-1", "qs-2", "qs-3"]);
+    let verdicts = explain(&pod(), &every, &snapshot, &ExtenderPolicy::default(), now());
+    let qs1 = &verdicts[0];
+    assert!(!qs1.passes);
+    assert_eq!(qs1.depends_on_candidates, ["qs-3"]);
+    assert!(verdicts[2].passes && verdicts[2].depends_on_candidates.is_empty());
+    // What the extender answers either way.
+    assert_eq!(
+        passed(&snapshot, &pod(), &["qs-1", "qs-2", "qs-3"]),
+        ["qs-3"]
+    );
+    assert_eq!(
+        passed(&snapshot, &pod(), &["qs-1", "qs-2"]),
+        ["qs-1", "qs-2"]
+    );
+    // Used by another pod there, the pin holds whatever is offered: nothing depends.
+    snapshot.upsert_managed_pod(managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM]));
+    let verdicts = explain(&pod(), &every, &snapshot, &ExtenderPolicy::default(), now());
+    assert!(!verdicts[0].passes && verdicts[0].depends_on_candidates.is_empty());
+}
+
 #[rstest]
 #[case::nobody_uses_it(None)]
 #[case::user_is_terminating(Some(true))]

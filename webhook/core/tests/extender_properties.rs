@@ -372,6 +372,36 @@ proptest! {
         }
     }
 
+    /// `jellyfin-ha explain` offers every node at once, the scheduler only those its own
+    /// filters passed. Where that changes the extender's answer (a volume pins the pod to a
+    /// holder only when the holder is offered), explain must say so, never contradict it.
+    #[test]
+    fn explain_over_every_node_never_contradicts_a_call_with_fewer_candidates(
+        objects in objects(),
+        policy in policy(),
+        every in candidates(),
+        offered_mask in prop::collection::vec(any::<bool>(), 14),
+    ) {
+        let snapshot = snapshot_of(&objects);
+        let verdicts = explain(&pod(), &every, &snapshot, &policy, at(0));
+        let offered: Vec<String> = every
+            .iter()
+            .zip(&offered_mask)
+            .filter(|(_, offered)| **offered)
+            .map(|(node, _)| node.clone())
+            .collect();
+        let decision = filter(&pod(), offered.clone(), &snapshot, &policy, at(0));
+        for node in &offered {
+            let verdict = verdicts.iter().find(|v| &v.node == node).unwrap();
+            let expected = if verdict.depends_on_candidates.is_empty() {
+                verdict.passes
+            } else {
+                !verdict.depends_on_candidates.iter().any(|holder| offered.contains(holder))
+            };
+            prop_assert_eq!(decision.passed.contains(node), expected, "{}: {:?}", node, verdict);
+        }
+    }
+
     #[test]
     fn the_snapshot_does_not_depend_on_event_order(
         objects in objects(), noise in objects()

@@ -8,9 +8,10 @@ use anyhow::Context;
 use clap::Args;
 use jellyfin_ha_core::extender::decide::NodeFacts;
 use jellyfin_ha_core::extender::{self, ExtenderPolicy, NodeVerdict};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
+use kube::api::ListParams;
 
 use crate::config::load_config;
 use crate::kubeconfig::KubeArgs;
@@ -54,7 +55,46 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
         "{}",
         render(&namespace, &args.pod, bound, verdicts, &policy)
     );
+    if bound.is_none() {
+        match last_attempt(&client, &namespace, &pod).await {
+            Ok(Some(said)) => println!("the scheduler's last attempt: {said}"),
+            Ok(None) => {}
+            Err(e) => eprintln!("note: the scheduler's last attempt is unknown: {e}"),
+        }
+    }
     Ok(())
+}
+
+/// What kube-scheduler said when it last failed to place the pod (its FailedScheduling Event
+/// carries the extender's reasons for the candidates it was given), with how long ago.
+async fn last_attempt(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &Pod,
+) -> anyhow::Result<Option<String>> {
+    let Some(uid) = pod.metadata.uid.as_deref() else {
+        return Ok(None);
+    };
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("involvedObject.uid={uid},reason=FailedScheduling");
+    let list = events
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .context("listing the pod's Events")?;
+    let when = |event: &Event| {
+        let time = event.event_time.as_ref().map(|t| t.0);
+        time.or_else(|| event.last_timestamp.as_ref().map(|t| t.0))
+    };
+    let Some(latest) = list.items.iter().max_by_key(|event| when(event)) else {
+        return Ok(None);
+    };
+    let ago = when(latest)
+        .map(|at| format!(" ({}s ago)", Timestamp::now().duration_since(at).as_secs()))
+        .unwrap_or_default();
+    Ok(Some(format!(
+        "{}{ago}",
+        latest.message.as_deref().unwrap_or_default()
+    )))
 }
 
 /// The table, passing nodes first, best score first, then by name.
@@ -104,7 +144,12 @@ pub fn render(
             };
             [
                 node,
-                if v.passes { "yes" } else { "no" }.to_string(),
+                match (v.passes, v.depends_on_candidates.is_empty()) {
+                    (true, _) => "yes",
+                    (false, true) => "no",
+                    (false, false) => "depends",
+                }
+                .to_string(),
                 v.score_parts.gpu_load.to_string(),
                 v.score_parts
                     .volume_locality
@@ -121,8 +166,14 @@ pub fn render(
                 measured(facts, policy),
                 if v.reasons.is_empty() {
                     "-".to_string()
-                } else {
+                } else if v.depends_on_candidates.is_empty() {
                     v.reasons.join("; ")
+                } else {
+                    format!(
+                        "{}; passes when the scheduler does not offer {}",
+                        v.reasons.join("; "),
+                        v.depends_on_candidates.join(" or ")
+                    )
                 },
             ]
         })
@@ -152,6 +203,13 @@ pub fn render(
     }
     if bound.is_some() {
         let _ = writeln!(out, "* the node the pod is bound to");
+    }
+    if verdicts.iter().any(|v| !v.depends_on_candidates.is_empty()) {
+        let _ = writeln!(
+            out,
+            "depends: the extender sees only the nodes kube-scheduler's own filters passed; a \
+             node holding the pod's volume pins the pod to it only when it is among them"
+        );
     }
     out
 }
@@ -194,7 +252,36 @@ mod tests {
                 gpu_capacity: Some(2),
                 ..NodeFacts::default()
             },
+            depends_on_candidates: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_verdict_that_depends_on_the_candidates_says_so() {
+        let mut pinned = verdict(
+            "qs-1",
+            false,
+            3,
+            &["volume of claim config is attached to healthy node qs-3"],
+        );
+        pinned.depends_on_candidates = vec!["qs-3".into()];
+        let table = render(
+            "media",
+            "jellyfin-0",
+            None,
+            vec![pinned, verdict("qs-3", true, 7, &[])],
+            &ExtenderPolicy::default(),
+        );
+        let row = table.lines().find(|l| l.starts_with("qs-1")).unwrap();
+        assert!(row.contains(" depends "), "{table}");
+        assert!(
+            row.ends_with("passes when the scheduler does not offer qs-3"),
+            "{table}"
+        );
+        assert!(
+            table.lines().last().unwrap().starts_with("depends: "),
+            "{table}"
+        );
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub struct NodeVerdict {
     /// What prioritize returns, 0 to 10.
     pub total: i64,
     pub facts: NodeFacts,
+    /// Holders of the pod's volumes whose being offered decides this verdict: the node is
+    /// rejected when the scheduler offers one of them too, and passes when it does not. The
+    /// extender sees only the candidates of each call; empty when that changes nothing here.
+    pub depends_on_candidates: Vec<String>,
 }
 
 /// Filters `candidates` for `pod`. Takes the names by value to move them into the answer.
@@ -221,10 +225,26 @@ pub fn explain(
     policy: &ExtenderPolicy,
     now: Timestamp,
 ) -> Vec<NodeVerdict> {
-    let evaluation = Evaluation::new(pod, candidates, snapshot, policy, now);
+    let offered_all = Evaluation::new(pod, candidates, snapshot, policy, now);
+    // What the extender answers when the scheduler does not offer the holders.
+    let mut holders_not_offered = offered_all.clone();
+    holders_not_offered
+        .pins
+        .retain(|pin| !pin.only_as_candidate);
     candidates
         .iter()
-        .map(|node| evaluation.verdict(node))
+        .map(|node| {
+            let mut verdict = offered_all.verdict(node);
+            if holders_not_offered.verdict(node).passes != verdict.passes {
+                verdict.depends_on_candidates = offered_all
+                    .pins
+                    .iter()
+                    .filter(|pin| pin.only_as_candidate && pin.holder != node)
+                    .map(|pin| pin.holder.to_string())
+                    .collect();
+            }
+            verdict
+        })
         .collect()
 }
 
@@ -241,7 +261,7 @@ fn rejection(reasons: &[Reason<'_>]) -> Rejection {
 }
 
 /// One of the pod's volumes, bound to a PersistentVolume.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PodVolume<'a> {
     claim: &'a ClaimInfo,
     /// The CSI driver, from the PV or, while the PV is not cached, from its attachments.
@@ -253,10 +273,13 @@ struct PodVolume<'a> {
 }
 
 /// A single-node volume that only `holder` can give the pod.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pin<'a> {
     claim: &'a str,
     holder: &'a str,
+    /// Pinned only because the scheduler offered the holder (no other pod there uses it):
+    /// offered fewer candidates, the extender would not pin.
+    only_as_candidate: bool,
 }
 
 /// Whether a node's kubelet is heartbeating.
@@ -304,7 +327,7 @@ impl NodeView<'_> {
 }
 
 /// The per-call context: the pod's volumes and pins resolved against the snapshot once.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Evaluation<'a> {
     snapshot: &'a Snapshot,
     policy: &'a ExtenderPolicy,
@@ -397,22 +420,24 @@ impl<'a> Evaluation<'a> {
         candidates: &[String],
     ) -> Vec<Pin<'a>> {
         let claim = volume.claim;
+        // Another managed pod on the holder still uses the volume.
+        let used_there = |holder: &str| {
+            self.snapshot.managed_pods().any(|other| {
+                other.namespace == claim.namespace
+                    && other.name != pod_name
+                    && other.gpu_node() == Some(holder)
+                    && other.claims.contains(&claim.name)
+            })
+        };
         volume
             .held_on
             .iter()
             .filter(|holder| self.is_healthy(holder))
-            .filter(|holder| {
-                let used_there = self.snapshot.managed_pods().any(|other| {
-                    other.namespace == claim.namespace
-                        && other.name != pod_name
-                        && other.gpu_node() == Some(**holder)
-                        && other.claims.contains(&claim.name)
-                });
-                used_there || candidates.iter().any(|c| c == *holder)
-            })
+            .filter(|holder| used_there(holder) || candidates.iter().any(|c| c == **holder))
             .map(|holder| Pin {
                 claim: &claim.name,
                 holder,
+                only_as_candidate: !used_there(holder),
             })
             .collect()
     }
@@ -546,6 +571,7 @@ impl<'a> Evaluation<'a> {
             score_parts,
             total: self.weighted_total(score_parts),
             facts: self.facts(node),
+            depends_on_candidates: Vec::new(),
         }
     }
 
