@@ -151,16 +151,15 @@ async fn sample_until(
             _ = ticks.tick() => {}
         }
         let roots = roots.clone();
+        let sample_seconds = metrics.sample_seconds.clone();
         let scan = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
             let cards = scan::cards(&roots);
             let (seen, counts) = scan::clients(&roots, &cards);
+            sample_seconds.observe(began.elapsed().as_secs_f64());
             (began, cards, seen, counts)
         });
         let (began, cards, seen, counts) = scan.await.context("the sampling task")?;
-        metrics
-            .sample_seconds
-            .observe(began.elapsed().as_secs_f64());
         let at_ns = u64::try_from(began.duration_since(started).as_nanos()).unwrap_or(u64::MAX);
         let Some(busyness) = sampler.sample(seen, at_ns) else {
             continue;
