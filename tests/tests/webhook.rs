@@ -459,3 +459,103 @@ fn assert_complete(pod: &Value, what: &str) {
     );
     assert_eq!(spec["terminationGracePeriodSeconds"], 600, "{what}");
 }
+
+/// With `renderGroupsFrom: agents`, pods get the render GIDs the node agents report on usable
+/// cards, and the configured list until any report arrives.
+#[tokio::test]
+async fn render_groups_follow_the_node_agents_reports() {
+    use jellyfin_ha_core::busyness::report::{
+        AgentReport, CardReport, REPORT_KEY, REPORT_LABELS, REPORT_NODE_LABEL, report_object_name,
+    };
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let client = client().await.unwrap();
+    let namespace = TestNamespace::create_labelled(&client, "gids", &[(OWN_REGISTRATION, "true")])
+        .await
+        .unwrap();
+    let ns = namespace.name.as_str();
+    let dir = repo_root().join(format!("target/e2e-webhooks/{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "renderGroups: [44, 109]\nrenderGroupsFrom: agents\n",
+    )
+    .unwrap();
+    let config_flag = format!("--config={}", config.display());
+    let own = RoleProcess::webhook(&dir, &["--namespace", ns, &config_flag])
+        .await
+        .unwrap();
+    let _registration = own
+        .served
+        .register_own(&client, ns, &format!("{}/mutate", own.served.url))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let groups_become = |expected: Vec<i64>| {
+        let pods = pods.clone();
+        async move {
+            let dry_run = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            let what = format!("supplementalGroups {expected:?}");
+            eventually(Duration::from_secs(15), &what, || async {
+                let pod = pods
+                    .create(&dry_run, &plain_pod("probe", opted_in()))
+                    .await?;
+                let groups = pod
+                    .spec
+                    .and_then(|s| s.security_context)
+                    .and_then(|c| c.supplemental_groups)
+                    .unwrap_or_default();
+                Ok((groups == expected).then_some(()))
+            })
+            .await
+            .unwrap();
+        }
+    };
+    groups_become(vec![44, 109]).await;
+
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let card = |card: &str, gid: u32, usable: bool| CardReport {
+        card: card.into(),
+        driver: Some("i915".into()),
+        pci_address: None,
+        render_node: None,
+        render_gid: Some(gid),
+        usable,
+        problem: None,
+        engines: Default::default(),
+    };
+    for (node, cards) in [
+        (
+            "qs-1",
+            vec![card("card0", 106, true), card("card1", 44, false)],
+        ),
+        ("qs-2", vec![card("card0", 993, true)]),
+    ] {
+        let report = AgentReport {
+            node: node.into(),
+            observed_at: k8s_openapi::jiff::Timestamp::now(),
+            cards,
+            pods: Vec::new(),
+        };
+        let mut labels: std::collections::BTreeMap<String, String> = REPORT_LABELS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        labels.insert(REPORT_NODE_LABEL.into(), node.into());
+        let map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": report_object_name(node), "labels": labels},
+            "data": {REPORT_KEY: serde_json::to_string(&report).unwrap()},
+        }))
+        .unwrap();
+        maps.create(&PostParams::default(), &map).await.unwrap();
+    }
+    groups_become(vec![106, 993]).await;
+    maps.delete(&report_object_name("qs-2"), &DeleteParams::default())
+        .await
+        .unwrap();
+    groups_become(vec![106]).await;
+}

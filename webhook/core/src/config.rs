@@ -50,6 +50,9 @@ pub struct Policy {
     pub gpu: GpuPolicy,
     /// GIDs added to `securityContext.supplementalGroups` so the container can open the render node.
     pub render_groups: Vec<i64>,
+    /// Where the webhook takes those GIDs from: this list, or the render nodes' group ids the
+    /// node agents report (falling back to this list until a report arrives).
+    pub render_groups_from: RenderGroupsSource,
     /// The required node-affinity expression that keeps the pod on QuickSync nodes.
     pub node_affinity: NodeAffinityPolicy,
     /// `tolerationSeconds` for the not-ready and unreachable NoExecute tolerations.
@@ -68,6 +71,7 @@ impl Default for Policy {
         Self {
             gpu: GpuPolicy::default(),
             render_groups: DEFAULT_RENDER_GROUPS.to_vec(),
+            render_groups_from: RenderGroupsSource::Config,
             node_affinity: NodeAffinityPolicy::default(),
             failover_seconds: DEFAULT_FAILOVER_SECONDS,
             min_termination_grace_seconds: DEFAULT_MIN_TERMINATION_GRACE_SECONDS,
@@ -134,6 +138,37 @@ impl Default for NodeAffinityPolicy {
         Self {
             key: DEFAULT_QUICKSYNC_LABEL.to_string(),
             values: vec!["true".to_string()],
+        }
+    }
+}
+
+/// Where the render group GIDs come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RenderGroupsSource {
+    /// `renderGroups` as written: every GID seen in the wild, since the webhook runs before
+    /// scheduling and cannot know the node's.
+    #[default]
+    Config,
+    /// The union of the GIDs the node agents report on QuickSync nodes: still a set, for the
+    /// same reason, but only the ones this cluster's hosts use.
+    Agents,
+}
+
+impl RenderGroupsSource {
+    /// The GIDs pods get: the agents' union when they are the source and have reported any,
+    /// else `configured`.
+    pub fn render_groups(
+        self,
+        configured: &[i64],
+        reported: impl IntoIterator<Item = u32>,
+    ) -> Vec<i64> {
+        let mut reported: Vec<i64> = reported.into_iter().map(i64::from).collect();
+        reported.sort_unstable();
+        reported.dedup();
+        match self {
+            Self::Agents if !reported.is_empty() => reported,
+            _ => configured.to_vec(),
         }
     }
 }
@@ -328,5 +363,22 @@ mod tests {
             ..Policy::default()
         };
         policy.validate().unwrap();
+    }
+
+    #[test]
+    fn render_groups_come_from_the_agents_only_when_asked_and_reported() {
+        let configured = [44, 109];
+        let from = |source: RenderGroupsSource, reported: &[u32]| {
+            source.render_groups(&configured, reported.iter().copied())
+        };
+        assert_eq!(from(RenderGroupsSource::Config, &[106]), [44, 109]);
+        assert_eq!(from(RenderGroupsSource::Agents, &[]), [44, 109]);
+        assert_eq!(
+            from(RenderGroupsSource::Agents, &[993, 106, 993]),
+            [106, 993]
+        );
+        let policy: Policy = serde_yaml::from_str("renderGroupsFrom: agents\n").unwrap();
+        assert_eq!(policy.render_groups_from, RenderGroupsSource::Agents);
+        assert!(serde_yaml::from_str::<Policy>("renderGroupsFrom: nodes\n").is_err());
     }
 }

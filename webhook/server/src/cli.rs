@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use jellyfin_ha_core::Policy;
+use jellyfin_ha_core::config::RenderGroupsSource;
 use jellyfin_ha_core::extender::ExtenderPolicy;
 use jellyfin_ha_core::scheduling::Scheduling;
 use tokio::net::TcpListener;
@@ -28,7 +29,7 @@ use crate::manifests::{self, OutputFormat};
 use crate::metrics::Metrics;
 use crate::reflect::{self, SharedSnapshot, SyncState};
 use crate::webhook::{self, WebhookState};
-use crate::{certificates, doctor, explain, fencer, scheduling, serve, shutdown};
+use crate::{certificates, doctor, explain, fencer, follow, scheduling, serve, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -285,27 +286,23 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
-    let (policy, ready_checks) = match args.scheduling {
-        scheduling::Source::Fixed(scheduling) => (
-            Arc::new(ArcSwap::from_pointee(Policy {
-                scheduling,
-                ..policy
-            })),
-            Vec::new(),
-        ),
-        scheduling::Source::ConfigMap => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-            let policy = Arc::new(ArcSwap::from_pointee(policy));
-            let read = scheduling::follow(
-                client,
-                &args.namespace,
-                Arc::clone(&policy),
-                shutdown.clone(),
-            );
-            (policy, vec![read])
-        }
+    let follows_cluster = matches!(args.scheduling, scheduling::Source::ConfigMap)
+        || policy.render_groups_from == RenderGroupsSource::Agents;
+    let policy = Arc::new(ArcSwap::from_pointee(match &args.scheduling {
+        scheduling::Source::Fixed(scheduling) => Policy {
+            scheduling: scheduling.clone(),
+            ..policy
+        },
+        scheduling::Source::ConfigMap => policy,
+    }));
+    let ready_checks = if follows_cluster {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+        let scheduling = &args.scheduling;
+        follow_cluster(client, &args.namespace, scheduling, &policy, &shutdown)
+    } else {
+        Vec::new()
     };
     let app = webhook::router(WebhookState {
         policy,
@@ -354,11 +351,12 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
     let policy = Arc::new(ArcSwap::from_pointee(config.policy));
-    let scheduling_read = scheduling::follow(
+    let followed = follow_cluster(
         client.clone(),
         &args.fencer.namespace,
-        Arc::clone(&policy),
-        shutdown.clone(),
+        &scheduling::Source::ConfigMap,
+        &policy,
+        &shutdown,
     );
     let webhook_app = webhook::router(WebhookState {
         policy,
@@ -381,7 +379,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         // A stale extender view does not make serve unready: that would take the webhook out
         // of its Service with it, when most nodes look dead and it is needed most. The
         // extender's answers are errors meanwhile, which the scheduler skips.
-        ready_checks: vec![scheduling_read],
+        ready_checks: followed,
         args: args.server,
     };
     let ready_when = ready_when_synced(synced, shutdown.clone());
@@ -389,6 +387,28 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     fencer.await.context("fencer")??;
     served
+}
+
+/// Starts following what the webhook's policy takes from the cluster (the scheduling
+/// ConfigMap, the node agents' render groups), as `source` and the policy say; returns the
+/// readiness checks of those that hold readiness.
+fn follow_cluster(
+    client: kube::Client,
+    namespace: &str,
+    source: &scheduling::Source,
+    policy: &Arc<ArcSwap<Policy>>,
+    shutdown: &CancellationToken,
+) -> Vec<ReadyCheck> {
+    let mut checks = Vec::new();
+    if matches!(source, scheduling::Source::ConfigMap) {
+        let (policy, stop) = (Arc::clone(policy), shutdown.clone());
+        checks.push(scheduling::follow(client.clone(), namespace, policy, stop));
+    }
+    if policy.load().render_groups_from == RenderGroupsSource::Agents {
+        let (policy, stop) = (Arc::clone(policy), shutdown.clone());
+        follow::render_groups(client, namespace, policy, stop);
+    }
+    checks
 }
 
 /// Connects to the API, starts the watchers and returns the extender's routes and state.

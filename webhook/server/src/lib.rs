@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod explain;
 pub mod extender;
 pub mod fencer;
+pub mod follow;
 pub mod kubeconfig;
 pub mod manifests;
 pub mod metrics;
