@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use jellyfin_ha_core::busyness::report::AgentReport;
+use jellyfin_ha_core::config::RenderGroupsSource;
 use jellyfin_ha_core::doctor::{
     CaCertificate, CephDriver, ConfigSource, FenceStatus, Finding, Report, ServerVersion, Snapshot,
     Verdict, diagnose,
@@ -407,6 +408,16 @@ fn render_gids_the_webhook_does_not_add_fail() {
         "add 106 to renderGroups",
     );
     assert_eq!(finding.subject, "node-b");
+    // Taken from the agents' reports instead, the webhook adds it.
+    snapshot.policy.render_groups_from = RenderGroupsSource::Agents;
+    let report = diagnose(&snapshot);
+    assert!(
+        !report
+            .of("gpu/render-gid")
+            .any(|f| f.verdict == Verdict::Fail),
+        "{:#?}",
+        report.findings
+    );
 }
 
 #[test]

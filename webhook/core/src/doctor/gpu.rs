@@ -195,10 +195,15 @@ fn gpu_mode(snapshot: &Snapshot, workload: &Workload<'_>) -> GpuMode {
 }
 
 /// Each QuickSync node's render group, as its agent reports it, against the GIDs the webhook
-/// adds to `supplementalGroups`.
+/// adds to `supplementalGroups` (with `renderGroupsFrom: agents`, the reported ones).
 fn render_gids(snapshot: &Snapshot, nodes: &[NodeInfo]) -> Vec<Finding> {
     const CHECK: &str = "gpu/render-gid";
-    let added = &snapshot.policy.render_groups;
+    let policy = &snapshot.policy;
+    let reported = snapshot.agent_reports.values().flatten();
+    let added = policy.render_groups_from.render_groups(
+        &policy.render_groups,
+        reported.flat_map(|report| report.render_gids().collect::<Vec<_>>()),
+    );
     let mut findings = Vec::new();
     let mut unreported = Vec::new();
     let mut checked = 0;
@@ -237,7 +242,8 @@ fn render_gids(snapshot: &Snapshot, nodes: &[NodeInfo]) -> Vec<Finding> {
                             foreign.join(", ")
                         ),
                         format!(
-                            "add {} to renderGroups in jellyfin-ha's config",
+                            "add {} to renderGroups in jellyfin-ha's config, or set \
+                             renderGroupsFrom: agents",
                             foreign.join(", ")
                         ),
                     ));
