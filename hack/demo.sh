@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The local demo: a control plane with QuickSync kwok nodes (each with a Redfish BMC), the
 # jellyfin-ha webhook and scheduler extender on this host, and the example Jellyfin deployed
-# through them. One node is busy with other managed pods, one has lost power but still says
-# Ready. Prints what the webhook did, where the pod landed and the extender's explanation. Then
+# through them. One node is busy with other managed pods and, as its node agent measures, an
+# unmanaged transcode; one has lost power but still says Ready. Prints what the webhook did, where the pod landed and the extender's explanation. Then
 # the fencer starts, Jellyfin's node loses power, and the demo prints the failover's timeline.
 # Cleans up (JFHA_KEEP_CLUSTER=1 leaves the cluster, webhook, extender and fencer running).
 set -euo pipefail
@@ -14,9 +14,34 @@ cd "$REPO_ROOT"
 DEMO_DIR="$REPO_ROOT/target/demo"
 NS=media
 
+# Runs the node agent for NODE on a synthetic host (no Intel GPU here) whose render engine a
+# transcode jellyfin-ha does not manage keeps BUSY (0 to 1) busy; its admin port is ADMIN.
+start_gpu_agent() {
+  local node=$1 busy=$2 admin=$3 dir="$DEMO_DIR/agent-$1"
+  mkdir -p "$dir"
+  "$gpu_host" "$dir/host" "$busy" >"$dir/flags" 2>"$dir/gpu-host.log" &
+  echo $! >"$dir/gpu-host.pid"
+  for _ in $(seq 50); do [[ -s $dir/flags ]] && break; sleep 0.1; done
+  [[ -s $dir/flags ]] || die "the synthetic host for $node did not start (see $dir/gpu-host.log)"
+  # shellcheck disable=SC2046 # the flags are one line of words
+  "$bin" agent --node "$node" --publish cluster --interval 1s --admin-listen "127.0.0.1:$admin" \
+    $(cat "$dir/flags") >"$dir/agent.log" 2>&1 &
+  echo $! >"$dir/agent.pid"
+}
+
+stop_gpu_agents() {
+  local pid_file
+  for pid_file in "$DEMO_DIR"/agent-*/*.pid; do
+    [[ -f $pid_file ]] || continue
+    kill "$(cat "$pid_file")" 2>/dev/null || true
+    rm -f "$pid_file"
+  done
+}
+
 cleanup() {
   local rc=$?
   if [[ -z ${JFHA_KEEP_CLUSTER:-} ]]; then
+    stop_gpu_agents
     stop_fencer "$DEMO_DIR/fencer"
     stop_extender "$DEMO_DIR/extender"
     stop_webhook "$DEMO_DIR"
@@ -72,6 +97,17 @@ spec:
 YAML
 done
 
+log "node agents measure nuc-1's and nuc-3's iGPUs (synthetic hosts): a transcode jellyfin-ha does not manage keeps nuc-1's render engine 85% busy, nuc-3's 10%"
+gpu_host=$(cargo build -j2 -q -p jellyfin-ha-e2e --bin gpu-host >&2 && echo "$REPO_ROOT/target/debug/gpu-host")
+start_gpu_agent nuc-1 0.85 "${JFHA_AGENT_ADMIN_PORT_BASE:-18090}"
+start_gpu_agent nuc-3 0.10 "$((${JFHA_AGENT_ADMIN_PORT_BASE:-18090} + 1))"
+for _ in $(seq 100); do
+  kubectl -n jellyfin-ha get configmap jellyfin-ha-agent-nuc-1 jellyfin-ha-agent-nuc-3 >/dev/null 2>&1 && break
+  sleep 0.1
+done
+kubectl -n jellyfin-ha get configmap jellyfin-ha-agent-nuc-1 jellyfin-ha-agent-nuc-3 >/dev/null ||
+  die "the node agents wrote no reports (see $DEMO_DIR/agent-*/agent.log)"
+
 log "waiting until nuc-2's Lease is older than the extender's 20 s threshold"
 for _ in $(seq 400); do
   renewed=$(kubectl -n kube-node-lease get lease nuc-2 -o jsonpath='{.spec.renewTime}')
@@ -100,8 +136,10 @@ echo "Nodes (nuc-2 still says Ready):"
 kubectl get nodes -L intel.feature.node.kubernetes.io/gpu
 echo
 echo "Why the scheduler extender put it there (jellyfin-ha explain $pod -n $NS; now that the"
-echo "volume is attached to $node, every other node also fails the volume check):"
-"$bin" explain "$pod" -n "$NS"
+echo "volume is attached to $node, every other node also fails the volume check; MEASURED is"
+echo "what the node agents measured):"
+"$bin" explain "$pod" -n "$NS" | tee "$DEMO_DIR/explain.txt"
+grep -Eq '^nuc-1 .* 8[0-9]% [0-9]+s ago' "$DEMO_DIR/explain.txt" || die "explain shows no measured load for nuc-1"
 [[ $node == nuc-3 ]] || die "expected Jellyfin on nuc-3 (idle and alive), not $node"
 [[ $(kubectl get node nuc-2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]] ||
   die "nuc-2 turned NotReady before the end of the demo: the extender's verdict was not the only thing keeping Jellyfin off it"
