@@ -14,6 +14,7 @@ use jellyfin_ha::agent::synthetic::{SyntheticCard, SyntheticHost, i915_fdinfo};
 const PDEV: &str = "0000:00:02.0";
 /// A transcoder that is not one of jellyfin-ha's pods: only the agent sees its load.
 const PID: u32 = 4242;
+const RENDER_GID: u32 = 993;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -28,6 +29,12 @@ fn main() -> anyhow::Result<()> {
         driver: "i915",
         device_node: true,
     })?;
+    // The render group systemd-sysusers gives hosts of this decade (Debian 13, Ubuntu 24.04+).
+    // Only root may give a file away; elsewhere the render node keeps the caller's group.
+    let render_node = host.dev_root().join("dri/renderD128");
+    if let Err(e) = std::os::unix::fs::chown(&render_node, None, Some(RENDER_GID)) {
+        eprintln!("render node keeps its group (chown to {RENDER_GID}: {e})");
+    }
     host.add_process(PID, None)?;
     let flags: Vec<String> = host
         .agent_args()

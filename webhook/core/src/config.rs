@@ -163,7 +163,13 @@ impl RenderGroupsSource {
         configured: &[i64],
         reported: impl IntoIterator<Item = u32>,
     ) -> Vec<i64> {
-        let mut reported: Vec<i64> = reported.into_iter().map(i64::from).collect();
+        // A render node owned by the root group is a host to fix, not a GID to hand every pod:
+        // it would open the container's root-group files too.
+        let mut reported: Vec<i64> = reported
+            .into_iter()
+            .filter(|gid| *gid != 0)
+            .map(i64::from)
+            .collect();
         reported.sort_unstable();
         reported.dedup();
         match self {
@@ -376,6 +382,11 @@ mod tests {
         assert_eq!(
             from(RenderGroupsSource::Agents, &[993, 106, 993]),
             [106, 993]
+        );
+        assert_eq!(
+            from(RenderGroupsSource::Agents, &[0]),
+            [44, 109],
+            "never the root group"
         );
         let policy: Policy = serde_yaml::from_str("renderGroupsFrom: agents\n").unwrap();
         assert_eq!(policy.render_groups_from, RenderGroupsSource::Agents);

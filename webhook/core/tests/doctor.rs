@@ -421,6 +421,24 @@ fn render_gids_the_webhook_does_not_add_fail() {
 }
 
 #[test]
+fn a_render_node_of_the_root_group_is_a_host_to_fix() {
+    let mut snapshot = healthy();
+    for report in snapshot.agent_reports.values_mut().flatten() {
+        for card in &mut report.cards {
+            card.render_gid = Some(0);
+        }
+    }
+    snapshot.policy.render_groups_from = RenderGroupsSource::Agents;
+    expect(
+        &snapshot,
+        "gpu/render-gid",
+        Verdict::Fail,
+        "root group (GID 0)",
+        "group of its own on the host",
+    );
+}
+
+#[test]
 fn a_missing_agent_report_warns_only_where_agents_run() {
     let mut snapshot = healthy();
     snapshot.agent_reports.remove("node-b");

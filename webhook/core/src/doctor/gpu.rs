@@ -223,6 +223,7 @@ fn render_gids(snapshot: &Snapshot, nodes: &[NodeInfo]) -> Vec<Finding> {
                     .filter(|gid| !added.contains(&i64::from(*gid)))
                     .map(|gid| gid.to_string())
                     .collect();
+                let root_owned = report.render_gids().any(|gid| gid == 0);
                 if !report.has_usable_card() {
                     findings.push(Finding::warn(
                         CHECK,
@@ -230,6 +231,15 @@ fn render_gids(snapshot: &Snapshot, nodes: &[NodeInfo]) -> Vec<Finding> {
                         "its agent reports no usable GPU card, so transcodes there fall back \
                          to the CPU",
                         "check the card problems in the node's agent report",
+                    ));
+                } else if root_owned {
+                    findings.push(Finding::fail(
+                        CHECK,
+                        node.name.clone(),
+                        "its render node belongs to the root group (GID 0), which no pod should \
+                         be given, so /dev/dri is refused and transcodes fall back to the CPU",
+                        "give the render node a group of its own on the host (the distribution's \
+                         udev rules create `render`), then add that GID to renderGroups",
                     ));
                 } else if !foreign.is_empty() {
                     findings.push(Finding::fail(
