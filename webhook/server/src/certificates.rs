@@ -48,9 +48,6 @@ pub struct TlsArgs {
     /// replica; each serves what it holds.
     #[arg(long, env = "JELLYFIN_HA_CERT_SECRET")]
     pub cert_secret: Option<String>,
-    /// Namespace of the Secret and the Services (in the manifests, the pod's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = crate::cli::DEFAULT_NAMESPACE)]
-    pub cert_namespace: String,
     /// Services the self-managed certificate is for: valid for SERVICE, SERVICE.NAMESPACE and
     /// SERVICE.NAMESPACE.svc.
     #[arg(
@@ -116,9 +113,9 @@ impl TlsArgs {
         Duration::from_secs(self.cert_reload_seconds.max(1))
     }
 
-    /// The DNS names and addresses the self-managed certificate is valid for.
-    pub fn names(&self) -> Vec<String> {
-        let namespace = &self.cert_namespace;
+    /// The DNS names and addresses the self-managed certificate is valid for, its Services
+    /// being in `namespace`.
+    pub fn names(&self, namespace: &str) -> Vec<String> {
         self.cert_services
             .iter()
             .flat_map(|service| {
@@ -137,6 +134,7 @@ impl TlsArgs {
 /// current until `stop`.
 pub async fn start(
     args: &TlsArgs,
+    namespace: &str,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
 ) -> anyhow::Result<Arc<ServedCert>> {
@@ -145,12 +143,9 @@ pub async fn start(
             let client = Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-            let manager = SelfManaged::new(client, args, secret)?;
+            let manager = SelfManaged::new(client, args, namespace, secret)?;
             let stored = manager.reconcile().await.with_context(|| {
-                format!(
-                    "self-managed certificate in Secret {}/{secret}",
-                    args.cert_namespace
-                )
+                format!("self-managed certificate in Secret {namespace}/{secret}")
             })?;
             let served = ServedCert::new(stored.certified_key()?);
             set_expiry(metrics, stored.serving.not_after);
@@ -167,7 +162,7 @@ pub async fn start(
     let files = CertFiles::load(cert, key)?;
     set_file_expiry(&files, metrics);
     let served = Arc::clone(files.served());
-    let warnings = own_pod_warnings(&args.cert_namespace).await;
+    let warnings = own_pod_warnings(namespace).await;
     tokio::spawn(reload_files(
         files,
         args.every(),
@@ -292,17 +287,17 @@ struct SelfManaged {
 }
 
 impl SelfManaged {
-    fn new(client: Client, args: &TlsArgs, secret: &str) -> anyhow::Result<Self> {
-        let names = args.names();
+    fn new(client: Client, args: &TlsArgs, namespace: &str, secret: &str) -> anyhow::Result<Self> {
+        let names = args.names(namespace);
         anyhow::ensure!(
             !names.is_empty(),
             "--cert-secret needs at least one --cert-service or --cert-name"
         );
         Ok(Self {
-            secrets: Api::namespaced(client.clone(), &args.cert_namespace),
+            secrets: Api::namespaced(client.clone(), namespace),
             webhook_configurations: Api::all(client.clone()),
             recorder: recorder(client),
-            namespace: args.cert_namespace.clone(),
+            namespace: namespace.to_string(),
             secret: secret.to_string(),
             webhook_configuration: args.webhook_configuration.clone(),
             names,
@@ -701,13 +696,12 @@ mod tests {
     fn a_service_gives_the_names_the_apiserver_and_scheduler_dial() {
         let args = parse(&[
             "--cert-secret=s",
-            "--cert-namespace=media",
             "--cert-service=jellyfin-ha-webhook",
             "--cert-name=127.0.0.1",
         ])
         .unwrap();
         assert_eq!(
-            args.names(),
+            args.names("media"),
             [
                 "jellyfin-ha-webhook",
                 "jellyfin-ha-webhook.media",

@@ -88,6 +88,8 @@ enum Command {
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     #[command(flatten)]
+    pub namespace: Namespace,
+    #[command(flatten)]
     pub tls: certificates::TlsArgs,
     /// Config file (YAML): the webhook's policy and the `extender:` section. Every field has
     /// a default.
@@ -110,15 +112,28 @@ pub struct ServerArgs {
 /// The namespace jellyfin-ha is installed in, unless the downward API says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "jellyfin-ha";
 
+/// The namespace a role runs in and keeps its objects in: config and scheduling ConfigMaps,
+/// certificate and credential Secrets, Leases, node agent reports.
+#[derive(Debug, Clone, Args)]
+pub struct Namespace {
+    /// jellyfin-ha's namespace (in the manifests, the pod's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+/// jellyfin-ha's namespace, for the commands where `-n` names the user's.
+#[derive(Debug, Clone, Args)]
+pub struct InstallNamespace {
+    /// The namespace jellyfin-ha is installed in: its config, reports and fencer Lease.
+    #[arg(long, env = "JELLYFIN_HA_INSTALL_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub install_namespace: String,
+}
+
 #[derive(Debug, Args)]
 pub struct WebhookArgs {
     /// HTTPS address for admission reviews.
     #[arg(long, env = "JELLYFIN_HA_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
-    /// The namespace of the ConfigMap that says which scheduler places opted-in pods
-    /// (`jellyfin-ha-scheduling`).
-    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
-    pub namespace: String,
     /// Which scheduler places opted-in pods: `configmap` follows that ConfigMap, as the
     /// scheduling overlays expect; `none`, `extender` or `scheduler:NAME` fix it, with no API
     /// access needed.
@@ -142,9 +157,6 @@ pub struct ExtenderRoleArgs {
         default_value = "0.0.0.0:8444"
     )]
     pub listen: SocketAddr,
-    /// The namespace of the node agents' reports (jellyfin-ha's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
-    pub namespace: String,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -300,7 +312,13 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
             .await
             .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
         let scheduling = &args.scheduling;
-        follow_cluster(client, &args.namespace, scheduling, &policy, &shutdown)
+        follow_cluster(
+            client,
+            &args.server.namespace.namespace,
+            scheduling,
+            &policy,
+            &shutdown,
+        )
     } else {
         Vec::new()
     };
@@ -323,7 +341,13 @@ async fn run_extender(args: ExtenderRoleArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
-    let (app, state) = start_extender(policy, &args.namespace, &metrics, &shutdown).await?;
+    let (app, state) = start_extender(
+        policy,
+        &args.server.namespace.namespace,
+        &metrics,
+        &shutdown,
+    )
+    .await?;
     let synced = state.synced.clone();
     let server = RoleServer {
         roles: vec![("extender", args.listen, app)],
@@ -341,7 +365,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals();
     let (extender_app, extender) = start_extender(
         Arc::new(config.extender),
-        &args.fencer.namespace,
+        &args.server.namespace.namespace,
         &metrics,
         &shutdown,
     )
@@ -353,7 +377,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let policy = Arc::new(ArcSwap::from_pointee(config.policy));
     let followed = follow_cluster(
         client.clone(),
-        &args.fencer.namespace,
+        &args.server.namespace.namespace,
         &scheduling::Source::ConfigMap,
         &policy,
         &shutdown,
@@ -367,6 +391,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         client,
         Arc::new(config.fencer),
         args.fencer,
+        args.server.namespace.namespace.clone(),
         Arc::clone(&metrics),
         Arc::new(AtomicBool::new(false)),
         shutdown.clone(),
@@ -470,7 +495,13 @@ where
     F: FnOnce(Arc<AtomicBool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let served = certificates::start(&server.args.tls, &metrics, &shutdown).await?;
+    let served = certificates::start(
+        &server.args.tls,
+        &server.args.namespace.namespace,
+        &metrics,
+        &shutdown,
+    )
+    .await?;
     let tls = Arc::new(served.server_config()?);
     let mut listeners = Vec::with_capacity(server.roles.len());
     for (role, listen, app) in server.roles {

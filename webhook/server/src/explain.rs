@@ -26,9 +26,9 @@ pub struct ExplainArgs {
     /// Config file (YAML), as given to the extender; its `extender:` section is used.
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The namespace jellyfin-ha is installed in, which holds the node agents' reports.
-    #[arg(long, env = "JELLYFIN_HA_NAMESPACE", default_value = crate::cli::DEFAULT_NAMESPACE)]
-    pub jellyfin_ha_namespace: String,
+    /// Where the node agents' reports are.
+    #[command(flatten)]
+    pub install: crate::cli::InstallNamespace,
 }
 
 pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
@@ -39,7 +39,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
         .get(&args.pod)
         .await
         .with_context(|| format!("getting pod {namespace}/{}", args.pod))?;
-    let snapshot = reflect::list_once(&client, &policy, &args.jellyfin_ha_namespace).await?;
+    let snapshot = reflect::list_once(&client, &policy, &args.install.install_namespace).await?;
     let nodes = snapshot.node_names();
     let now = Timestamp::now();
     // A one-off list has no watch to go silent; the Leases can still be stale at once.

@@ -72,9 +72,9 @@ pub struct AgentArgs {
     /// extender's `gpuBusyFreshSeconds`.
     #[arg(long, env = "JELLYFIN_HA_REFRESH", default_value = "15s", value_parser = parse_interval)]
     pub refresh: Duration,
-    /// The namespace of the report ConfigMap.
-    #[arg(long, env = "POD_NAMESPACE", default_value = crate::cli::DEFAULT_NAMESPACE)]
-    pub namespace: String,
+    /// Where the report ConfigMap goes.
+    #[command(flatten)]
+    pub namespace: crate::cli::Namespace,
     /// Plain-HTTP address for /livez, /readyz and /metrics. /readyz turns true after the
     /// first full interval has been measured.
     #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
@@ -116,7 +116,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-            Some(Publisher::new(client, &args.namespace, &args.node))
+            Some(Publisher::new(
+                client,
+                &args.namespace.namespace,
+                &args.node,
+            ))
         }
     };
     sample_until(&args, &agent_metrics, &ready, publisher.as_ref(), &stop).await?;

@@ -49,7 +49,7 @@ where
 /// The snapshot for the namespace the client defaults to.
 pub async fn snapshot(client: &Client, args: &DoctorArgs) -> anyhow::Result<Snapshot> {
     let namespace = client.default_namespace().to_string();
-    let install = args.install_namespace.as_str();
+    let install = args.install.install_namespace.as_str();
     let all = ListParams::default();
 
     let (config_source, config) = config(client, args).await?;
@@ -160,7 +160,7 @@ async fn config(client: &Client, args: &DoctorArgs) -> anyhow::Result<(ConfigSou
         let config = load_config(Some(path))?;
         return Ok((ConfigSource::File(path.display().to_string()), config));
     }
-    let install = &args.install_namespace;
+    let install = &args.install.install_namespace;
     let shown = format!("ConfigMap {install}/{CONFIG_CONFIGMAP}");
     let map = Api::<ConfigMap>::namespaced(client.clone(), install)
         .get_opt(CONFIG_CONFIGMAP)

@@ -26,14 +26,8 @@ pub struct DoctorArgs {
     /// namespace.
     #[arg(long, env = "JELLYFIN_HA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The namespace jellyfin-ha is installed in: its config, fencer Lease, fence agent
-    /// credentials and node agent reports.
-    #[arg(
-        long,
-        env = "JELLYFIN_HA_INSTALL_NAMESPACE",
-        default_value = crate::cli::DEFAULT_NAMESPACE
-    )]
-    pub install_namespace: String,
+    #[command(flatten)]
+    pub install: crate::cli::InstallNamespace,
     /// Check only the nodes with these labels (a label selector, as kubectl -l takes it).
     #[arg(short = 'l', long = "node-selector", env = "JELLYFIN_HA_NODE_SELECTOR")]
     pub node_selector: Option<String>,

@@ -33,6 +33,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::cli::Namespace;
 use crate::config::load_config;
 use crate::metrics::Metrics;
 use crate::shutdown;
@@ -53,9 +54,6 @@ pub struct FencerFlags {
     /// or Event.
     #[arg(long, env = "JELLYFIN_HA_DRY_RUN")]
     pub dry_run: bool,
-    /// The namespace of the credential Secrets, the leader Lease and jellyfin-ha's own pods.
-    #[arg(long, env = "POD_NAMESPACE", default_value = crate::cli::DEFAULT_NAMESPACE)]
-    pub namespace: String,
     /// This replica's name in the leader Lease, fence records and Events.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -76,6 +74,9 @@ pub struct FencerArgs {
     /// Plain-HTTP address for /livez, /readyz and /metrics.
     #[arg(long, env = "JELLYFIN_HA_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
+    /// Where the credential Secrets, the leader Lease and jellyfin-ha's own pods are.
+    #[command(flatten)]
+    pub namespace: Namespace,
     #[command(flatten)]
     pub flags: FencerFlags,
 }
@@ -102,7 +103,17 @@ pub async fn run(args: FencerArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-    let result = lead(client, policy, args.flags, metrics, ready, stop.clone()).await;
+    let namespace = args.namespace.namespace;
+    let result = lead(
+        client,
+        policy,
+        args.flags,
+        namespace,
+        metrics,
+        ready,
+        stop.clone(),
+    )
+    .await;
     stop.cancel();
     admin
         .await
@@ -117,6 +128,7 @@ pub async fn lead(
     client: Client,
     policy: Arc<FencerPolicy>,
     flags: FencerFlags,
+    namespace: String,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
@@ -150,14 +162,14 @@ pub async fn lead(
         policy,
         nodes,
         leases,
-        namespace: flags.namespace.clone(),
+        namespace: namespace.clone(),
         identity: identity.clone(),
         dry_run: flags.dry_run,
         metrics: Arc::clone(&metrics),
         claimed: Default::default(),
     });
     let manager = LeaseManagerBuilder::new(client, &flags.leader_lease)
-        .with_namespace(&flags.namespace)
+        .with_namespace(&namespace)
         .with_identity(&identity)
         .with_duration(LEADER_LEASE_SECONDS)
         .with_grace(LEADER_RENEW_MARGIN_SECONDS)
