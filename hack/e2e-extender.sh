@@ -31,7 +31,7 @@ trap cleanup EXIT
 if ! hack/envtest.sh status >/dev/null 2>&1; then
   STARTED_CLUSTER=true
   ENVTEST_NODE_MONITOR_GRACE=${ENVTEST_NODE_MONITOR_GRACE:-120s} hack/envtest.sh up ||
-    die "the local control plane could not be started (see target/envtest/logs)"
+    die "the local control plane could not be started (see ${ENVTEST_STATE_DIR:-target/envtest}/logs)"
 fi
 eval "$(hack/envtest.sh env)"
 bin=$(build_binary)
@@ -53,7 +53,8 @@ start_extender "$bin" "$DIR" "${JFHA_EXTENDER_PORT:-18444}" "${JFHA_EXTENDER_ADM
 log "extender on $EXTENDER_URL (admin $EXTENDER_ADMIN)"
 
 render_scheduler_config "$EXTENDER_URL" "$EXTENDER_CA" "$DIR/scheduler-config.yaml" "$SCHEDULER_NAME"
-kubeconfig="$REPO_ROOT/target/envtest/scheduler.kubeconfig"
+# The control plane's own scheduler identity, beside its admin kubeconfig.
+kubeconfig="$(dirname "$KUBECONFIG")/scheduler.kubeconfig"
 printf 'clientConnection:\n  kubeconfig: %s\nleaderElection:\n  leaderElect: false\n' "$kubeconfig" >>"$DIR/scheduler-config.yaml"
 port_in_use "$SCHEDULER_PORT" && die "port $SCHEDULER_PORT is in use (set JFHA_E2E_SCHEDULER_PORT)"
 "$(dirname "$(command -v kubectl)")/kube-scheduler" \
@@ -77,5 +78,5 @@ export JFHA_E2E_BIN=$bin JFHA_E2E_EXTENDER_CONFIG=$DIR/config.yaml
 # (--test NAME ...); the rest goes to the test binaries.
 targets=()
 while [[ ${1:-} == --test ]]; do targets+=("$1" "$2"); shift 2; done
-((${#targets[@]})) || targets=(--test extender --test scheduling)
+((${#targets[@]})) || targets=(--test extender --test scheduling --test agent)
 cargo test -j2 -p jellyfin-ha-e2e "${targets[@]}" -- --ignored --test-threads=1 "$@"
