@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Extender figures at 5000 nodes, printed as `BENCH <name> <value> <unit>`:
 #   extender_filter_p99_ms_5000, extender_prioritize_p99_ms_5000   server time (in process)
+#   extender_{filter,prioritize}_p99_ms_5000_half_failing            the same, half the Leases stale
 #   extender_rss_mib_5000            the real binary's resident memory with 5000 Nodes, Leases
 #                                    and CSINodes cached
 #   scheduler_throughput_ratio_managed_vs_plain_5000

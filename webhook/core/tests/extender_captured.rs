@@ -39,6 +39,7 @@ fn captured_args_round_trip_with_the_schedulers_field_names(#[case] captured: &s
         written["Pod"]["metadata"]["name"],
         original["Pod"]["metadata"]["name"]
     );
-    let reparsed: ExtenderArgs = serde_json::from_value(written).unwrap();
+    let text = written.to_string();
+    let reparsed: ExtenderArgs = serde_json::from_str(&text).unwrap();
     assert_eq!(reparsed.candidate_names(), args.candidate_names());
 }

@@ -4,6 +4,7 @@
 // A test crate: a panic is a failed test, helpers included.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use jellyfin_ha_core::extender::wire::{
@@ -70,8 +71,21 @@ fn args_round_trip_with_go_field_names(#[case] fixture: &str) {
     // Node objects and name lists are kept verbatim; the pod goes through the typed model.
     assert_eq!(written["Nodes"], original["Nodes"]);
     assert_eq!(written["NodeNames"], original["NodeNames"]);
-    let again: ExtenderArgs = serde_json::from_value(written).unwrap();
+    let text = written.to_string();
+    let again: ExtenderArgs = serde_json::from_str(&text).unwrap();
     assert_eq!(again, args);
+}
+
+#[test]
+fn names_borrow_from_the_body_and_escaped_ones_are_unescaped() {
+    let body = r#"{"Pod": {}, "NodeNames": ["qs-1", "qs\u002d2"]}"#;
+    let args: ExtenderArgs = serde_json::from_str(body).unwrap();
+    let names = args.node_names.unwrap();
+    assert!(matches!(names[0].0, Cow::Borrowed("qs-1")), "{names:?}");
+    assert!(
+        matches!(&names[1].0, Cow::Owned(name) if name == "qs-2"),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -94,14 +108,15 @@ fn unknown_fields_anywhere_in_the_pod_are_ignored() {
     args["Pod"]["metadata"]["anotherNewField"] = json!(3);
     args["Pod"]["status"]["resize"] = json!("Proposed");
     args["SomethingNewAtTheTop"] = json!([]);
-    let parsed: ExtenderArgs = serde_json::from_value(args).unwrap();
+    let text = args.to_string();
+    let parsed: ExtenderArgs = serde_json::from_str(&text).unwrap();
     assert_eq!(parsed.candidate_names(), ["qs-1", "qs-2", "plain-1"]);
 }
 
 #[test]
 fn lower_case_keys_from_older_tagged_copies_are_accepted() {
-    let args = json!({"pod": value(ARGS_NAMES)["Pod"], "nodenames": ["a", "b"]});
-    let parsed: ExtenderArgs = serde_json::from_value(args).unwrap();
+    let args = json!({"pod": value(ARGS_NAMES)["Pod"], "nodenames": ["a", "b"]}).to_string();
+    let parsed: ExtenderArgs = serde_json::from_str(&args).unwrap();
     assert_eq!(parsed.candidate_names(), ["a", "b"]);
 
     let result: ExtenderFilterResult = serde_json::from_str(RESULT_LOWERCASE).unwrap();
@@ -118,7 +133,7 @@ fn lower_case_keys_from_older_tagged_copies_are_accepted() {
 
 #[test]
 fn a_missing_pod_is_an_error_naming_it() {
-    let err = serde_json::from_value::<ExtenderArgs>(json!({"NodeNames": ["a"]})).unwrap_err();
+    let err = serde_json::from_str::<ExtenderArgs>(r#"{"NodeNames": ["a"]}"#).unwrap_err();
     assert!(err.to_string().contains("Pod"), "{err}");
 }
 

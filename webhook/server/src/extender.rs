@@ -132,11 +132,11 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
             failed = decision.failed.len(),
             "filter"
         );
-        ExtenderFilterResult::from_decision(decision, objects)
+        axum::Json(ExtenderFilterResult::from_decision(decision, objects)).into_response()
     })
     .await;
     let response = match result {
-        Ok(answer) => axum::Json(answer).into_response(),
+        Ok(answer) => answer,
         // The scheduler reads `Error` only from a 200, and treats it as it treats a non-200
         // (kube-scheduler's HTTPExtender.Filter returns an error for either): it fails the
         // attempt, or, the extender being ignorable, skips it and schedules without it.
@@ -160,11 +160,12 @@ async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response
             ?scores,
             "prioritize"
         );
-        host_priorities(scores)
+        // Serialised here, while the names it borrows from the body are alive.
+        axum::Json(host_priorities(scores)).into_response()
     })
     .await;
     let response = match result {
-        Ok(answer) => axum::Json(answer).into_response(),
+        Ok(answer) => answer,
         // A HostPriorityList has no error field. The scheduler treats any non-200 as "no
         // scores from this extender" and goes on without them, ignorable or not.
         Err(e @ CallError::Invalid(_)) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
@@ -181,12 +182,12 @@ const INLINE_BODY_BYTES: usize = 1024 * 1024;
 
 /// Parses the call and runs `decide`, inline or on the blocking pool depending on its size.
 /// Counts the call by outcome.
-async fn decide<T: Send + 'static>(
+async fn decide(
     state: &ExtenderState,
     verb: Verb,
     body: Bytes,
-    decide: fn(&ExtenderState, ExtenderArgs, Timestamp) -> T,
-) -> Result<T, CallError> {
+    decide: Decide,
+) -> Result<Response, CallError> {
     let result = if body.len() <= INLINE_BODY_BYTES {
         parse_and_decide(state, verb, &body, decide)
     } else {
@@ -214,12 +215,15 @@ async fn decide<T: Send + 'static>(
     result
 }
 
-fn parse_and_decide<T>(
+/// A verb's decision over a parsed call, answered before the body it borrows from is freed.
+type Decide = for<'a> fn(&ExtenderState, ExtenderArgs<'a>, Timestamp) -> Response;
+
+fn parse_and_decide(
     state: &ExtenderState,
     verb: Verb,
     body: &[u8],
-    decide: fn(&ExtenderState, ExtenderArgs, Timestamp) -> T,
-) -> Result<T, CallError> {
+    decide: Decide,
+) -> Result<Response, CallError> {
     let args: ExtenderArgs = serde_json::from_slice(body).map_err(CallError::Invalid)?;
     state
         .metrics
@@ -255,7 +259,7 @@ trait CandidateCount {
     fn candidate_count(&self) -> usize;
 }
 
-impl CandidateCount for ExtenderArgs {
+impl CandidateCount for ExtenderArgs<'_> {
     fn candidate_count(&self) -> usize {
         match (&self.node_names, &self.nodes) {
             (Some(names), _) => names.len(),

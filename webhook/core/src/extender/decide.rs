@@ -166,9 +166,9 @@ pub struct NodeVerdict {
 }
 
 /// Filters `candidates` for `pod`. Takes the names by value to move them into the answer.
-pub fn filter(
+pub fn filter<N: AsRef<str> + Into<String>>(
     pod: &Pod,
-    candidates: Vec<String>,
+    candidates: Vec<N>,
     snapshot: &Snapshot,
     policy: &ExtenderPolicy,
     now: Timestamp,
@@ -181,9 +181,9 @@ pub fn filter(
     // Failing nodes mostly fail for the same few reasons: format each combination once.
     let mut formatted: Vec<(Vec<Reason<'_>>, Rejection)> = Vec::new();
     for node in candidates {
-        let reasons = evaluation.reasons(&node);
+        let reasons = evaluation.reasons(node.as_ref());
         if reasons.is_empty() {
-            decision.passed.push(node);
+            decision.passed.push(node.into());
             continue;
         }
         let rejection = match formatted.iter().find(|(seen, _)| *seen == reasons) {
@@ -194,24 +194,25 @@ pub fn filter(
                 rejection
             }
         };
-        decision.failed.insert(node, rejection);
+        decision.failed.insert(node.into(), rejection);
     }
     decision
 }
 
-/// Scores `candidates` for `pod`, 0 to 10 each, in candidate order.
-pub fn prioritize(
+/// Scores `candidates` for `pod`, 0 to 10 each, in candidate order. Names may be borrowed
+/// from the request, so that a call allocates nothing per node.
+pub fn prioritize<N: AsRef<str>>(
     pod: &Pod,
-    candidates: Vec<String>,
+    candidates: Vec<N>,
     snapshot: &Snapshot,
     policy: &ExtenderPolicy,
     now: Timestamp,
-) -> Vec<(String, i64)> {
+) -> Vec<(N, i64)> {
     let evaluation = Evaluation::new(pod, &candidates, snapshot, policy, now);
     candidates
         .into_iter()
         .map(|node| {
-            let total = evaluation.total(&node);
+            let total = evaluation.total(node.as_ref());
             (node, total)
         })
         .collect()
@@ -346,7 +347,7 @@ impl<'a> Evaluation<'a> {
     /// pins: see [`Self::pins_for`].
     pub fn new(
         pod: &Pod,
-        candidates: &[String],
+        candidates: &[impl AsRef<str>],
         snapshot: &'a Snapshot,
         policy: &'a ExtenderPolicy,
         now: Timestamp,
@@ -417,7 +418,7 @@ impl<'a> Evaluation<'a> {
         &self,
         volume: &PodVolume<'a>,
         pod_name: &str,
-        candidates: &[String],
+        candidates: &[impl AsRef<str>],
     ) -> Vec<Pin<'a>> {
         let claim = volume.claim;
         // Another managed pod on the holder still uses the volume.
@@ -433,7 +434,9 @@ impl<'a> Evaluation<'a> {
             .held_on
             .iter()
             .filter(|holder| self.is_healthy(holder))
-            .filter(|holder| used_there(holder) || candidates.iter().any(|c| c == **holder))
+            .filter(|holder| {
+                used_there(holder) || candidates.iter().any(|c| c.as_ref() == **holder)
+            })
             .map(|holder| Pin {
                 claim: &claim.name,
                 holder,

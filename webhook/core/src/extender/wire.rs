@@ -6,6 +6,7 @@
 //! use any case; we write the Go names. Older copies of these types (`pkg/scheduler/api/v1`)
 //! had lower-case tags such as `nodenames`, which the aliases accept.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -19,9 +20,9 @@ pub const MIN_EXTENDER_PRIORITY: i64 = 0;
 /// The highest score an extender may return; kube-scheduler scales it by the extender's weight.
 pub const MAX_EXTENDER_PRIORITY: i64 = 10;
 
-/// The body of a filter or prioritize call.
+/// The body of a filter or prioritize call. Node names borrow from the body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExtenderArgs {
+pub struct ExtenderArgs<'a> {
     /// The pod being scheduled.
     #[serde(rename = "Pod", alias = "pod")]
     pub pod: Pod,
@@ -33,10 +34,18 @@ pub struct ExtenderArgs {
         rename = "NodeNames",
         alias = "nodenames",
         alias = "nodeNames",
-        default
+        default,
+        borrow
     )]
-    pub node_names: Option<Vec<String>>,
+    pub node_names: Option<Vec<NodeName<'a>>>,
 }
+
+/// A candidate node name as it appears in the request body. At 5000 names, allocating and
+/// freeing a `String` each costs more than the decision itself, so the name is borrowed; only
+/// one written with JSON escapes (which no valid node name needs) is copied out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeName<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// A `v1.NodeList` whose items are kept verbatim: in the full-object mode the scheduler uses
 /// the objects the extender returns, so they go back exactly as they came.
@@ -99,36 +108,39 @@ pub struct ExtenderFilterResult {
     pub error: String,
 }
 
-/// One node's score from a prioritize call.
+/// One node's score from a prioritize call; the name may borrow from the call's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostPriority {
-    #[serde(rename = "Host", alias = "host")]
-    pub host: String,
+pub struct HostPriority<'a> {
+    #[serde(rename = "Host", alias = "host", borrow)]
+    pub host: Cow<'a, str>,
     /// From [`MIN_EXTENDER_PRIORITY`] to [`MAX_EXTENDER_PRIORITY`].
     #[serde(rename = "Score", alias = "score")]
     pub score: i64,
 }
 
 /// The answer to a prioritize call: a JSON array of [`HostPriority`].
-pub type HostPriorityList = Vec<HostPriority>;
+pub type HostPriorityList<'a> = Vec<HostPriority<'a>>;
 
-impl ExtenderArgs {
+impl<'a> ExtenderArgs<'a> {
     /// The candidate node names, from whichever form the scheduler sent.
-    pub fn candidate_names(&self) -> Vec<String> {
+    pub fn candidate_names(&self) -> Vec<&str> {
         match (&self.node_names, &self.nodes) {
-            (Some(names), _) => names.clone(),
-            (None, Some(nodes)) => nodes.names(),
+            (Some(names), _) => names.iter().map(|name| name.0.as_ref()).collect(),
+            (None, Some(nodes)) => nodes.items().iter().filter_map(node_name).collect(),
             (None, None) => Vec::new(),
         }
     }
 
     /// Splits the call into the pod, the candidate names, and the node objects when the
     /// scheduler sent those (to hand back to [`ExtenderFilterResult::from_decision`]). Names
-    /// sent as names are moved, not copied.
-    pub fn into_parts(self) -> (Pod, Vec<String>, Option<NodeList>) {
+    /// sent as names stay borrowed from the body.
+    pub fn into_parts(self) -> (Pod, Vec<Cow<'a, str>>, Option<NodeList>) {
         match (self.node_names, self.nodes) {
-            (Some(names), _) => (self.pod, names, None),
-            (None, Some(nodes)) => (self.pod, nodes.names(), Some(nodes)),
+            (Some(names), _) => (self.pod, names.into_iter().map(|n| n.0).collect(), None),
+            (None, Some(nodes)) => {
+                let names = nodes.names().into_iter().map(Cow::Owned).collect();
+                (self.pod, names, Some(nodes))
+            }
             (None, None) => (self.pod, Vec::new(), None),
         }
     }
@@ -157,10 +169,13 @@ impl NodeList {
 }
 
 /// The wire form of prioritize scores.
-pub fn host_priorities(scores: Vec<(String, i64)>) -> HostPriorityList {
+pub fn host_priorities<'a>(scores: Vec<(impl Into<Cow<'a, str>>, i64)>) -> HostPriorityList<'a> {
     scores
         .into_iter()
-        .map(|(host, score)| HostPriority { host, score })
+        .map(|(host, score)| HostPriority {
+            host: host.into(),
+            score,
+        })
         .collect()
 }
 
