@@ -3,7 +3,10 @@
 //! any time (files the kubelet swaps by a Secret's `..data` symlink, cert-manager renewals, or a
 //! self-managed Secret).
 
+pub mod authority;
 pub mod lifecycle;
+
+pub use authority::{Authority, Issued, Usage, key_pair};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,31 +49,13 @@ pub struct GeneratedCerts {
 /// clusters, tests and the demo. Installs use self-managed certificates ([`lifecycle`]) or
 /// cert-manager.
 pub fn generate(names: &[String]) -> Result<GeneratedCerts, CertError> {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "jellyfin-ha CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_key = rcgen::KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-
-    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        names.first().map_or("jellyfin-ha", String::as_str),
-    );
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key = rcgen::KeyPair::generate()?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let cert = params.signed_by(&key, &issuer)?;
+    let ca = Authority::new("jellyfin-ha CA")?;
+    let common_name = names.first().map_or("jellyfin-ha", String::as_str);
+    let served = ca.issue(common_name, None, Usage::Server(names))?;
     Ok(GeneratedCerts {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca_pem: ca.cert_pem().to_owned(),
+        cert_pem: served.cert_pem,
+        key_pem: served.key_pem,
     })
 }
 
