@@ -375,53 +375,11 @@ is_up() {
 
 # ---- PKI and kubeconfigs ------------------------------------------------------
 
-# Leaf certificate signed by the envtest CA. $3 = extensions for openssl x509.
-issue_cert() {
-  local name=$1 subj=$2 ext=$3 ca=${4:-ca}
-  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$PKI_DIR/$name.key" -subj "$subj" -out "$PKI_DIR/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/$ca.crt" -CAkey "$PKI_DIR/$ca.key" \
-    -CAcreateserial -days 3650 -sha256 -extfile <(printf '%s\n' "$ext") \
-    -out "$PKI_DIR/$name.crt" 2>/dev/null
-  rm -f "$PKI_DIR/$name.csr"
-}
-
+# The cluster's PKI, made by envtest-pki (test support) with the project's own certs crate.
 gen_pki() {
-  mkdir -p "$PKI_DIR"
-  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$PKI_DIR/ca.key" -out "$PKI_DIR/ca.crt" -days 3650 -sha256 -subj "/CN=jellyfin-ha-envtest-ca" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-  local client="basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
-  # 10.96.0.1 is the in-cluster `kubernetes` service IP.
-  issue_cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-  issue_cert admin "/O=system:masters/CN=envtest-admin" "$client"
-  # The bootstrap RBAC roles are bound to these user names.
-  issue_cert controller-manager "/CN=system:kube-controller-manager" "$client"
-  issue_cert scheduler "/CN=system:kube-scheduler" "$client"
-  # Front proxy (aggregation layer) identity; without it every component that
-  # reads extension-apiserver-authentication logs errors.
-  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$PKI_DIR/front-proxy-ca.key" -out "$PKI_DIR/front-proxy-ca.crt" -days 3650 -sha256 \
-    -subj "/CN=jellyfin-ha-envtest-front-proxy-ca" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-  issue_cert front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$PKI_DIR/sa.key" 2>/dev/null
-  # The nodes' BMCs share one serving certificate from a CA of their own: what a fencer
-  # trusts for Redfish need not let it trust the apiserver's CA.
-  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$PKI_DIR/bmc-ca.key" -out "$PKI_DIR/bmc-ca.crt" -days 3650 -sha256 \
-    -subj "/CN=jellyfin-ha-envtest-bmc-ca" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-  issue_cert bmc "/CN=envtest-bmc" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost" bmc-ca
-  openssl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
+  local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+  (cd "$REPO_ROOT" && cargo build -j2 -q -p jellyfin-ha-e2e --bin envtest-pki) || die "building envtest-pki failed"
+  "$target/debug/envtest-pki" "$PKI_DIR" || die "making the PKI in $PKI_DIR failed"
 }
 
 b64() { base64 -w0 <"$1"; }
