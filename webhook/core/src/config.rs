@@ -1,9 +1,15 @@
-//! Cluster-wide policy, read from the `--config` YAML file. Every field has a default.
+//! Cluster-wide policy, read from the `--config` YAML file: one document for every role, each
+//! fact once. The webhook reads the top level, the extender its `extender:` section and the
+//! fencer its `fencer:` section; what two roles share (the QuickSync label, the iGPU resource)
+//! is written once at the top level and handed to the extender from there. Every field has a
+//! default.
 
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::extender::ExtenderPolicy;
+use crate::fencing::FencerPolicy;
 use crate::scheduling::Scheduling;
 
 /// GIDs that own `/dev/dri/renderD*` on the hosts QuickSync users run. The webhook runs before
@@ -40,6 +46,9 @@ pub const DEFAULT_MIN_TERMINATION_GRACE_SECONDS: i64 = 600;
 /// The largest floor accepted: an hour is already far past any clean shutdown.
 pub const MAX_MIN_TERMINATION_GRACE_SECONDS: i64 = 3600;
 
+/// The extended resource Intel's GPU device plugin advertises for an i915 iGPU.
+pub const DEFAULT_GPU_RESOURCE: &str = "gpu.intel.com/i915";
+
 /// The label Intel's NFD rules set on nodes with a QuickSync-capable GPU.
 pub const DEFAULT_QUICKSYNC_LABEL: &str = "intel.feature.node.kubernetes.io/gpu";
 
@@ -60,6 +69,10 @@ pub struct Policy {
     /// Floor for `terminationGracePeriodSeconds`, plus any preStop sleep; a longer value set by
     /// the user is kept, and 0 leaves the grace alone.
     pub min_termination_grace_seconds: i64,
+    /// The scheduler extender's settings.
+    pub extender: ExtenderPolicy,
+    /// The fencer's settings.
+    pub fencer: FencerPolicy,
     /// Which scheduler places opted-in pods: not a field of the config file but the ConfigMap
     /// the scheduling overlays ship, which the webhook watches (see [`crate::scheduling`]).
     #[serde(skip)]
@@ -76,6 +89,8 @@ impl Default for Policy {
             failover_seconds: DEFAULT_FAILOVER_SECONDS,
             min_termination_grace_seconds: DEFAULT_MIN_TERMINATION_GRACE_SECONDS,
             scheduling: Scheduling::Default,
+            extender: ExtenderPolicy::default(),
+            fencer: FencerPolicy::default(),
         }
     }
 }
@@ -93,7 +108,7 @@ impl Default for GpuPolicy {
     fn default() -> Self {
         Self {
             mode: GpuMode::DevicePlugin,
-            resource_name: "gpu.intel.com/i915".to_string(),
+            resource_name: DEFAULT_GPU_RESOURCE.to_string(),
         }
     }
 }
@@ -221,7 +236,24 @@ impl Policy {
                 ),
             );
         }
+        let in_section = |section: &'static str| {
+            move |e: ConfigError| ConfigError {
+                field: format!("{section}.{}", e.field),
+                message: e.message,
+            }
+        };
+        self.extender.validate().map_err(in_section("extender"))?;
+        self.fencer.validate().map_err(in_section("fencer"))?;
         Ok(())
+    }
+
+    /// The policy with what the extender shares with the webhook taken from the top level,
+    /// where the file states it: the QuickSync label (`nodeAffinity`) and the iGPU resource
+    /// (`gpu.resourceName`). A loaded policy always goes through here.
+    pub fn with_shared_facts(mut self) -> Self {
+        self.extender.quick_sync_label = self.node_affinity.clone();
+        self.extender.gpu_resource_name = self.gpu.resource_name.clone();
+        self
     }
 }
 

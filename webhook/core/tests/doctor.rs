@@ -186,9 +186,11 @@ fn healthy() -> Snapshot {
         workload: None,
         install_namespace: "jellyfin-ha".into(),
         config_source: ConfigSource::ConfigMap("ConfigMap jellyfin-ha/jellyfin-ha-config".into()),
-        policy,
-        extender: Default::default(),
-        fencer: fencer_policy(),
+        policy: Policy {
+            fencer: fencer_policy(),
+            ..policy
+        }
+        .with_shared_facts(),
         nodes: vec![node("node-a", true, "2"), node("node-b", true, "2")],
         leases: vec![lease("node-a", 40), lease("node-b", 40)],
         deployments: vec![from(deployment)],
@@ -839,9 +841,9 @@ fn an_eligible_node_without_an_agent_fails() {
         "fencer.agents",
     );
     assert_eq!(finding.subject, "node-c");
-    snapshot.fencer.node_selector =
+    snapshot.policy.fencer.node_selector =
         [("kubernetes.io/hostname".to_string(), "node-a".to_string())].into();
-    snapshot.fencer.agents[0].nodes = vec!["node-a".into()];
+    snapshot.policy.fencer.agents[0].nodes = vec!["node-a".into()];
     expect(
         &snapshot,
         "jellyfin-ha/fence-mapping",

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::admin::{self, AdminState, ReadyCheck};
-use crate::config::{load_config, load_policy};
+use crate::config::load_config;
 use crate::extender::ExtenderState;
 use crate::manifests::{self, OutputFormat};
 use crate::metrics::Metrics;
@@ -273,7 +273,7 @@ fn init_tracing(format: LogFormat) {
 fn run_mutate(args: MutateArgs) -> anyhow::Result<()> {
     let policy = Policy {
         scheduling: args.scheduling,
-        ..load_policy(args.config.as_deref())?
+        ..load_config(args.config.as_deref())?
     };
     let documents = manifests::parse_documents(&manifests::read_input(&args.filename)?)?;
     let mutated = manifests::mutate_documents(documents, &policy)?;
@@ -294,7 +294,7 @@ struct RoleServer {
 }
 
 async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
-    let policy = load_policy(args.server.config.as_deref())?;
+    let policy = load_config(args.server.config.as_deref())?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
@@ -360,11 +360,12 @@ async fn run_extender(args: ExtenderRoleArgs) -> anyhow::Result<()> {
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(args.server.config.as_deref())?;
+    let (extender_policy, fencer_policy) = (config.extender.clone(), config.fencer.clone());
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown::on_signals();
     let (extender_app, extender) = start_extender(
-        Arc::new(config.extender),
+        Arc::new(extender_policy),
         &args.server.namespace.namespace,
         &metrics,
         &shutdown,
@@ -374,7 +375,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-    let policy = Arc::new(ArcSwap::from_pointee(config.policy));
+    let policy = Arc::new(ArcSwap::from_pointee(config));
     let followed = follow_cluster(
         client.clone(),
         &args.server.namespace.namespace,
@@ -389,7 +390,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     // The fencer has its own caches; serve's readiness stays the extender's.
     let fencer = tokio::spawn(fencer::lead(
         client,
-        Arc::new(config.fencer),
+        Arc::new(fencer_policy),
         args.fencer,
         args.server.namespace.namespace.clone(),
         Arc::clone(&metrics),

@@ -105,7 +105,7 @@ fn heartbeat(snapshot: &Snapshot) -> Finding {
              suspectMarginSeconds {}{}",
             parts.renew_interval.as_secs_f64(),
             *slowest_ms as f64 / 1000.0,
-            snapshot.fencer.suspect_margin_seconds,
+            snapshot.policy.fencer.suspect_margin_seconds,
             if by_detection.len() > 1 {
                 format!(
                     " (the slowest; {} settings differ between nodes)",

@@ -435,11 +435,17 @@ fn fence_mapping(snapshot: &Snapshot) -> Vec<Finding> {
     let facts = node_facts(snapshot);
     let eligible: Vec<&NodeFacts> = facts
         .iter()
-        .filter(|n| eligibility(n, &snapshot.fencer).is_ok())
+        .filter(|n| eligibility(n, &snapshot.policy.fencer).is_ok())
         .collect();
     let unmapped: Vec<&str> = eligible
         .iter()
-        .filter(|n| snapshot.fencer.agent_for(&n.name, &n.labels).is_none())
+        .filter(|n| {
+            snapshot
+                .policy
+                .fencer
+                .agent_for(&n.name, &n.labels)
+                .is_none()
+        })
         .map(|n| n.name.as_str())
         .collect();
     if !unmapped.is_empty() {
@@ -481,10 +487,10 @@ fn fence_agents(snapshot: &Snapshot) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut answered = 0;
     for facts in node_facts(snapshot) {
-        let Some((_, agent)) = snapshot.fencer.agent_for(&facts.name, &facts.labels) else {
+        let Some((_, agent)) = snapshot.policy.fencer.agent_for(&facts.name, &facts.labels) else {
             continue;
         };
-        if eligibility(&facts, &snapshot.fencer).is_err() {
+        if eligibility(&facts, &snapshot.policy.fencer).is_err() {
             continue;
         }
         if agent.none.is_some() {
@@ -505,7 +511,7 @@ fn fence_agents(snapshot: &Snapshot) -> Vec<Finding> {
         // Heartbeating as the fencer reads it: a node that just lost power still says Ready
         // for the node controller's grace period.
         let heartbeating = facts.overdue(snapshot.now).is_some()
-            && !facts.is_silent(&snapshot.fencer, snapshot.now);
+            && !facts.is_silent(&snapshot.policy.fencer, snapshot.now);
         match &status.outcome {
             Err(error) => findings.push(Finding::fail(
                 CHECK,

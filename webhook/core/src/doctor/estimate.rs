@@ -43,7 +43,7 @@ pub(super) fn detection(snapshot: &Snapshot, node: &str) -> Option<Detection> {
     let renew_interval = -facts.overdue(renewed)?;
     Some(Detection {
         renew_interval,
-        margin: SignedDuration::from_secs(i64::from(snapshot.fencer.suspect_margin_seconds)),
+        margin: SignedDuration::from_secs(i64::from(snapshot.policy.fencer.suspect_margin_seconds)),
     })
 }
 
@@ -135,7 +135,7 @@ fn estimate(snapshot: &Snapshot, workload: &Workload<'_>) -> Finding {
              fence device",
         );
     }
-    let Some((_, agent)) = snapshot.fencer.agent_for(&node, &labels) else {
+    let Some((_, agent)) = snapshot.policy.fencer.agent_for(&node, &labels) else {
         return Finding::warn(
             CHECK,
             subject,

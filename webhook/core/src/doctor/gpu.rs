@@ -5,7 +5,6 @@ use super::workload::Workload;
 use super::{Finding, Snapshot};
 use crate::annotations::Overrides;
 use crate::config::GpuMode;
-use crate::extender::ExtenderPolicy;
 use crate::extender::snapshot::NodeInfo;
 
 /// The namespace label that sets the enforced Pod Security level.
@@ -20,18 +19,13 @@ pub(super) fn check(snapshot: &Snapshot, workloads: &[Workload<'_>]) -> Vec<Find
     findings
 }
 
-/// The checked nodes, read with the webhook's QuickSync label and GPU resource: what the
-/// pods it mutates require.
+/// The checked nodes, read with the QuickSync label and GPU resource the webhook's pods
+/// require, which the extender shares.
 fn nodes(snapshot: &Snapshot) -> Vec<NodeInfo> {
-    let as_pods_require = ExtenderPolicy {
-        quick_sync_label: snapshot.policy.node_affinity.clone(),
-        gpu_resource_name: snapshot.policy.gpu.resource_name.clone(),
-        ..snapshot.extender.clone()
-    };
     snapshot
         .nodes
         .iter()
-        .filter_map(|n| NodeInfo::from_node(n, &as_pods_require))
+        .filter_map(|n| NodeInfo::from_node(n, &snapshot.policy.extender))
         .collect()
 }
 

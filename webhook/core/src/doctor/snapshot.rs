@@ -12,8 +12,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::Policy;
 use crate::busyness::report::AgentReport;
-use crate::extender::ExtenderPolicy;
-use crate::fencing::{FencerPolicy, PowerState};
+
+use crate::fencing::PowerState;
 
 /// The ConfigMap, in the install namespace, that holds jellyfin-ha's config, and its key.
 pub const CONFIG_CONFIGMAP: &str = "jellyfin-ha-config";
@@ -99,10 +99,8 @@ pub struct Snapshot {
     /// Where jellyfin-ha runs: its config, agent reports, fencer Lease and credentials.
     pub install_namespace: String,
     pub config_source: ConfigSource,
-    /// The webhook's policy, with the scheduling the install turned on.
+    /// jellyfin-ha's config, with the scheduling the install turned on.
     pub policy: Policy,
-    pub extender: ExtenderPolicy,
-    pub fencer: FencerPolicy,
     /// The nodes checked (all, or those the command's node selector picked).
     pub nodes: Vec<Node>,
     /// Their heartbeat Leases.

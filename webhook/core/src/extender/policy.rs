@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, NodeAffinityPolicy, check_resource_name};
+use crate::config::{ConfigError, DEFAULT_GPU_RESOURCE, NodeAffinityPolicy};
 
 /// The kubelet renews its Lease every 10 s (a quarter of the 40 s lease duration). Two missed
 /// renewals mean the kubelet or its node is gone long before `node-monitor-grace-period`
@@ -22,9 +22,6 @@ pub const DEFAULT_FLAP_WINDOW_SECONDS: u32 = 600;
 /// managed pods against capacity). Half and half: the measurement sees transcodes of
 /// workloads we do not manage, the pod count sees pods that have not started transcoding yet.
 pub const DEFAULT_MEASURED_BUSY_SHARE_PERCENT: u32 = 50;
-
-/// The extended resource Intel's GPU device plugin advertises for an i915 iGPU.
-pub const DEFAULT_GPU_RESOURCE: &str = "gpu.intel.com/i915";
 
 /// A watch that delivered nothing (no event, no completed list) for this long has stopped.
 /// Each watch relists every half of it, so a quiet kind is heard in time; a list of every Node
@@ -62,9 +59,14 @@ pub struct ExtenderPolicy {
     pub measured_busy_share_percent: u32,
     /// Relative weights of the score parts.
     pub weights: ScoreWeights,
-    /// The node label that marks QuickSync nodes; the filter requires `key In values`.
+    /// The node label that marks QuickSync nodes; the filter requires `key In values`. Not
+    /// written in this section: the top-level `nodeAffinity` states it for every role
+    /// ([`crate::config::Policy::with_shared_facts`]).
+    #[serde(skip)]
     pub quick_sync_label: NodeAffinityPolicy,
-    /// The extended resource whose allocatable count is the node's iGPU capacity.
+    /// The extended resource whose allocatable count is the node's iGPU capacity; from the
+    /// top-level `gpu.resourceName`, like the label.
+    #[serde(skip)]
     pub gpu_resource_name: String,
 }
 
@@ -169,8 +171,6 @@ impl ExtenderPolicy {
                 "at least one weight must be positive, or every node scores 0".into(),
             );
         }
-        self.quick_sync_label.validate("quickSyncLabel")?;
-        check_resource_name("gpuResourceName", &self.gpu_resource_name)?;
         Ok(())
     }
 }
@@ -205,6 +205,9 @@ mod tests {
     #[rstest]
     #[case("leaseStaleSecond: 30\n", "leaseStaleSecond")]
     #[case("weights:\n  gpu: 1\n", "gpu")]
+    // Stated once, at the top level (`nodeAffinity`, `gpu.resourceName`), for every role.
+    #[case("quickSyncLabel:\n  key: x\n", "quickSyncLabel")]
+    #[case("gpuResourceName: gpu.intel.com/xe\n", "gpuResourceName")]
     fn unknown_fields_are_named(#[case] yaml: &str, #[case] named: &str) {
         let err = serde_yaml::from_str::<ExtenderPolicy>(yaml).unwrap_err();
         assert!(err.to_string().contains(named), "{err}");
@@ -226,12 +229,6 @@ mod tests {
         "weights:\n  gpuLoad: 0\n  volumeLocality: 0\n  flapping: 0\n",
         "weights"
     )]
-    #[case("quickSyncLabel:\n  key: 'has space'\n", "quickSyncLabel.key")]
-    #[case("quickSyncLabel:\n  values: []\n", "quickSyncLabel.values")]
-    #[case("gpuResourceName: i915\n", "gpuResourceName")]
-    #[case("gpuResourceName: gpu.intel.com/\n", "gpuResourceName")]
-    #[case("gpuResourceName: Intel.com/i915\n", "gpuResourceName")]
-    #[case("quickSyncLabel:\n  values: ['-x']\n", "quickSyncLabel.values[0]")]
     fn invalid_values_name_the_field(#[case] yaml: &str, #[case] field: &str) {
         let policy: ExtenderPolicy = serde_yaml::from_str(yaml).unwrap();
         let err = policy.validate().unwrap_err();

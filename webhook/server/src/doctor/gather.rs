@@ -29,9 +29,10 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::DoctorArgs;
-use crate::config::{ConfigFile, load_config, parse_config};
+use crate::config::{load_config, parse_config};
 use crate::fencer::agent::FenceAgent;
 use crate::fencer::device::Device;
+use jellyfin_ha_core::Policy;
 
 async fn list<K>(api: Api<K>, params: &ListParams) -> anyhow::Result<Vec<K>>
 where
@@ -53,7 +54,7 @@ pub async fn snapshot(client: &Client, args: &DoctorArgs) -> anyhow::Result<Snap
     let all = ListParams::default();
 
     let (config_source, config) = config(client, args).await?;
-    let mut policy = config.policy;
+    let mut policy = config;
     policy.scheduling = Api::<ConfigMap>::namespaced(client.clone(), install)
         .get_opt(SCHEDULING_CONFIGMAP)
         .await
@@ -115,8 +116,6 @@ pub async fn snapshot(client: &Client, args: &DoctorArgs) -> anyhow::Result<Snap
         install_namespace: install.to_string(),
         config_source,
         policy,
-        extender: config.extender,
-        fencer: config.fencer,
         nodes,
         leases,
         deployments: list(
@@ -155,7 +154,7 @@ pub async fn snapshot(client: &Client, args: &DoctorArgs) -> anyhow::Result<Snap
 
 /// The config file given, else the ConfigMap the install ships, else the defaults. A file
 /// given on the command line must load; a ConfigMap that does not is itself a finding.
-async fn config(client: &Client, args: &DoctorArgs) -> anyhow::Result<(ConfigSource, ConfigFile)> {
+async fn config(client: &Client, args: &DoctorArgs) -> anyhow::Result<(ConfigSource, Policy)> {
     if let Some(path) = &args.config {
         let config = load_config(Some(path))?;
         return Ok((ConfigSource::File(path.display().to_string()), config));
@@ -167,14 +166,11 @@ async fn config(client: &Client, args: &DoctorArgs) -> anyhow::Result<(ConfigSou
         .await
         .with_context(|| format!("reading {shown}"))?;
     let Some(text) = map.and_then(|m| m.data?.remove(CONFIG_KEY)) else {
-        return Ok((ConfigSource::Defaults, ConfigFile::default()));
+        return Ok((ConfigSource::Defaults, load_config(None)?));
     };
     Ok(match parse_config(&text, &shown) {
         Ok(config) => (ConfigSource::ConfigMap(shown), config),
-        Err(error) => (
-            ConfigSource::Invalid(error.to_string()),
-            ConfigFile::default(),
-        ),
+        Err(error) => (ConfigSource::Invalid(error.to_string()), load_config(None)?),
     })
 }
 
@@ -307,7 +303,7 @@ async fn ceph_drivers(client: &Client) -> Option<Vec<CephDriver>> {
 
 /// Each checked node the fencer may fence, its agent asked for status, all at once.
 async fn fence_status(client: &Client, snapshot: &Snapshot) -> BTreeMap<String, FenceStatus> {
-    let policy = &snapshot.fencer;
+    let policy = &snapshot.policy.fencer;
     let timeout = Duration::from_secs(u64::from(policy.agent_timeout_seconds));
     let queries = snapshot.nodes.iter().filter_map(|node| {
         let facts = NodeFacts::from_node(node, None)?;
