@@ -3,7 +3,7 @@
 # (webhook/server/Containerfile), built with podman and written as an OCI archive.
 #
 #   hack/image.sh [build]  target/image/jellyfin-ha-<version>.oci.tar, tagged
-#                          ghcr.io/jellyfin-ha/jellyfin-ha:<version>; prints its size
+#                          ghcr.io/jellyfin-ha/jellyfin-ha:<version>; prints its sizes
 #   hack/image.sh test     build it, then run it under podman as the manifests do, against
 #                          the local control plane (tests/tests/image.rs), and test the
 #                          kubectl plugin (webhook/server/tests/kubectl_plugin.rs)
@@ -39,17 +39,22 @@ workspace_version() {
   echo "${id##*[#@]}"
 }
 
+bench_mib() { awk -v name="$1" -v bytes="$2" 'BEGIN { printf "BENCH %s %.1f MiB\n", name, bytes / 1048576 }'; }
+
 # Builds the image and sets IMAGE_REF and IMAGE_ARCHIVE.
 build_image() {
   ensure_image_tools
-  local version context size
+  local version context
   version=$(workspace_version)
   IMAGE_REF="ghcr.io/jellyfin-ha/jellyfin-ha:$version"
   IMAGE_ARCHIVE="$IMAGE_DIR/jellyfin-ha-$version.oci.tar"
   context="$IMAGE_DIR/context"
 
   log "cargo build --release --target $TARGET"
-  CC_x86_64_unknown_linux_musl=musl-gcc \
+  # Whole-program LTO in one codegen unit: a fifth smaller binary (19 MB instead of 24 MB). Set
+  # here, not in the release profile, so host builds keep linking quickly; the musl target
+  # has a directory of its own, so nothing is rebuilt for them.
+  CC_x86_64_unknown_linux_musl=musl-gcc CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
     cargo build -j2 -q --release --target "$TARGET" -p jellyfin-ha ||
     die "cargo build for $TARGET failed"
   mkdir -p "$context"
@@ -58,16 +63,24 @@ build_image() {
   cp "$CA_BUNDLE" "$context/ca-certificates.crt"
 
   log "podman build $IMAGE_REF"
+  local previous
+  previous=$(podman image inspect --format '{{.Id}}' "$IMAGE_REF" 2>/dev/null || true)
   # A fixed timestamp: the same binary gives the same image.
   podman build --quiet --timestamp 0 --build-arg "VERSION=$version" \
     -f webhook/server/Containerfile -t "$IMAGE_REF" "$context" >/dev/null ||
     die "podman build failed"
+  # The image the tag named before is untagged now; do not let every rebuild keep one.
+  if [[ -n $previous && $previous != "$(podman image inspect --format '{{.Id}}' "$IMAGE_REF")" ]]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
   rm -f "$IMAGE_ARCHIVE"
   podman save --quiet --format oci-archive -o "$IMAGE_ARCHIVE" "$IMAGE_REF" ||
     die "podman save failed"
-  size=$(stat -c %s "$IMAGE_ARCHIVE")
   log "wrote $IMAGE_ARCHIVE"
-  awk -v bytes="$size" 'BEGIN { printf "BENCH image_size_mib %.1f MiB\n", bytes / 1048576 }'
+  # The archive holds gzip-compressed layers, as a registry serves them; unpacked is what a
+  # node stores.
+  bench_mib image_size_mib "$(stat -c %s "$IMAGE_ARCHIVE")"
+  bench_mib image_unpacked_mib "$(podman image inspect --format '{{.Size}}' "$IMAGE_REF")"
 }
 
 # The webhook in the image follows its ConfigMap on the local control plane: brought up unless

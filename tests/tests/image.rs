@@ -66,7 +66,7 @@ fn run_once(image: &str, extra: &[&str], command: &[&str]) -> Output {
 const HARDENED: [&str; 10] = [
     "--read-only",
     "--user",
-    "65532",
+    "65532:65532",
     "--cap-drop=ALL",
     "--security-opt",
     "no-new-privileges",
