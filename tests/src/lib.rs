@@ -421,6 +421,21 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/debug/jellyfin-ha"))
 }
 
+/// `jellyfin-ha explain POD -n NAMESPACE --config CONFIG` against the local control plane: the
+/// table it prints.
+pub fn explain(namespace: &str, pod: &str, config: &str) -> anyhow::Result<String> {
+    let output = Command::new(binary())
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(["explain", pod, "-n", namespace, "--config", config])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "explain: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -144,20 +144,6 @@ async fn report_of(client: &kube::Client, node: &str) -> anyhow::Result<Option<A
     Ok(json.map(|j| AgentReport::from_json(&j)).transpose()?)
 }
 
-fn explain(env: &Env, namespace: &str, pod: &str) -> String {
-    let output = Command::new(&env.bin)
-        .env("KUBECONFIG", kubeconfig_path())
-        .args(["explain", pod, "-n", namespace, "--config", &env.config])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "explain: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 fn row<'a>(table: &'a str, node: &str) -> &'a str {
     table
         .lines()
@@ -248,7 +234,7 @@ async fn measured_load_and_gpu_health_steer_the_extender() {
     .unwrap();
     assert_eq!(bound, "agent-idle");
 
-    let table = explain(&env, &namespace.name, "jellyfin");
+    let table = jellyfin_ha_e2e::explain(&namespace.name, "jellyfin", &env.config).unwrap();
     println!("{table}");
     let busy = row(&table, "agent-busy");
     let idle = row(&table, "agent-idle");

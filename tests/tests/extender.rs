@@ -13,12 +13,9 @@
     clippy::panic
 )]
 
-use std::process::Command;
 use std::time::Duration;
 
-use jellyfin_ha_e2e::{
-    TestNamespace, TestNode, client, envtest, eventually, kubeconfig_path, metric_total,
-};
+use jellyfin_ha_e2e::{TestNamespace, TestNode, client, envtest, eventually, metric_total};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
@@ -30,8 +27,7 @@ use serde_json::{Value, json};
 struct Env {
     admin: String,
     scheduler_name: String,
-    /// The `jellyfin-ha` binary the extender runs, and its config file.
-    bin: String,
+    /// The extender's config file.
     config: String,
 }
 
@@ -40,24 +36,8 @@ fn env() -> Option<Env> {
     Some(Env {
         admin: var("JFHA_E2E_EXTENDER_ADMIN")?,
         scheduler_name: var("JFHA_E2E_SCHEDULER_NAME")?,
-        bin: var("JFHA_E2E_BIN")?,
         config: var("JFHA_E2E_EXTENDER_CONFIG")?,
     })
-}
-
-/// `jellyfin-ha explain` against the local control plane, with the extender's config.
-fn explain(env: &Env, namespace: &str, pod: &str) -> String {
-    let output = Command::new(&env.bin)
-        .env("KUBECONFIG", kubeconfig_path())
-        .args(["explain", pod, "-n", namespace, "--config", &env.config])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "explain: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// The explain table's row for `node`, split into columns (the reasons are the rest).
@@ -279,7 +259,7 @@ async fn avoids_a_node_whose_lease_went_stale_while_it_still_says_ready() {
         "the node turned NotReady before the pod was placed; raise ENVTEST_NODE_MONITOR_GRACE"
     );
     // explain says why, from the live cluster.
-    let table = explain(&env, &namespace.name, "jellyfin");
+    let table = jellyfin_ha_e2e::explain(&namespace.name, "jellyfin", &env.config).unwrap();
     let dead = explain_row(&table, "ext-stale-1");
     assert_eq!(dead[1], "no", "{table}");
     assert!(
