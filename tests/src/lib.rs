@@ -162,7 +162,9 @@ impl ShippedRbac {
         }
         let rbac = Self { outside };
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
-        let file = repo_root().join(format!("target/e2e-rbac-{namespace}.json"));
+        let dir = repo_root().join("target/e2e-tokens");
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(format!("{namespace}-rbac.json"));
         std::fs::write(&file, list.to_string())?;
         let applied = kubectl(&["apply", "-f", file.to_str().unwrap_or_default()])?;
         anyhow::ensure!(
@@ -203,7 +205,9 @@ pub fn service_account_kubeconfig(namespace: &str, name: &str) -> anyhow::Result
             ..Default::default()
         });
     }
-    let path = repo_root().join(format!("target/e2e-kubeconfig-{namespace}-{name}"));
+    let dir = repo_root().join("target/e2e-tokens");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
     Ok(path)
 }
