@@ -5,7 +5,13 @@
 //!   run, 4 keep-alive HTTP/1.1 connections;
 //! - `webhook_p99_ms_c4`: p99 latency of the real webhook at those 4 connections;
 //! - `webhook_first_request_p99_ms`: p99 of handshake + one review on a new TLS connection;
-//! - `webhook_rss_mib`: the real webhook's peak resident memory under that load.
+//! - `webhook_rss_mib`: the real webhook's peak resident memory under that load;
+//! - `webhook_handler_us_per_review`: median over rounds of the time per review through the
+//!   webhook's router in process (review parse, mutation, patch, response), without TLS or
+//!   sockets: the handler's own CPU cost.
+//!
+//! The real webhook runs with `--scheduling extender` (pods get the scheduling marker, as under
+//! the shipped extender configuration), so it needs no API server.
 //!
 //! The bench runs the no-op server by re-executing itself with `JFHA_BENCH_NOOP`.
 
@@ -24,17 +30,23 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use jellyfin_ha::metrics::Metrics;
+use jellyfin_ha::webhook::WebhookState;
 use jellyfin_ha_certs::{CertFiles, client_config, generate};
+use jellyfin_ha_core::Policy;
+use jellyfin_ha_core::scheduling::Scheduling;
 use rustls::ClientConfig;
 use serde_json::json;
 use support::{connect, free_port, review_request, write_certs};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 const CONNECTIONS: usize = 4;
 const WARMUP: Duration = Duration::from_secs(1);
@@ -108,6 +120,8 @@ async fn start_real(dir: &Path) -> Child {
     let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_jellyfin-ha"))
         .args([
             "webhook",
+            "--scheduling",
+            "extender",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--admin-listen",
@@ -216,7 +230,39 @@ fn p99_ms(latencies: &mut [Duration]) -> f64 {
     latencies[index.min(latencies.len() - 1)].as_secs_f64() * 1000.0
 }
 
+const HANDLER_ROUNDS: usize = 7;
+const HANDLER_REVIEWS_PER_ROUND: usize = 2000;
+
+/// Microseconds per review through the webhook's router in process, median of the rounds.
+async fn handler_us_per_review() -> f64 {
+    let policy = Policy {
+        scheduling: Scheduling::Extender,
+        ..Policy::default()
+    };
+    let app = jellyfin_ha::webhook::router(WebhookState {
+        policy: Arc::new(ArcSwap::from_pointee(policy)),
+        metrics: Arc::new(Metrics::default()),
+    });
+    let mut rounds = Vec::with_capacity(HANDLER_ROUNDS);
+    for round in 0..=HANDLER_ROUNDS {
+        let started = Instant::now();
+        for _ in 0..HANDLER_REVIEWS_PER_ROUND {
+            let response = app.clone().oneshot(review_request()).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.windows(7).any(|w| w == b"\"patch\""));
+        }
+        // The first round warms caches and the allocator.
+        if round > 0 {
+            rounds.push(started.elapsed().as_secs_f64() * 1e6 / HANDLER_REVIEWS_PER_ROUND as f64);
+        }
+    }
+    rounds.sort_by(f64::total_cmp);
+    rounds[rounds.len() / 2]
+}
+
 async fn run() {
+    let handler_us = handler_us_per_review().await;
     let dir = tempfile::tempdir().unwrap();
     let generated = generate(&["localhost".into()]).unwrap();
     write_certs(dir.path(), &generated);
@@ -258,4 +304,5 @@ async fn run() {
         p99_ms(&mut first)
     );
     println!("BENCH webhook_rss_mib {rss:.1} MiB");
+    println!("BENCH webhook_handler_us_per_review {handler_us:.1} us");
 }
