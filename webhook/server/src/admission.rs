@@ -5,7 +5,7 @@
 //! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
 
 use base64::Engine;
-use jellyfin_ha_core::{Policy, mutate_object};
+use jellyfin_ha_core::{Change, Policy, mutate_object};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -112,6 +112,8 @@ pub struct Reviewed {
     pub review: ReviewOut,
     pub outcome: Outcome,
     pub summary: Summary,
+    /// What a mutation changed, as the `jellyfin-ha.io/mutations` annotation keys it.
+    pub changes: Vec<&'static str>,
 }
 
 fn reply(api_version: Option<String>, response: Response) -> ReviewOut {
@@ -146,6 +148,7 @@ fn refuse(
         review: reply(api_version, response),
         outcome,
         summary,
+        changes: Vec::new(),
     }
 }
 
@@ -259,6 +262,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
                 review,
                 outcome: Outcome::Mutated,
                 summary,
+                changes: mutation.changes.iter().map(Change::record_key).collect(),
             }
         }
     }
@@ -269,5 +273,6 @@ fn unchanged(api_version: Option<String>, response: Response, summary: Summary) 
         review: reply(api_version, response),
         outcome: Outcome::Unchanged,
         summary,
+        changes: Vec::new(),
     }
 }

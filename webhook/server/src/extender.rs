@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -17,7 +17,8 @@ use jellyfin_ha_core::extender::{self, ExtenderPolicy, Staleness};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::admin::ReadyCheck;
-use crate::metrics::{ExtenderCallLabels, Metrics, VerbLabels};
+use crate::body::Limited;
+use crate::metrics::{ExtenderCallLabels, Metrics, ReasonLabels, VerbLabels};
 use crate::reflect::{SharedSnapshot, SyncState};
 
 /// With `nodeCacheCapable: false` the scheduler sends every candidate Node in full, both to
@@ -74,7 +75,6 @@ pub fn router(state: ExtenderState) -> Router {
     Router::new()
         .route("/filter", post(filter))
         .route("/prioritize", post(prioritize))
-        .layer(DefaultBodyLimit::max(MAX_EXTENDER_ARGS_BYTES))
         .with_state(state)
 }
 
@@ -117,7 +117,10 @@ impl CallError {
     }
 }
 
-async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
+async fn filter(
+    State(state): State<ExtenderState>,
+    Limited(body): Limited<MAX_EXTENDER_ARGS_BYTES>,
+) -> Response {
     let started = Instant::now();
     let result = decide(&state, Verb::Filter, body, |state, args, now| {
         let (pod, candidates, objects) = args.into_parts();
@@ -125,6 +128,13 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
             let snapshot = state.snapshot.read();
             extender::filter(&pod, candidates, &snapshot, &state.policy, now)
         };
+        let kinds = decision.failed.values().flat_map(|r| r.kinds.iter());
+        for &reason in kinds {
+            let labels = ReasonLabels {
+                reason: reason.to_string(),
+            };
+            state.metrics.extender_filtered.get_or_create(&labels).inc();
+        }
         tracing::info!(
             namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
             pod = pod.metadata.name.as_deref().unwrap_or_default(),
@@ -146,7 +156,10 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
     response
 }
 
-async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response {
+async fn prioritize(
+    State(state): State<ExtenderState>,
+    Limited(body): Limited<MAX_EXTENDER_ARGS_BYTES>,
+) -> Response {
     let started = Instant::now();
     let result = decide(&state, Verb::Prioritize, body, |state, args, now| {
         let (pod, candidates, _) = args.into_parts();

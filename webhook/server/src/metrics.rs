@@ -34,8 +34,15 @@ pub struct VerbLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// A fixed CamelCase reason from the fencing core.
+    /// A fixed reason from the core: the fencer's CamelCase refusals, the extender's filter
+    /// reason kinds.
     pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// The kind of change, as the `jellyfin-ha.io/mutations` annotation keys it.
+    pub change: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +57,7 @@ pub struct ProofLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub reviews: Family<ReviewLabels, Counter>,
+    pub review_changes: Family<ChangeLabels, Counter>,
     pub review_seconds: Histogram,
     pub certificate_reloads: Family<ReloadLabels, Counter>,
     /// Unix seconds.
@@ -59,6 +67,9 @@ pub struct Metrics {
     /// Candidate nodes per call, by verb: shows whether the scheduler sends names or objects
     /// for how many nodes.
     pub extender_candidates: Family<VerbLabels, Counter>,
+    /// Nodes the filter rejected, by reason kind (a node rejected for two reasons counts in
+    /// both).
+    pub extender_filtered: Family<ReasonLabels, Counter>,
     pub fencer_leader: Gauge,
     pub fencer_suspects: Counter,
     pub fencer_proofs: Family<ProofLabels, Counter>,
@@ -77,6 +88,13 @@ impl Default for Metrics {
             "admission_reviews",
             "Admission reviews answered, by kind, operation and outcome",
             reviews.clone(),
+        );
+        let review_changes = Family::<ChangeLabels, Counter>::default();
+        registry.register(
+            "admission_changes",
+            "Changes the webhook made, by kind (the keys of the jellyfin-ha.io/mutations \
+             annotation)",
+            review_changes.clone(),
         );
         // 10 µs .. ~80 ms: a review is pure computation.
         let review_seconds = Histogram::new(exponential_buckets(0.00001, 2.5, 11));
@@ -118,6 +136,12 @@ impl Default for Metrics {
             "extender_candidate_nodes",
             "Candidate nodes received in scheduler extender calls, by verb",
             extender_candidates.clone(),
+        );
+        let extender_filtered = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "extender_filtered_nodes",
+            "Nodes the extender's filter rejected, by reason",
+            extender_filtered.clone(),
         );
         let fencer_leader = Gauge::default();
         registry.register(
@@ -171,12 +195,14 @@ impl Default for Metrics {
         Self {
             registry,
             reviews,
+            review_changes,
             review_seconds,
             certificate_reloads,
             certificate_expiry,
             extender_calls,
             extender_call_seconds,
             extender_candidates,
+            extender_filtered,
             fencer_leader,
             fencer_suspects,
             fencer_proofs,

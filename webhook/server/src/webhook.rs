@@ -12,7 +12,7 @@ use jellyfin_ha_core::Policy;
 
 use crate::admission::{self, Outcome};
 use crate::body::Limited;
-use crate::metrics::{Metrics, ReviewLabels};
+use crate::metrics::{ChangeLabels, Metrics, ReviewLabels};
 
 /// Larger than any review kube-apiserver sends (objects are capped at 1.5 MiB by etcd, and a
 /// review carries at most the object and its old version); larger bodies get 413.
@@ -50,7 +50,8 @@ async fn mutate(
     );
     span.in_scope(|| match reviewed.outcome {
         Outcome::Mutated => {
-            tracing::info!(warnings = ?reviewed.review.response.warnings, "mutated")
+            let (changes, warnings) = (&reviewed.changes, &reviewed.review.response.warnings);
+            tracing::info!(?changes, ?warnings, "mutated")
         }
         Outcome::Unchanged => tracing::debug!("unchanged"),
         Outcome::Denied | Outcome::Invalid => {
@@ -76,6 +77,12 @@ async fn mutate(
             outcome: reviewed.outcome.as_str().to_string(),
         })
         .inc();
+    for change in &reviewed.changes {
+        let labels = ChangeLabels {
+            change: change.to_string(),
+        };
+        state.metrics.review_changes.get_or_create(&labels).inc();
+    }
     state
         .metrics
         .review_seconds

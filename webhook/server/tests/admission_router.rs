@@ -366,6 +366,11 @@ async fn reviews_are_counted_by_outcome() {
     let text = state.metrics.encode();
     assert!(text.contains(r#"jellyfin_ha_admission_reviews_total{kind="Pod",operation="CREATE",outcome="mutated"} 1"#), "{text}");
     assert!(text.contains(r#"outcome="invalid"} 1"#), "{text}");
+    // And by change, as the mutations annotation keys them.
+    for change in ["failover-tolerations", "termination-grace", "igpu"] {
+        let line = format!("jellyfin_ha_admission_changes_total{{change=\"{change}\"}} 1");
+        assert!(text.contains(&line), "{text}");
+    }
 }
 
 #[tokio::test]

@@ -221,6 +221,28 @@ async fn calls_are_counted_by_verb_and_outcome() {
 }
 
 #[tokio::test]
+async fn rejected_nodes_are_counted_by_reason() {
+    let state = state();
+    let metrics = Arc::clone(&state.metrics);
+    let (_, body) = send(state, Method::POST, "/filter", ARGS_NAMES).await;
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let reasons: usize = ["FailedNodes", "FailedAndUnresolvableNodes"]
+        .iter()
+        .filter_map(|key| answer[*key].as_object())
+        .flat_map(|failed| failed.values())
+        .map(|reason| reason.as_str().unwrap().split("; ").count())
+        .sum();
+    assert!(reasons > 0, "the fixture rejects some node: {answer}");
+    let text = metrics.encode();
+    let counted: usize = text
+        .lines()
+        .filter(|l| l.starts_with("jellyfin_ha_extender_filtered_nodes_total{reason="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(counted, reasons, "{text}");
+}
+
+#[tokio::test]
 async fn large_calls_are_decided_off_the_async_workers_alike() {
     // Past the inline limit, as a full Node list at a few hundred nodes is.
     let mut body = ARGS_NAMES.to_string();

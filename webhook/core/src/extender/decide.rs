@@ -47,6 +47,22 @@ pub enum Reason<'a> {
 }
 
 impl Reason<'_> {
+    /// A fixed name for the kind of reason, for metrics: bounded, unlike the worded reason.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownNode => "unknown-node",
+            Self::NoLease => "no-lease",
+            Self::LeaseNeverRenewed => "lease-never-renewed",
+            Self::LeaseStale { .. } => "lease-stale",
+            Self::OutOfService => "out-of-service",
+            Self::Fencing => "fencing",
+            Self::NoQuickSyncLabel { .. } => "no-quicksync-label",
+            Self::VolumeHeldElsewhere { .. } => "volume-held-elsewhere",
+            Self::AttachLimitReached { .. } => "attach-limit",
+            Self::NoUsableGpu => "no-usable-gpu",
+        }
+    }
+
     /// Whether evicting lower-priority pods from the node could make it fit. Only an attach
     /// limit can be freed that way; the scheduler must not preempt pods on a dead, fenced or
     /// unsuitable node for nothing.
@@ -87,6 +103,8 @@ impl fmt::Display for Reason<'_> {
 pub struct Rejection {
     /// Every reason, joined with `"; "`.
     pub reason: String,
+    /// The kind of each reason ([`Reason::kind`]).
+    pub kinds: Vec<&'static str>,
     /// No preemption on this node would help; the wire's `FailedAndUnresolvableNodes`.
     pub unresolvable: bool,
 }
@@ -257,6 +275,7 @@ fn rejection(reasons: &[Reason<'_>]) -> Rejection {
         .join("; ");
     Rejection {
         reason,
+        kinds: reasons.iter().map(Reason::kind).collect(),
         unresolvable: !reasons.iter().any(Reason::preemption_may_help),
     }
 }
