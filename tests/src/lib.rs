@@ -27,7 +27,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Where `hack/envtest.sh` keeps the control plane's state (`ENVTEST_STATE_DIR`).
-pub fn envtest_dir() -> PathBuf {
+fn envtest_dir() -> PathBuf {
     std::env::var_os("ENVTEST_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/envtest"))
@@ -313,13 +313,29 @@ impl Webhook {
         namespace: &str,
         url: &str,
     ) -> anyhow::Result<OwnRegistration> {
-        let registration = OwnRegistration {
+        let registration = self.own_registration(namespace);
+        registration.point_at(client, url).await?;
+        Ok(registration)
+    }
+
+    /// The same, calling the webhook through the Service `service` in `namespace`.
+    pub async fn register_own_service(
+        &self,
+        client: &Client,
+        namespace: &str,
+        service: &str,
+    ) -> anyhow::Result<OwnRegistration> {
+        let registration = self.own_registration(namespace);
+        registration.point_at_service(client, service).await?;
+        Ok(registration)
+    }
+
+    fn own_registration(&self, namespace: &str) -> OwnRegistration {
+        OwnRegistration {
             name: format!("jellyfin-ha-{namespace}"),
             namespace: namespace.to_string(),
             webhook: self.clone(),
-        };
-        registration.point_at(client, url).await?;
-        Ok(registration)
+        }
     }
 
     /// A client configuration that trusts this webhook's CA, by URL or by Service.

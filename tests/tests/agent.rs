@@ -337,6 +337,20 @@ fn apply_as(token: &str, name: &str, node_label: &str) -> Result<(), String> {
     }
 }
 
+/// Removes the pod the agent's bound token is issued for, at once.
+fn delete_probe() {
+    let _ = kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        REPORTS_NAMESPACE,
+        "agent-own-probe",
+        "--ignore-not-found",
+        "--grace-period=0",
+        "--force",
+    ]);
+}
+
 #[tokio::test]
 #[ignore = "needs the local control plane: run hack/e2e-extender.sh --test agent"]
 async fn an_agent_writes_only_its_own_nodes_report() {
@@ -354,16 +368,7 @@ async fn an_agent_writes_only_its_own_nodes_report() {
         }
     }))
     .unwrap();
-    let _ = kubectl(&[
-        "delete",
-        "pod",
-        "-n",
-        REPORTS_NAMESPACE,
-        "agent-own-probe",
-        "--ignore-not-found",
-        "--grace-period=0",
-        "--force",
-    ]);
+    delete_probe();
     pods.create(&PostParams::default(), &probe).await.unwrap();
     // A token bound to the pod, as the kubelet mounts it: it names the pod's node.
     let token = kubectl(&[
@@ -403,15 +408,7 @@ async fn an_agent_writes_only_its_own_nodes_report() {
     let other = apply_as(&token, &report_object_name("agent-own-2"), &node.name);
     let mislabelled = apply_as(&token, &own, "agent-own-2");
     let nameless = apply_as(&unbound, &own, &node.name);
-    let _ = kubectl(&[
-        "delete",
-        "pod",
-        "-n",
-        REPORTS_NAMESPACE,
-        "agent-own-probe",
-        "--grace-period=0",
-        "--force",
-    ]);
+    delete_probe();
     let _ = kubectl(&[
         "delete",
         "configmap",

@@ -492,15 +492,7 @@ async fn self_managed_certificates_rotate_without_failing_an_admission() {
     )
     .await
     .unwrap();
-    assert!(
-        event
-            .note
-            .as_deref()
-            .unwrap_or_default()
-            .contains("tls.crt"),
-        "{:?}",
-        event.note
-    );
+    assert_names_the_broken_file(&event);
     let pod = pods
         .create(&PostParams::default(), &opted_in_pod("after-break"))
         .await
@@ -677,13 +669,11 @@ async fn a_broken_certificate_file_keeps_the_old_one_served_and_says_so_on_the_p
     )
     .await
     .unwrap();
-    assert!(
-        event
-            .note
-            .as_deref()
-            .unwrap_or_default()
-            .contains("tls.crt"),
-        "{:?}",
-        event.note
-    );
+    assert_names_the_broken_file(&event);
+}
+
+/// A CertificateNotRenewed Event says which file of the certificate was broken.
+fn assert_names_the_broken_file(event: &Event) {
+    let note = event.note.as_deref().unwrap_or_default();
+    assert!(note.contains("tls.crt"), "{note:?}");
 }

@@ -150,13 +150,9 @@ async fn restarting_a_replica_under_load_admits_every_pod_mutated() {
         Arc::clone(&replicas),
         Arc::clone(&stop),
     ));
-    let registration = first
+    let _registration = first
         .served
-        .register_own(&client, &ns, "https://unused.invalid/mutate")
-        .await
-        .unwrap();
-    registration
-        .point_at_service(&client, SERVICE)
+        .register_own_service(&client, &ns, SERVICE)
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -75,19 +75,6 @@ impl Scheduling {
         }
     }
 
-    /// Whether Pods get the `jellyfin-ha.io/managed` marker.
-    pub fn marks_pods(&self) -> bool {
-        *self == Self::Extender
-    }
-
-    /// The scheduler Pods are sent to, if not the cluster's own.
-    pub fn scheduler_name(&self) -> Option<&str> {
-        match self {
-            Self::Scheduler(name) => Some(name),
-            _ => None,
-        }
-    }
-
     /// One line for logs and `mutate`'s report.
     pub fn describe(&self) -> String {
         match self {
@@ -128,25 +115,21 @@ mod tests {
     #[test]
     fn no_configmap_leaves_pods_to_the_clusters_scheduler() {
         assert_eq!(Scheduling::from_configmap(None), Scheduling::Default);
-        assert!(!Scheduling::Default.marks_pods());
-        assert_eq!(Scheduling::Default.scheduler_name(), None);
     }
 
     #[test]
-    fn extender_mode_marks_pods() {
+    fn extender_mode_is_read() {
         let scheduling = Scheduling::from_configmap(Some(&data(&[("mode", "extender")])));
         assert_eq!(scheduling, Scheduling::Extender);
-        assert!(scheduling.marks_pods());
     }
 
     #[test]
-    fn scheduler_mode_names_the_second_scheduler() {
+    fn scheduler_mode_reads_the_second_schedulers_name() {
         let scheduling = Scheduling::from_configmap(Some(&data(&[
             ("mode", "scheduler"),
             ("schedulerName", "jellyfin-ha"),
         ])));
-        assert_eq!(scheduling.scheduler_name(), Some("jellyfin-ha"));
-        assert!(!scheduling.marks_pods());
+        assert_eq!(scheduling, Scheduling::Scheduler("jellyfin-ha".into()));
     }
 
     #[test]
@@ -173,7 +156,6 @@ mod tests {
                 panic!("{pairs:?} gave {scheduling:?}")
             };
             assert!(why.contains(expected), "{pairs:?}: {why}");
-            assert!(!scheduling.marks_pods() && scheduling.scheduler_name().is_none());
         }
     }
 }
