@@ -285,7 +285,16 @@ start_proc() {
   local name=$1; shift
   mkdir -p "$LOG_DIR" "$PID_DIR"
   setsid "$@" </dev/null >>"$LOG_DIR/$name.log" 2>&1 &
-  echo $! >"$PID_DIR/$name.pid"
+  local pid=$!
+  echo "$pid" >"$PID_DIR/$name.pid"
+  # Until the forked shell has exec'd, it shows this script's command line, which
+  # pid_of would take for a reused PID and report the process as gone. On a busy
+  # machine that window outlasts a refused health check.
+  local deadline=$((SECONDS + 10))
+  while pid_alive "$pid" && ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$STATE_DIR"; do
+    ((SECONDS < deadline)) || break
+    sleep 0.02
+  done
 }
 
 # SIGTERM, then SIGKILL after a grace period; only PIDs from our pid files.
