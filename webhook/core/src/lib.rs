@@ -10,12 +10,12 @@ pub mod config;
 pub mod doctor;
 pub mod extender;
 pub mod fencing;
-pub mod mutation;
+pub mod object;
+pub mod pod_template;
 pub mod record;
 pub mod scheduling;
 pub mod taints;
-pub mod workload;
 
 pub use config::Policy;
-pub use mutation::{Change, MutationError};
-pub use workload::{Mutation, mutate_manifest, mutate_object, mutate_pod};
+pub use object::{PatchedObject, mutate_manifest, mutate_object, mutate_pod};
+pub use pod_template::{Change, MutationError};

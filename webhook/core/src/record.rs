@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::mutation::Change;
+use crate::pod_template::Change;
 
 const SEPARATOR: &str = "; ";
 

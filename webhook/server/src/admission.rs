@@ -75,7 +75,7 @@ pub struct Status {
 
 /// What happened to one review, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ReviewOutcome {
     /// Opted in and patched.
     Mutated,
     /// Reached the webhook but needed no change (not opted in, already mutated, or a kind or
@@ -87,13 +87,13 @@ pub enum Outcome {
     Invalid,
 }
 
-impl Outcome {
+impl ReviewOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Mutated => "mutated",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Denied => "denied",
-            Outcome::Invalid => "invalid",
+            ReviewOutcome::Mutated => "mutated",
+            ReviewOutcome::Unchanged => "unchanged",
+            ReviewOutcome::Denied => "denied",
+            ReviewOutcome::Invalid => "invalid",
         }
     }
 }
@@ -110,7 +110,7 @@ pub struct Summary {
 
 pub struct Reviewed {
     pub review: ReviewOut,
-    pub outcome: Outcome,
+    pub outcome: ReviewOutcome,
     pub summary: Summary,
     /// What a mutation changed, as the `jellyfin-ha.io/mutations` annotation keys it.
     pub changes: Vec<&'static str>,
@@ -131,7 +131,7 @@ fn reply(api_version: Option<String>, response: Response) -> ReviewOut {
 /// A refusal: `Denied` for an object the webhook cannot mutate, `Invalid` for a body that is
 /// not a usable review.
 fn refuse(
-    outcome: Outcome,
+    outcome: ReviewOutcome,
     api_version: Option<String>,
     uid: String,
     message: String,
@@ -158,7 +158,7 @@ fn invalid(
     message: String,
     summary: Summary,
 ) -> Reviewed {
-    refuse(Outcome::Invalid, api_version, uid, message, summary)
+    refuse(ReviewOutcome::Invalid, api_version, uid, message, summary)
 }
 
 /// Answers one review body. Every input gets an answer; nothing here panics or does IO.
@@ -228,7 +228,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
     };
     match mutate_object(&object, &request.kind.group, &request.kind.kind, policy) {
         Err(e) => refuse(
-            Outcome::Denied,
+            ReviewOutcome::Denied,
             parsed.api_version,
             uid,
             e.to_string(),
@@ -260,7 +260,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
             );
             Reviewed {
                 review,
-                outcome: Outcome::Mutated,
+                outcome: ReviewOutcome::Mutated,
                 summary,
                 changes: mutation.changes.iter().map(Change::record_key).collect(),
             }
@@ -271,7 +271,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
 fn unchanged(api_version: Option<String>, response: Response, summary: Summary) -> Reviewed {
     Reviewed {
         review: reply(api_version, response),
-        outcome: Outcome::Unchanged,
+        outcome: ReviewOutcome::Unchanged,
         summary,
         changes: Vec::new(),
     }

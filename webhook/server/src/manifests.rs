@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use clap::ValueEnum;
-use jellyfin_ha_core::{Mutation, Policy, mutate_manifest};
+use jellyfin_ha_core::{PatchedObject, Policy, mutate_manifest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -134,7 +134,7 @@ fn describe(object: &Value) -> String {
 
 pub struct Mutated {
     pub document: Document,
-    pub mutation: Mutation,
+    pub mutation: PatchedObject,
 }
 
 impl Mutated {

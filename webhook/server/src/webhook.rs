@@ -10,7 +10,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use jellyfin_ha_core::Policy;
 
-use crate::admission::{self, Outcome};
+use crate::admission::{self, ReviewOutcome};
 use crate::body::Limited;
 use crate::metrics::{ChangeLabels, Metrics, ReviewLabels};
 
@@ -46,15 +46,15 @@ async fn mutate(
         namespace = %summary.namespace,
         name = %summary.name,
         allowed = reviewed.review.response.allowed,
-        mutated = reviewed.outcome == Outcome::Mutated,
+        mutated = reviewed.outcome == ReviewOutcome::Mutated,
     );
     span.in_scope(|| match reviewed.outcome {
-        Outcome::Mutated => {
+        ReviewOutcome::Mutated => {
             let (changes, warnings) = (&reviewed.changes, &reviewed.review.response.warnings);
             tracing::info!(?changes, ?warnings, "mutated")
         }
-        Outcome::Unchanged => tracing::debug!("unchanged"),
-        Outcome::Denied | Outcome::Invalid => {
+        ReviewOutcome::Unchanged => tracing::debug!("unchanged"),
+        ReviewOutcome::Denied | ReviewOutcome::Invalid => {
             let message = reviewed
                 .review
                 .response

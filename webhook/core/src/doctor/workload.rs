@@ -9,8 +9,8 @@ use super::selector;
 use super::{Finding, Snapshot};
 use crate::annotations;
 use crate::extender::snapshot::pod_claim_names;
-use crate::mutation::Change;
-use crate::workload::{mutate_object, mutate_pod};
+use crate::object::{mutate_object, mutate_pod};
+use crate::pod_template::Change;
 
 /// A workload the checks look at, with its pods and the claims they use.
 pub(super) struct Workload<'a> {

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, HostPathVolumeSource, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
-    PodTemplateSpec, ResourceRequirements, Toleration, Volume, VolumeMount,
+    Affinity, Container, HostPathVolumeSource, NodeSelectorRequirement, NodeSelectorTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -89,8 +90,6 @@ pub enum MutationError {
     NoContainers { field: String },
     #[error("{field}: {message}")]
     Malformed { field: String, message: String },
-    #[error("the object is not a JSON object")]
-    NotAnObject,
     #[error("items[{index}]: {source}")]
     InListItem {
         index: usize,
@@ -98,29 +97,29 @@ pub enum MutationError {
     },
 }
 
-/// What a mutation did, besides the object itself.
+/// What the mutation of one pod template changed and warned about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub struct TemplateReport {
     pub changes: Vec<Change>,
     pub warnings: Vec<String>,
 }
 
-impl Outcome {
+impl TemplateReport {
     fn note(&mut self, change: Option<Change>) {
         self.changes.extend(change);
     }
 }
 
-/// What a template is mutated as.
+/// What holds the pod template being mutated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub enum TemplateOf {
     /// A Pod being created: everything, and what sends it to the scheduler that
     /// [`Policy::scheduling`] names.
     Pod,
     /// A workload's pod template: everything but what sends pods to a scheduler, so that pods
     /// are complete at birth even when the webhook cannot be reached, and nothing in a template
     /// outlives the scheduler it names (see [`crate::scheduling`]).
-    Template,
+    Workload,
 }
 
 /// Mutates a pod template (or a Pod's metadata and spec) that opted in; anything else is left
@@ -129,96 +128,125 @@ pub fn mutate_pod_template(
     template: &mut PodTemplateSpec,
     policy: &Policy,
     field: &str,
-    target: Target,
-) -> Result<Outcome, MutationError> {
+    holder: TemplateOf,
+) -> Result<TemplateReport, MutationError> {
     let PodTemplateSpec { metadata, spec } = template;
     let Some(metadata) = metadata
         .as_mut()
         .filter(|m| annotations::opted_in(m.annotations.as_ref()))
     else {
-        return Ok(Outcome::default());
+        return Ok(TemplateReport::default());
     };
     let overrides = Overrides::parse(metadata.annotations.as_ref())?;
     let spec = spec.as_mut().ok_or_else(|| MutationError::NoContainers {
         field: field.to_string(),
     })?;
-    let gpu_index = gpu_container_index(spec, overrides.container.as_deref(), field)?;
+    // The steps borrow the fields they touch, so the GPU container is borrowed once, here.
+    let PodSpec {
+        containers,
+        volumes,
+        security_context,
+        affinity,
+        tolerations,
+        termination_grace_period_seconds,
+        scheduler_name,
+        ..
+    } = spec;
+    let gpu = gpu_container(containers, overrides.container.as_deref(), field)?;
 
-    let mut outcome = Outcome::default();
+    let mut report = TemplateReport::default();
     match overrides.gpu_mode.unwrap_or(policy.gpu.mode) {
-        GpuMode::DevicePlugin => outcome.note(ensure_gpu_resource(
-            gpu_container(spec, gpu_index)?,
-            &policy.gpu.resource_name,
-        )),
+        GpuMode::DevicePlugin => {
+            report.note(ensure_gpu_resource(gpu, &policy.gpu.resource_name));
+        }
         GpuMode::Hostpath => {
-            let change = ensure_dri_hostpath(spec, gpu_index, &mut outcome.warnings)?;
-            outcome.note(change)
+            let change = ensure_dri_hostpath(volumes, gpu, &mut report.warnings);
+            report.note(change)
         }
         GpuMode::None => {}
     }
-    outcome.note(ensure_render_groups(spec, &policy.render_groups));
-    let affinity = ensure_quicksync_affinity(spec, &policy.node_affinity, &mut outcome.warnings);
-    outcome.note(affinity);
+    report.note(ensure_render_groups(
+        security_context,
+        &policy.render_groups,
+    ));
+    let quicksync =
+        ensure_quicksync_affinity(affinity, &policy.node_affinity, &mut report.warnings);
+    report.note(quicksync);
     let failover_seconds = overrides
         .failover_seconds
         .unwrap_or(policy.failover_seconds);
-    outcome.note(ensure_failover_tolerations(spec, failover_seconds));
-    warn_out_of_service_tolerations(spec, &mut outcome.warnings);
-    let gpu = gpu_container(spec, gpu_index)?;
-    warn_unclean_shutdown(gpu, &mut outcome.warnings);
-    warn_liveness_without_startup_probe(gpu, &mut outcome.warnings);
+    report.note(ensure_failover_tolerations(tolerations, failover_seconds));
+    warn_out_of_service_tolerations(
+        tolerations.as_deref().unwrap_or_default(),
+        &mut report.warnings,
+    );
+    warn_unclean_shutdown(gpu, &mut report.warnings);
+    warn_liveness_without_startup_probe(gpu, &mut report.warnings);
     let shutdown_needs = policy
         .min_termination_grace_seconds
         .saturating_add(pre_stop_sleep_seconds(gpu));
-    outcome.note(ensure_termination_grace(spec, shutdown_needs));
+    report.note(ensure_termination_grace(
+        termination_grace_period_seconds,
+        shutdown_needs,
+    ));
     // The label is harmless without the extender, and lets it count a pod born without the
     // webhook as iGPU load.
-    outcome.note(ensure_managed_label(metadata));
-    match target {
-        Target::Pod => {
-            let scheduled = route_to_scheduler(spec, gpu_index, &policy.scheduling, &mut outcome)?;
-            outcome.note(scheduled);
+    report.note(ensure_managed_label(metadata));
+    // Sends a Pod to the scheduler that `Scheduling` names, and to none that is not there.
+    match (holder, &policy.scheduling) {
+        (TemplateOf::Pod, Scheduling::Extender) => report.note(ensure_scheduling_marker(gpu)),
+        (TemplateOf::Pod, Scheduling::Scheduler(name)) => {
+            let change = ensure_scheduler_name(scheduler_name, name, &mut report.warnings);
+            report.note(change)
         }
-        Target::Template => warn_marker(spec, "the template", &mut outcome.warnings),
+        (TemplateOf::Pod, Scheduling::Unusable(why)) => {
+            report.warnings.push(format!(
+                "{why}: the pod is left to the cluster's scheduler, without the extender"
+            ));
+            warn_marker(containers, "the pod", &mut report.warnings)
+        }
+        (TemplateOf::Pod, Scheduling::Default) => {
+            warn_marker(containers, "the pod", &mut report.warnings)
+        }
+        (TemplateOf::Workload, _) => warn_marker(containers, "the template", &mut report.warnings),
     }
 
-    if !outcome.changes.is_empty() {
+    if !report.changes.is_empty() {
         let annotations = metadata.annotations.get_or_insert_default();
         let merged = record::merge(
             annotations.get(annotations::MUTATIONS).map(String::as_str),
-            &outcome.changes,
+            &report.changes,
         );
         annotations.insert(annotations::MUTATIONS.to_string(), merged);
     }
-    Ok(outcome)
+    Ok(report)
 }
 
-fn gpu_container_index(
-    spec: &PodSpec,
+/// The container named by the annotation, else the one named [`DEFAULT_GPU_CONTAINER`], else
+/// the first.
+fn gpu_container<'a>(
+    containers: &'a mut [Container],
     requested: Option<&str>,
     field: &str,
-) -> Result<usize, MutationError> {
-    if spec.containers.is_empty() {
-        return Err(MutationError::NoContainers {
-            field: field.to_string(),
-        });
-    }
-    let position = |name: &str| spec.containers.iter().position(|c| c.name == name);
-    match requested {
-        Some(name) => position(name).ok_or_else(|| MutationError::UnknownContainer {
-            name: name.to_string(),
-            available: spec.containers.iter().map(|c| c.name.clone()).collect(),
-        }),
-        None => Ok(position(DEFAULT_GPU_CONTAINER).unwrap_or(0)),
-    }
-}
-
-fn gpu_container(spec: &mut PodSpec, index: usize) -> Result<&mut Container, MutationError> {
-    spec.containers
+) -> Result<&'a mut Container, MutationError> {
+    let named = containers
+        .iter()
+        .position(|c| c.name == requested.unwrap_or(DEFAULT_GPU_CONTAINER));
+    let index = match (named, requested) {
+        (Some(index), _) => index,
+        (None, Some(name)) if !containers.is_empty() => {
+            return Err(MutationError::UnknownContainer {
+                name: name.to_string(),
+                available: containers.iter().map(|c| c.name.clone()).collect(),
+            });
+        }
+        (None, _) => 0,
+    };
+    // Only an empty list has no container at the index found above.
+    containers
         .get_mut(index)
-        .ok_or_else(|| MutationError::Malformed {
-            field: format!("spec.containers[{index}]"),
-            message: "container disappeared during mutation".to_string(),
+        .ok_or_else(|| MutationError::NoContainers {
+            field: field.to_string(),
         })
 }
 
@@ -246,12 +274,12 @@ fn ensure_gpu_resource(container: &mut Container, resource: &str) -> Option<Chan
 
 /// Hostpath mode: the host's `/dev/dri`, reusing a volume or mount the user already has.
 fn ensure_dri_hostpath(
-    spec: &mut PodSpec,
-    index: usize,
+    volumes: &mut Option<Vec<Volume>>,
+    container: &mut Container,
     warnings: &mut Vec<String>,
-) -> Result<Option<Change>, MutationError> {
+) -> Option<Change> {
     let mut changed = false;
-    let volumes = spec.volumes.get_or_insert_default();
+    let volumes = volumes.get_or_insert_default();
     let existing = volumes
         .iter()
         .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == DRI_PATH));
@@ -270,7 +298,6 @@ fn ensure_dri_hostpath(
             DRI_VOLUME.to_string()
         }
     };
-    let container = gpu_container(spec, index)?;
     let mounts = container.volume_mounts.get_or_insert_default();
     if !mounts.iter().any(|m| m.mount_path == DRI_PATH) {
         mounts.push(VolumeMount {
@@ -292,13 +319,15 @@ fn ensure_dri_hostpath(
             container.name
         ));
     }
-    Ok(changed.then_some(Change::DriHostPath))
+    changed.then_some(Change::DriHostPath)
 }
 
 /// Adds the render-group GIDs the pod lacks, after the user's own.
-fn ensure_render_groups(spec: &mut PodSpec, gids: &[i64]) -> Option<Change> {
-    let present = spec
-        .security_context
+fn ensure_render_groups(
+    security_context: &mut Option<PodSecurityContext>,
+    gids: &[i64],
+) -> Option<Change> {
+    let present = security_context
         .as_ref()
         .and_then(|s| s.supplemental_groups.as_ref());
     let missing: Vec<i64> = gids
@@ -309,8 +338,7 @@ fn ensure_render_groups(spec: &mut PodSpec, gids: &[i64]) -> Option<Change> {
     if missing.is_empty() {
         return None;
     }
-    let groups = spec
-        .security_context
+    let groups = security_context
         .get_or_insert_default()
         .supplemental_groups
         .get_or_insert_default();
@@ -321,7 +349,7 @@ fn ensure_render_groups(spec: &mut PodSpec, gids: &[i64]) -> Option<Change> {
 /// Adds `key In values` to every required node-selector term: terms are ORed, so an
 /// expression in a term of its own would let the pod land anywhere another term allows.
 fn ensure_quicksync_affinity(
-    spec: &mut PodSpec,
+    affinity: &mut Option<Affinity>,
     wanted: &NodeAffinityPolicy,
     warnings: &mut Vec<String>,
 ) -> Option<Change> {
@@ -330,8 +358,7 @@ fn ensure_quicksync_affinity(
         operator: "In".to_string(),
         values: Some(wanted.values.clone()),
     };
-    let required = spec
-        .affinity
+    let required = affinity
         .get_or_insert_default()
         .node_affinity
         .get_or_insert_default()
@@ -379,8 +406,11 @@ fn failover_toleration(key: &str, seconds: i64) -> Toleration {
 /// Exactly one short not-ready and one short unreachable NoExecute toleration. Replaces the
 /// 300 s ones DefaultTolerationSeconds added before the webhook ran; a user toleration for
 /// those keys with no effect keeps only its NoSchedule half.
-fn ensure_failover_tolerations(spec: &mut PodSpec, seconds: i64) -> Option<Change> {
-    let before = spec.tolerations.take().unwrap_or_default();
+fn ensure_failover_tolerations(
+    tolerations: &mut Option<Vec<Toleration>>,
+    seconds: i64,
+) -> Option<Change> {
+    let before = tolerations.take().unwrap_or_default();
     let mut after: Vec<Toleration> = Vec::with_capacity(before.len() + 2);
     for toleration in &before {
         match toleration.effect.as_deref().unwrap_or_default() {
@@ -396,13 +426,13 @@ fn ensure_failover_tolerations(spec: &mut PodSpec, seconds: i64) -> Option<Chang
     after.push(failover_toleration(NOT_READY, seconds));
     after.push(failover_toleration(UNREACHABLE, seconds));
     let changed = after != before;
-    spec.tolerations = Some(after);
+    *tolerations = Some(after);
     changed.then_some(Change::FailoverTolerations(seconds))
 }
 
-fn warn_out_of_service_tolerations(spec: &PodSpec, warnings: &mut Vec<String>) {
+fn warn_out_of_service_tolerations(tolerations: &[Toleration], warnings: &mut Vec<String>) {
     let taint = taints::out_of_service();
-    for (i, t) in spec.tolerations.iter().flatten().enumerate() {
+    for (i, t) in tolerations.iter().enumerate() {
         if taints::tolerates(t, &taint) {
             warnings.push(format!(
                 "toleration {i} (key {:?}, operator {:?}, effect {:?}) tolerates {}: \
@@ -422,14 +452,12 @@ const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
 /// Raises `terminationGracePeriodSeconds` to what a clean Jellyfin shutdown needs; never lowers
 /// it. Grace only delays a failover on a dead node, and there the fencer force-deletes the pod,
 /// which skips grace; on a live node a pod is gone as soon as Jellyfin exits.
-fn ensure_termination_grace(spec: &mut PodSpec, needed: i64) -> Option<Change> {
-    let current = spec
-        .termination_grace_period_seconds
-        .unwrap_or(DEFAULT_POD_GRACE_SECONDS);
+fn ensure_termination_grace(grace: &mut Option<i64>, needed: i64) -> Option<Change> {
+    let current = grace.unwrap_or(DEFAULT_POD_GRACE_SECONDS);
     if current >= needed {
         return None;
     }
-    spec.termination_grace_period_seconds = Some(needed);
+    *grace = Some(needed);
     Some(Change::TerminationGrace(needed))
 }
 
@@ -537,40 +565,17 @@ fn ensure_scheduling_marker(container: &mut Container) -> Option<Change> {
     changed.then_some(Change::SchedulingMarker)
 }
 
-/// Sends a Pod to the scheduler that [`Scheduling`] names, and to none that is not there.
-fn route_to_scheduler(
-    spec: &mut PodSpec,
-    gpu_index: usize,
-    scheduling: &Scheduling,
-    outcome: &mut Outcome,
-) -> Result<Option<Change>, MutationError> {
-    match scheduling {
-        Scheduling::Extender => {
-            return Ok(ensure_scheduling_marker(gpu_container(spec, gpu_index)?));
-        }
-        Scheduling::Scheduler(name) => {
-            return Ok(ensure_scheduler_name(spec, name, &mut outcome.warnings));
-        }
-        Scheduling::Unusable(why) => outcome.warnings.push(format!(
-            "{why}: the pod is left to the cluster's scheduler, without the extender"
-        )),
-        Scheduling::Default => {}
-    }
-    warn_marker(spec, "the pod", &mut outcome.warnings);
-    Ok(None)
-}
-
 /// Pods that name the cluster's scheduler (explicitly or not) go to the second one; a pod that
 /// names a scheduler of its own keeps it.
 fn ensure_scheduler_name(
-    spec: &mut PodSpec,
+    scheduler_name: &mut Option<String>,
     name: &str,
     warnings: &mut Vec<String>,
 ) -> Option<Change> {
-    match spec.scheduler_name.as_deref() {
+    match scheduler_name.as_deref() {
         Some(current) if current == name => None,
         None | Some(DEFAULT_SCHEDULER) => {
-            spec.scheduler_name = Some(name.to_string());
+            *scheduler_name = Some(name.to_string());
             Some(Change::SchedulerName(name.to_string()))
         }
         Some(other) => {
@@ -585,11 +590,11 @@ fn ensure_scheduler_name(
 
 /// A template or pod that asks for the marker itself (baked in by hand, or by an older
 /// `mutate`) is left as written, but it ties pods to a scheduler that ignores the resource.
-fn warn_marker(spec: &PodSpec, what: &str, warnings: &mut Vec<String>) {
+fn warn_marker(containers: &[Container], what: &str, warnings: &mut Vec<String>) {
     let asks = |list: &Option<BTreeMap<String, Quantity>>| {
         list.as_ref().is_some_and(|l| l.contains_key(MANAGED))
     };
-    for container in &spec.containers {
+    for container in containers {
         if container
             .resources
             .as_ref()

@@ -17,12 +17,12 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::annotations;
 use crate::config::Policy;
-use crate::mutation::{Change, MutationError, Target, mutate_pod_template};
+use crate::pod_template::{Change, MutationError, TemplateOf, mutate_pod_template};
 use crate::record;
 
-/// A mutated object and what was done to it.
+/// An object after the webhook's mutation, the patch that made it, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Mutation {
+pub struct PatchedObject {
     pub object: Value,
     /// The RFC 6902 patch from the input to `object`; empty when nothing changed. It is the
     /// patch that produced `object`, so nobody has to diff the two again.
@@ -31,7 +31,7 @@ pub struct Mutation {
     pub warnings: Vec<String>,
 }
 
-impl Mutation {
+impl PatchedObject {
     fn unchanged(object: &Value) -> Self {
         Self {
             object: object.clone(),
@@ -42,7 +42,7 @@ impl Mutation {
     }
 
     /// Adds a mutation made to this one's result.
-    fn absorb(&mut self, other: Mutation) {
+    fn absorb(&mut self, other: PatchedObject) {
         self.object = other.object;
         self.patch.0.extend(other.patch.0);
         self.changes.extend(other.changes);
@@ -51,42 +51,43 @@ impl Mutation {
 }
 
 /// What the webhook does to a Pod on CREATE.
-pub fn mutate_pod(pod: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
-    mutate_template_at(pod, "", policy, Target::Pod)
+pub fn mutate_pod(pod: &Value, policy: &Policy) -> Result<PatchedObject, MutationError> {
+    mutate_template_at(pod, Pointer::root(), policy, TemplateOf::Pod)
 }
 
-/// Where each workload kind keeps its pod template, as a JSON pointer.
-fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static str> {
+/// Where each workload kind keeps its pod template (checked when compiled).
+fn pod_template_pointer(group: &str, kind: &str) -> Option<&'static Pointer> {
+    const TEMPLATE: &Pointer = Pointer::from_static("/template");
+    const SPEC_TEMPLATE: &Pointer = Pointer::from_static("/spec/template");
+    const JOB_TEMPLATE: &Pointer = Pointer::from_static("/spec/jobTemplate/spec/template");
     match (group, kind) {
-        ("", "PodTemplate") => Some("/template"),
+        ("", "PodTemplate") => Some(TEMPLATE),
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
         | ("batch", "Job")
-        | ("", "ReplicationController") => Some("/spec/template"),
-        ("batch", "CronJob") => Some("/spec/jobTemplate/spec/template"),
+        | ("", "ReplicationController") => Some(SPEC_TEMPLATE),
+        ("batch", "CronJob") => Some(JOB_TEMPLATE),
         _ => None,
     }
 }
 
 /// The mutation of an object of API group `group` and kind `kind`: a Pod gets all of it, the
 /// pod template of any workload kind all of it but the scheduling marker (see
-/// [`Target::Template`]), and a Deployment that mounts a claim `Recreate`. Other kinds pass
-/// untouched. The webhook applies it to the kinds it is registered for, `mutate` to every kind.
+/// [`TemplateOf::Workload`]), and a Deployment that mounts a claim `Recreate`. Other kinds pass
+/// untouched, and so does a value that is not a JSON object, as it holds no template. The
+/// webhook applies it to the kinds it is registered for, `mutate` to every kind.
 pub fn mutate_object(
     object: &Value,
     group: &str,
     kind: &str,
     policy: &Policy,
-) -> Result<Mutation, MutationError> {
-    if !object.is_object() {
-        return Err(MutationError::NotAnObject);
-    }
+) -> Result<PatchedObject, MutationError> {
     if (group, kind) == ("", "Pod") {
         return mutate_pod(object, policy);
     }
     let Some(pointer) = pod_template_pointer(group, kind) else {
-        return Ok(Mutation::unchanged(object));
+        return Ok(PatchedObject::unchanged(object));
     };
-    let mut mutation = mutate_template_at(object, pointer, policy, Target::Template)?;
+    let mut mutation = mutate_template_at(object, pointer, policy, TemplateOf::Workload)?;
     if (group, kind) == ("apps", "Deployment") {
         let strategy = mutate_deployment_strategy(&mutation.object);
         mutation.absorb(strategy);
@@ -97,10 +98,7 @@ pub fn mutate_object(
 /// What `jellyfin-ha mutate` does to one manifest: what the webhook would do to it
 /// ([`mutate_object`], by the manifest's own `apiVersion` and `kind`), and `v1/List` items one
 /// by one.
-pub fn mutate_manifest(object: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
-    if !object.is_object() {
-        return Err(MutationError::NotAnObject);
-    }
+pub fn mutate_manifest(object: &Value, policy: &Policy) -> Result<PatchedObject, MutationError> {
     let field = |name: &str| object.get(name).and_then(Value::as_str).unwrap_or_default();
     let group = field("apiVersion")
         .rsplit_once('/')
@@ -112,8 +110,8 @@ pub fn mutate_manifest(object: &Value, policy: &Policy) -> Result<Mutation, Muta
     mutate_object(object, group, kind, policy)
 }
 
-fn mutate_list(list: &Value, policy: &Policy) -> Result<Mutation, MutationError> {
-    let mut result = Mutation::unchanged(list);
+fn mutate_list(list: &Value, policy: &Policy) -> Result<PatchedObject, MutationError> {
+    let mut result = PatchedObject::unchanged(list);
     let Some(items) = result.object.get_mut("items").and_then(Value::as_array_mut) else {
         return Ok(result);
     };
@@ -169,13 +167,16 @@ fn join_field(prefix: &str, inner: &str) -> String {
 
 fn mutate_template_at(
     object: &Value,
-    pointer: &str,
+    pointer: &Pointer,
     policy: &Policy,
-    target: Target,
-) -> Result<Mutation, MutationError> {
-    let prefix = field_name(pointer);
-    let Some(raw) = object.pointer(pointer).filter(|t| template_opted_in(t)) else {
-        return Ok(Mutation::unchanged(object));
+    holder: TemplateOf,
+) -> Result<PatchedObject, MutationError> {
+    let prefix = field_name(pointer.as_str());
+    let Some(raw) = object
+        .pointer(pointer.as_str())
+        .filter(|t| template_opted_in(t))
+    else {
+        return Ok(PatchedObject::unchanged(object));
     };
     // Tracking the path costs more than the mutation itself, so only a failure pays for it.
     let template = match PodTemplateSpec::deserialize(raw) {
@@ -197,32 +198,28 @@ fn mutate_template_at(
     };
     let before = serde_json::to_value(&template).map_err(internal)?;
     let mut template = template;
-    let outcome = mutate_pod_template(&mut template, policy, &prefix, target)?;
+    let report = mutate_pod_template(&mut template, policy, &prefix, holder)?;
     let after = serde_json::to_value(&template).map_err(internal)?;
 
-    let at = PointerBuf::parse(pointer).map_err(|e| MutationError::Malformed {
-        field: prefix.clone(),
-        message: e.to_string(),
-    })?;
-    let patch = rebase(json_patch::diff(&before, &after), &at);
+    let patch = rebase(json_patch::diff(&before, &after), pointer);
     let mut mutated = object.clone();
     json_patch::patch(&mut mutated, &patch).map_err(|e| MutationError::Malformed {
         field: field_name(&e.path.to_string()),
         message: format!("cannot be mutated: {}", e.kind),
     })?;
-    Ok(Mutation {
+    Ok(PatchedObject {
         object: mutated,
         patch,
-        changes: outcome.changes,
-        warnings: outcome.warnings,
+        changes: report.changes,
+        warnings: report.warnings,
     })
 }
 
 /// A Deployment whose opted-in template mounts a PersistentVolumeClaim must replace its pod
 /// with `Recreate`: with RollingUpdate the new pod waits forever for the ReadWriteOnce volume
 /// the old pod holds.
-fn mutate_deployment_strategy(deployment: &Value) -> Mutation {
-    let unchanged = || Mutation::unchanged(deployment);
+fn mutate_deployment_strategy(deployment: &Value) -> PatchedObject {
+    let unchanged = || PatchedObject::unchanged(deployment);
     let Some(template) = deployment
         .pointer("/spec/template")
         .filter(|t| template_opted_in(t))
@@ -272,7 +269,7 @@ fn mutate_deployment_strategy(deployment: &Value) -> Mutation {
         }
     }
     // Rare and small next to pod creation, so a diff is the plainest way to the patch.
-    Mutation {
+    PatchedObject {
         patch: json_patch::diff(deployment, &mutated),
         object: mutated,
         changes,
