@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod extender;
 pub mod fencing;
 pub mod object;
+pub mod pod_patch;
 pub mod pod_template;
 pub mod record;
 pub mod scheduling;

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, HostPathVolumeSource, NodeSelectorRequirement, NodeSelectorTerm,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration, Volume,
-    VolumeMount,
+    Affinity, Container, HostPathVolumeSource, LifecycleHandler, NodeSelectorRequirement,
+    NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::annotations::{self, MANAGED, OverrideError, Overrides};
 use crate::config::{GpuMode, NodeAffinityPolicy, Policy};
@@ -105,8 +104,16 @@ pub struct TemplateReport {
 }
 
 impl TemplateReport {
-    fn note(&mut self, change: Option<Change>) {
+    pub(crate) fn note(&mut self, change: Option<Change>) {
         self.changes.extend(change);
+    }
+
+    /// The `jellyfin-ha.io/mutations` annotation with these changes merged in; `None` when
+    /// nothing changed.
+    pub(crate) fn record(&self, annotations: Option<&BTreeMap<String, String>>) -> Option<String> {
+        let existing = annotations.and_then(|a| a.get(annotations::MUTATIONS));
+        (!self.changes.is_empty())
+            .then(|| record::merge(existing.map(String::as_str), &self.changes))
     }
 }
 
@@ -153,11 +160,15 @@ pub fn mutate_pod_template(
         ..
     } = spec;
     let gpu = gpu_container(containers, overrides.container.as_deref(), field)?;
+    let mode = overrides.gpu_mode.unwrap_or(policy.gpu.mode);
 
     let mut report = TemplateReport::default();
-    match overrides.gpu_mode.unwrap_or(policy.gpu.mode) {
+    match mode {
         GpuMode::DevicePlugin => {
-            report.note(ensure_gpu_resource(gpu, &policy.gpu.resource_name));
+            report.note(ensure_gpu_resource(
+                &mut gpu.resources,
+                &policy.gpu.resource_name,
+            ));
         }
         GpuMode::Hostpath => {
             let change = ensure_dri_hostpath(volumes, gpu, &mut report.warnings);
@@ -180,46 +191,59 @@ pub fn mutate_pod_template(
         tolerations.as_deref().unwrap_or_default(),
         &mut report.warnings,
     );
-    warn_unclean_shutdown(gpu, &mut report.warnings);
-    warn_liveness_without_startup_probe(gpu, &mut report.warnings);
-    let shutdown_needs = policy
-        .min_termination_grace_seconds
-        .saturating_add(pre_stop_sleep_seconds(gpu));
-    report.note(ensure_termination_grace(
+    let shutdown = ShutdownSettings::of(gpu);
+    shutdown.warn(&mut report.warnings);
+    let grace = ensure_termination_grace(
         termination_grace_period_seconds,
-        shutdown_needs,
-    ));
-    // The label is harmless without the extender, and lets it count a pod born without the
-    // webhook as iGPU load.
-    report.note(ensure_managed_label(metadata));
-    // Sends a Pod to the scheduler that `Scheduling` names, and to none that is not there.
-    match (holder, &policy.scheduling) {
-        (TemplateOf::Pod, Scheduling::Extender) => report.note(ensure_scheduling_marker(gpu)),
-        (TemplateOf::Pod, Scheduling::Scheduler(name)) => {
+        shutdown.grace_needed(policy),
+    );
+    report.note(grace);
+    report.note(ensure_managed_label(&mut metadata.labels));
+    match route(holder, &policy.scheduling, &mut report.warnings) {
+        Route::Marker => report.note(ensure_scheduling_marker(&mut gpu.resources)),
+        Route::SchedulerName(name) => {
             let change = ensure_scheduler_name(scheduler_name, name, &mut report.warnings);
             report.note(change)
         }
-        (TemplateOf::Pod, Scheduling::Unusable(why)) => {
-            report.warnings.push(format!(
-                "{why}: the pod is left to the cluster's scheduler, without the extender"
-            ));
-            warn_marker(containers, "the pod", &mut report.warnings)
+        Route::WarnMarker(what) => {
+            let resources = containers.iter().map(|c| (&*c.name, c.resources.as_ref()));
+            warn_marker(resources, what, &mut report.warnings)
         }
-        (TemplateOf::Pod, Scheduling::Default) => {
-            warn_marker(containers, "the pod", &mut report.warnings)
-        }
-        (TemplateOf::Workload, _) => warn_marker(containers, "the template", &mut report.warnings),
     }
 
-    if !report.changes.is_empty() {
+    if let Some(merged) = report.record(metadata.annotations.as_ref()) {
         let annotations = metadata.annotations.get_or_insert_default();
-        let merged = record::merge(
-            annotations.get(annotations::MUTATIONS).map(String::as_str),
-            &report.changes,
-        );
         annotations.insert(annotations::MUTATIONS.to_string(), merged);
     }
     Ok(report)
+}
+
+/// How a template is sent to the scheduler that [`Scheduling`] names, and to none that is
+/// not there.
+pub(crate) enum Route<'a> {
+    Marker,
+    SchedulerName(&'a str),
+    /// Nothing to add; warn about a marker asked for by hand, naming the holder so.
+    WarnMarker(&'static str),
+}
+
+pub(crate) fn route<'a>(
+    holder: TemplateOf,
+    scheduling: &'a Scheduling,
+    warnings: &mut Vec<String>,
+) -> Route<'a> {
+    match (holder, scheduling) {
+        (TemplateOf::Pod, Scheduling::Extender) => Route::Marker,
+        (TemplateOf::Pod, Scheduling::Scheduler(name)) => Route::SchedulerName(name),
+        (TemplateOf::Pod, Scheduling::Unusable(why)) => {
+            warnings.push(format!(
+                "{why}: the pod is left to the cluster's scheduler, without the extender"
+            ));
+            Route::WarnMarker("the pod")
+        }
+        (TemplateOf::Pod, Scheduling::Default) => Route::WarnMarker("the pod"),
+        (TemplateOf::Workload, _) => Route::WarnMarker("the template"),
+    }
 }
 
 /// The container named by the annotation, else the one named [`DEFAULT_GPU_CONTAINER`], else
@@ -229,47 +253,59 @@ fn gpu_container<'a>(
     requested: Option<&str>,
     field: &str,
 ) -> Result<&'a mut Container, MutationError> {
-    let named = containers
-        .iter()
-        .position(|c| c.name == requested.unwrap_or(DEFAULT_GPU_CONTAINER));
-    let index = match (named, requested) {
-        (Some(index), _) => index,
-        (None, Some(name)) if !containers.is_empty() => {
-            return Err(MutationError::UnknownContainer {
-                name: name.to_string(),
-                available: containers.iter().map(|c| c.name.clone()).collect(),
-            });
-        }
-        (None, _) => 0,
-    };
-    // Only an empty list has no container at the index found above.
-    containers
-        .get_mut(index)
-        .ok_or_else(|| MutationError::NoContainers {
+    let names = containers.iter().map(|c| c.name.as_str());
+    match gpu_container_index(names, requested) {
+        // Only an empty list has no container at the index chosen.
+        Some(index) => containers
+            .get_mut(index)
+            .ok_or_else(|| MutationError::NoContainers {
+                field: field.to_string(),
+            }),
+        None if containers.is_empty() => Err(MutationError::NoContainers {
             field: field.to_string(),
-        })
+        }),
+        None => Err(MutationError::UnknownContainer {
+            name: requested.unwrap_or_default().to_string(),
+            available: containers.iter().map(|c| c.name.clone()).collect(),
+        }),
+    }
+}
+
+/// Where [`gpu_container`] finds it among the containers' names; `None` when the annotation
+/// names none of them.
+pub(crate) fn gpu_container_index<'a>(
+    mut names: impl Iterator<Item = &'a str>,
+    requested: Option<&str>,
+) -> Option<usize> {
+    let wanted = requested.unwrap_or(DEFAULT_GPU_CONTAINER);
+    names
+        .position(|name| name == wanted)
+        .or(requested.is_none().then_some(0))
 }
 
 /// Device-plugin mode: one share of the iGPU, unless the container already asks for it.
-fn ensure_gpu_resource(container: &mut Container, resource: &str) -> Option<Change> {
-    let asks = |list: &Option<BTreeMap<String, Quantity>>| {
-        list.as_ref().is_some_and(|l| l.contains_key(resource))
-    };
-    if container
-        .resources
-        .as_ref()
-        .is_some_and(|r| asks(&r.limits) || asks(&r.requests))
-    {
+pub(crate) fn ensure_gpu_resource(
+    resources: &mut Option<ResourceRequirements>,
+    resource: &str,
+) -> Option<Change> {
+    if asks_for(resources.as_ref(), resource) {
         return None;
     }
     // Requests default to limits for extended resources, so the limit alone is enough.
-    let limits = container
-        .resources
+    let limits = resources
         .get_or_insert_default()
         .limits
         .get_or_insert_default();
     limits.insert(resource.to_string(), Quantity("1".to_string()));
     Some(Change::GpuResource(resource.to_string()))
+}
+
+/// Whether a container's limits or requests name `resource`.
+fn asks_for(resources: Option<&ResourceRequirements>, resource: &str) -> bool {
+    let asks = |list: &Option<BTreeMap<String, Quantity>>| {
+        list.as_ref().is_some_and(|l| l.contains_key(resource))
+    };
+    resources.is_some_and(|r| asks(&r.limits) || asks(&r.requests))
 }
 
 /// Hostpath mode: the host's `/dev/dri`, reusing a volume or mount the user already has.
@@ -323,7 +359,7 @@ fn ensure_dri_hostpath(
 }
 
 /// Adds the render-group GIDs the pod lacks, after the user's own.
-fn ensure_render_groups(
+pub(crate) fn ensure_render_groups(
     security_context: &mut Option<PodSecurityContext>,
     gids: &[i64],
 ) -> Option<Change> {
@@ -348,7 +384,7 @@ fn ensure_render_groups(
 
 /// Adds `key In values` to every required node-selector term: terms are ORed, so an
 /// expression in a term of its own would let the pod land anywhere another term allows.
-fn ensure_quicksync_affinity(
+pub(crate) fn ensure_quicksync_affinity(
     affinity: &mut Option<Affinity>,
     wanted: &NodeAffinityPolicy,
     warnings: &mut Vec<String>,
@@ -406,7 +442,7 @@ fn failover_toleration(key: &str, seconds: i64) -> Toleration {
 /// Exactly one short not-ready and one short unreachable NoExecute toleration. Replaces the
 /// 300 s ones DefaultTolerationSeconds added before the webhook ran; a user toleration for
 /// those keys with no effect keeps only its NoSchedule half.
-fn ensure_failover_tolerations(
+pub(crate) fn ensure_failover_tolerations(
     tolerations: &mut Option<Vec<Toleration>>,
     seconds: i64,
 ) -> Option<Change> {
@@ -430,7 +466,10 @@ fn ensure_failover_tolerations(
     changed.then_some(Change::FailoverTolerations(seconds))
 }
 
-fn warn_out_of_service_tolerations(tolerations: &[Toleration], warnings: &mut Vec<String>) {
+pub(crate) fn warn_out_of_service_tolerations(
+    tolerations: &[Toleration],
+    warnings: &mut Vec<String>,
+) {
     let taint = taints::out_of_service();
     for (i, t) in tolerations.iter().enumerate() {
         if taints::tolerates(t, &taint) {
@@ -452,7 +491,7 @@ const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
 /// Raises `terminationGracePeriodSeconds` to what a clean Jellyfin shutdown needs; never lowers
 /// it. Grace only delays a failover on a dead node, and there the fencer force-deletes the pod,
 /// which skips grace; on a live node a pod is gone as soon as Jellyfin exits.
-fn ensure_termination_grace(grace: &mut Option<i64>, needed: i64) -> Option<Change> {
+pub(crate) fn ensure_termination_grace(grace: &mut Option<i64>, needed: i64) -> Option<Change> {
     let current = grace.unwrap_or(DEFAULT_POD_GRACE_SECONDS);
     if current >= needed {
         return None;
@@ -461,86 +500,107 @@ fn ensure_termination_grace(grace: &mut Option<i64>, needed: i64) -> Option<Chan
     Some(Change::TerminationGrace(needed))
 }
 
-/// Seconds a native `preStop: {sleep: ...}` hook holds back SIGTERM: grace counts from the
-/// start of the hook, so Jellyfin's own shutdown gets only what is left after it.
-fn pre_stop_sleep_seconds(container: &Container) -> i64 {
-    container
-        .lifecycle
-        .as_ref()
-        .and_then(|l| l.pre_stop.as_ref())
-        .and_then(|h| h.sleep.as_ref())
-        .map_or(0, |s| s.seconds.max(0))
+/// What the shutdown warnings and the termination grace read from the GPU container.
+pub(crate) struct ShutdownSettings<'a> {
+    pub name: &'a str,
+    pub command: Option<&'a [String]>,
+    pub args: Option<&'a [String]>,
+    pub pre_stop: Option<&'a LifecycleHandler>,
+    pub liveness_probe: bool,
+    pub startup_probe: bool,
 }
 
-/// Settings of the Jellyfin container that cut its clean shutdown short whatever the grace.
-fn warn_unclean_shutdown(container: &Container, warnings: &mut Vec<String>) {
-    if let Some(script) = shell_script_without_exec(container) {
-        warnings.push(format!(
-            "container {:?} runs through a shell ({script:?}) without exec: the shell ignores \
-             SIGTERM as PID 1, so Jellyfin never starts its database shutdown and is killed at \
-             the end of the grace period; start it with exec",
-            container.name
-        ));
+impl<'a> ShutdownSettings<'a> {
+    fn of(container: &'a Container) -> Self {
+        Self {
+            name: &container.name,
+            command: container.command.as_deref(),
+            args: container.args.as_deref(),
+            pre_stop: container
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref()),
+            liveness_probe: container.liveness_probe.is_some(),
+            startup_probe: container.startup_probe.is_some(),
+        }
     }
-    let hook = container
-        .lifecycle
-        .as_ref()
-        .and_then(|l| l.pre_stop.as_ref());
-    if hook.is_some_and(|h| h.exec.is_some() || h.http_get.is_some() || h.tcp_socket.is_some()) {
-        warnings.push(format!(
-            "container {:?} has a preStop hook: its run time counts against the grace period \
-             and Jellyfin gets SIGTERM only after it ends; keep it short, or use a preStop \
-             sleep, which the grace is raised to cover",
-            container.name
-        ));
-    }
-}
 
-/// The script of a `sh -c SCRIPT` style entrypoint that does not `exec` its last command.
-fn shell_script_without_exec(container: &Container) -> Option<String> {
-    const SHELLS: [&str; 4] = ["sh", "bash", "ash", "dash"];
-    let argv: Vec<&str> = container
-        .command
-        .iter()
-        .flatten()
-        .chain(container.args.iter().flatten())
-        .map(String::as_str)
-        .collect();
-    let (program, rest) = argv.split_first()?;
-    let shell = program.rsplit('/').next().unwrap_or(program);
-    if !SHELLS.contains(&shell) {
-        return None;
+    /// Raised by the seconds a native `preStop: {sleep: ...}` hook holds back SIGTERM: grace
+    /// counts from the start of the hook, so Jellyfin's own shutdown gets only what is left
+    /// after it.
+    pub(crate) fn grace_needed(&self, policy: &Policy) -> i64 {
+        let sleep = self
+            .pre_stop
+            .and_then(|h| h.sleep.as_ref())
+            .map_or(0, |s| s.seconds.max(0));
+        policy.min_termination_grace_seconds.saturating_add(sleep)
     }
-    let flag = rest
-        .iter()
-        .position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))?;
-    let script = rest.get(flag + 1)?;
-    let commands: Vec<&str> = script
-        .split(['\n', ';', '&', '|'])
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    // A lone command is exec'd by the shell itself (bash, dash, busybox ash).
-    let execs = commands.len() <= 1 || commands.iter().any(|c| c.starts_with("exec "));
-    (!execs).then(|| script.to_string())
-}
 
-/// Jellyfin migrates its database on the first start after an upgrade, which can take far
-/// longer than a liveness probe's patience; killing it mid-migration loses the library.
-fn warn_liveness_without_startup_probe(container: &Container, warnings: &mut Vec<String>) {
-    if container.liveness_probe.is_some() && container.startup_probe.is_none() {
-        warnings.push(format!(
-            "container {:?} has a liveness probe but no startup probe: a long database \
-             migration after an upgrade would be killed mid-way; add a startupProbe with a \
-             generous failureThreshold",
-            container.name
-        ));
+    /// Settings that cut Jellyfin's clean shutdown short whatever the grace, and a liveness
+    /// probe that would kill a long database migration after an upgrade, losing the library.
+    pub(crate) fn warn(&self, warnings: &mut Vec<String>) {
+        let name = self.name;
+        if let Some(script) = self.shell_script_without_exec() {
+            warnings.push(format!(
+                "container {name:?} runs through a shell ({script:?}) without exec: the shell \
+                 ignores SIGTERM as PID 1, so Jellyfin never starts its database shutdown and is \
+                 killed at the end of the grace period; start it with exec"
+            ));
+        }
+        if self
+            .pre_stop
+            .is_some_and(|h| h.exec.is_some() || h.http_get.is_some() || h.tcp_socket.is_some())
+        {
+            warnings.push(format!(
+                "container {name:?} has a preStop hook: its run time counts against the grace \
+                 period and Jellyfin gets SIGTERM only after it ends; keep it short, or use a \
+                 preStop sleep, which the grace is raised to cover"
+            ));
+        }
+        if self.liveness_probe && !self.startup_probe {
+            warnings.push(format!(
+                "container {name:?} has a liveness probe but no startup probe: a long database \
+                 migration after an upgrade would be killed mid-way; add a startupProbe with a \
+                 generous failureThreshold"
+            ));
+        }
+    }
+
+    /// The script of a `sh -c SCRIPT` style entrypoint that does not `exec` its last command.
+    fn shell_script_without_exec(&self) -> Option<&'a str> {
+        const SHELLS: [&str; 4] = ["sh", "bash", "ash", "dash"];
+        let argv: Vec<&str> = self
+            .command
+            .into_iter()
+            .flatten()
+            .chain(self.args.into_iter().flatten())
+            .map(String::as_str)
+            .collect();
+        let (program, rest) = argv.split_first()?;
+        let shell = program.rsplit('/').next().unwrap_or(program);
+        if !SHELLS.contains(&shell) {
+            return None;
+        }
+        let flag = rest
+            .iter()
+            .position(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))?;
+        let script = *rest.get(flag + 1)?;
+        let commands: Vec<&str> = script
+            .split(['\n', ';', '&', '|'])
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        // A lone command is exec'd by the shell itself (bash, dash, busybox ash).
+        let execs = commands.len() <= 1 || commands.iter().any(|c| c.starts_with("exec "));
+        (!execs).then_some(script)
     }
 }
 
 /// The label the scheduler extender watches managed pods by.
-fn ensure_managed_label(metadata: &mut ObjectMeta) -> Option<Change> {
-    let labels = metadata.labels.get_or_insert_default();
+pub(crate) fn ensure_managed_label(
+    labels: &mut Option<BTreeMap<String, String>>,
+) -> Option<Change> {
+    let labels = labels.get_or_insert_default();
     if labels.get(MANAGED).map(String::as_str) == Some("true") {
         return None;
     }
@@ -549,11 +609,13 @@ fn ensure_managed_label(metadata: &mut ObjectMeta) -> Option<Change> {
 }
 
 /// The extended resource that makes kube-scheduler send the pod to the extender.
-fn ensure_scheduling_marker(container: &mut Container) -> Option<Change> {
+pub(crate) fn ensure_scheduling_marker(
+    resources: &mut Option<ResourceRequirements>,
+) -> Option<Change> {
     let one = Quantity("1".to_string());
     let ResourceRequirements {
         limits, requests, ..
-    } = container.resources.get_or_insert_default();
+    } = resources.get_or_insert_default();
     let mut changed = false;
     for list in [requests, limits] {
         let list = list.get_or_insert_default();
@@ -567,7 +629,7 @@ fn ensure_scheduling_marker(container: &mut Container) -> Option<Change> {
 
 /// Pods that name the cluster's scheduler (explicitly or not) go to the second one; a pod that
 /// names a scheduler of its own keeps it.
-fn ensure_scheduler_name(
+pub(crate) fn ensure_scheduler_name(
     scheduler_name: &mut Option<String>,
     name: &str,
     warnings: &mut Vec<String>,
@@ -590,22 +652,19 @@ fn ensure_scheduler_name(
 
 /// A template or pod that asks for the marker itself (baked in by hand, or by an older
 /// `mutate`) is left as written, but it ties pods to a scheduler that ignores the resource.
-fn warn_marker(containers: &[Container], what: &str, warnings: &mut Vec<String>) {
-    let asks = |list: &Option<BTreeMap<String, Quantity>>| {
-        list.as_ref().is_some_and(|l| l.contains_key(MANAGED))
-    };
-    for container in containers {
-        if container
-            .resources
-            .as_ref()
-            .is_some_and(|r| asks(&r.limits) || asks(&r.requests))
-        {
+pub(crate) fn warn_marker<'a>(
+    containers: impl Iterator<Item = (&'a str, Option<&'a ResourceRequirements>)>,
+    what: &str,
+    warnings: &mut Vec<String>,
+) {
+    for (name, resources) in containers {
+        if asks_for(resources, MANAGED) {
             warnings.push(format!(
                 "container {:?} of {what} requests {MANAGED}: pods stay Pending \
                  (Insufficient {MANAGED}) wherever the scheduler does not ignore it, e.g. once \
                  the extender is uninstalled; remove it, the webhook adds it to each pod while \
                  the ConfigMap {CONFIGMAP} says the extender is there",
-                container.name
+                name
             ));
         }
     }

@@ -5,23 +5,26 @@
 //! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
 
 use base64::Engine;
+use jellyfin_ha_core::pod_patch::{PodPatch, patch_pod};
 use jellyfin_ha_core::{Change, Policy, mutate_object};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn {
+struct ReviewIn<'a> {
     #[serde(default)]
     api_version: Option<String>,
-    request: Option<RequestIn>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn {
+struct RequestIn<'a> {
     uid: String,
     kind: GroupVersionKind,
     operation: String,
@@ -31,8 +34,9 @@ struct RequestIn {
     namespace: Option<String>,
     #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
-    object: Option<Value>,
+    /// Left as text: a Pod is read straight from it ([`patch_pod`]).
+    #[serde(default, borrow)]
+    object: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -222,11 +226,36 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
     if !handled {
         return unchanged(parsed.api_version, allowed(vec![], None), summary);
     }
-    let Some(object) = request.object.filter(Value::is_object) else {
+    let Some(object) = request
+        .object
+        .filter(|o| o.get().trim_start().starts_with('{'))
+    else {
         let message = format!("request.object must be a {} object", request.kind.kind);
         return invalid(parsed.api_version, request.uid, message, summary);
     };
-    match mutate_object(&object, &request.kind.group, &request.kind.kind, policy) {
+    let fast = match kind {
+        ("", "Pod", _) => patch_pod(object.get(), policy),
+        _ => None,
+    };
+    let mutation = match fast {
+        Some(patch) => Ok(patch),
+        // The typed engine answers what the fast path does not.
+        None => match serde_json::from_str::<Value>(object.get()) {
+            Ok(object) => {
+                let (group, kind) = (&request.kind.group, &request.kind.kind);
+                mutate_object(&object, group, kind, policy).map(|mutated| PodPatch {
+                    patch: mutated.patch,
+                    changes: mutated.changes,
+                    warnings: mutated.warnings,
+                })
+            }
+            Err(e) => {
+                let message = format!("request.object: {e}");
+                return invalid(parsed.api_version, uid, message, summary);
+            }
+        },
+    };
+    match mutation {
         Err(e) => refuse(
             ReviewOutcome::Denied,
             parsed.api_version,
