@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use jellyfin_ha_core::extender::decide::{Evaluation, Reason, ScoreParts};
+use jellyfin_ha_core::extender::decide::{
+    Evaluation, FilterDecision, Reason, Rejection, ScoreParts,
+};
 use jellyfin_ha_core::extender::snapshot::{
     AccessModes, AgentInfo, ClaimInfo, ConditionStatus, CsiNodeInfo, LeaseInfo, ManagedPodInfo,
     NodeInfo, PvInfo, ReadyCondition, VolumeAttachmentInfo,
@@ -137,6 +139,15 @@ fn reasons(snapshot: &Snapshot, pod: &Pod, candidates: &[&str], node: &str) -> V
         .collect()
 }
 
+/// The rejection of `node`, which failed.
+fn rejection_of<'d>(decision: &'d FilterDecision<String>, node: &str) -> &'d Rejection {
+    decision
+        .failed()
+        .find(|(failed, _)| *failed == node)
+        .map(|(_, rejection)| rejection)
+        .unwrap()
+}
+
 fn passed(snapshot: &Snapshot, pod: &Pod, candidates: &[&str]) -> Vec<String> {
     filter(
         pod,
@@ -233,7 +244,7 @@ fn node_state_rules(#[case] edit: fn(&mut NodeInfo), #[case] reason: &str) {
         now(),
     );
     assert_eq!(decision.passed, ["qs-2"]);
-    assert!(decision.failed["qs-1"].unresolvable);
+    assert!(rejection_of(&decision, "qs-1").unresolvable);
 }
 
 #[test]
@@ -265,7 +276,7 @@ fn every_reason_is_reported_joined() {
         now(),
     );
     assert_eq!(
-        decision.failed["qs-1"].reason,
+        rejection_of(&decision, "qs-1").reason,
         "no heartbeat lease; node is out of service (taint node.kubernetes.io/out-of-service); \
          node lacks QuickSync label intel.feature.node.kubernetes.io/gpu"
     );
@@ -295,7 +306,7 @@ fn a_single_node_volume_on_a_healthy_candidate_pins_the_pod(#[case] access: &[&s
         &ExtenderPolicy::default(),
         now(),
     );
-    assert!(decision.failed.values().all(|r| r.unresolvable));
+    assert!(decision.failed().all(|(_, r)| r.unresolvable));
 }
 
 #[test]
@@ -536,10 +547,11 @@ fn a_full_node_is_a_resolvable_failure() {
         &ExtenderPolicy::default(),
         now(),
     );
-    assert!(!decision.failed["qs-1"].unresolvable);
-    let result = ExtenderFilterResult::from_decision(decision, None);
-    assert!(result.failed_nodes.unwrap().contains_key("qs-1"));
-    assert!(result.failed_and_unresolvable_nodes.unwrap().is_empty());
+    assert!(!rejection_of(&decision, "qs-1").unresolvable);
+    let written =
+        serde_json::to_value(ExtenderFilterResult::from_decision(decision, None)).unwrap();
+    assert!(written["FailedNodes"].get("qs-1").is_some(), "{written}");
+    assert_eq!(written["FailedAndUnresolvableNodes"], json!({}));
 }
 
 #[test]
@@ -948,7 +960,10 @@ fn explain_agrees_with_filter_and_prioritize() {
         assert_eq!(verdict.total, *score);
         assert_eq!(verdict.passes, decision.passed.contains(node));
         if !verdict.passes {
-            assert_eq!(verdict.reasons.join("; "), decision.failed[node].reason);
+            assert_eq!(
+                verdict.reasons.join("; "),
+                rejection_of(&decision, node).reason
+            );
         }
     }
     assert_eq!(verdicts[2].facts.lease_age_seconds, Some(90));

@@ -312,23 +312,37 @@ proptest! {
         let snapshot = snapshot_of(&objects);
         let now = at(0);
         let decision = filter(&pod(), candidates.clone(), &snapshot, &policy, now);
-        let passed: BTreeSet<&String> = decision.passed.iter().collect();
-        let failed: BTreeSet<&String> = decision.failed.keys().collect();
+        let passed: BTreeSet<&str> = decision.passed.iter().map(String::as_str).collect();
+        let failed: BTreeSet<&str> = decision.failed().map(|(node, _)| node).collect();
         prop_assert!(passed.is_disjoint(&failed));
         prop_assert_eq!(passed.len(), decision.passed.len());
-        let all: BTreeSet<&String> = passed.union(&failed).copied().collect();
-        prop_assert_eq!(all, candidates.iter().collect::<BTreeSet<_>>());
+        prop_assert_eq!(failed.len(), decision.failed().count());
+        let all: BTreeSet<&str> = passed.union(&failed).copied().collect();
+        prop_assert_eq!(all, candidates.iter().map(String::as_str).collect::<BTreeSet<_>>());
         // Passed nodes keep the scheduler's order.
         let in_order: Vec<&String> =
-            candidates.iter().filter(|c| passed.contains(c)).collect();
+            candidates.iter().filter(|c| passed.contains(c.as_str())).collect();
         prop_assert_eq!(in_order, decision.passed.iter().collect::<Vec<_>>());
-        prop_assert!(decision.failed.values().all(|r| !r.reason.is_empty()));
+        prop_assert!(decision.failed().all(|(_, r)| !r.reason.is_empty()));
+        // Each group is one distinct combination of reasons.
+        let reasons: BTreeSet<&str> =
+            decision.rejected.iter().map(|g| g.rejection.reason.as_str()).collect();
+        prop_assert_eq!(reasons.len(), decision.rejected.len());
 
-        let failed_count = failed.len();
-        let result = ExtenderFilterResult::from_decision(decision.clone(), None);
-        let wire_failed = result.failed_nodes.unwrap().len()
-            + result.failed_and_unresolvable_nodes.unwrap().len();
-        prop_assert_eq!(wire_failed, failed_count);
+        let written =
+            serde_json::to_value(ExtenderFilterResult::from_decision(decision.clone(), None))
+                .unwrap();
+        let wire_failed = written["FailedNodes"].as_object().unwrap().len()
+            + written["FailedAndUnresolvableNodes"].as_object().unwrap().len();
+        prop_assert_eq!(wire_failed, failed.len());
+        for (node, rejection) in decision.failed() {
+            let map = if rejection.unresolvable {
+                "FailedAndUnresolvableNodes"
+            } else {
+                "FailedNodes"
+            };
+            prop_assert_eq!(written[map][node].as_str(), Some(rejection.reason.as_str()));
+        }
     }
 
     #[test]

@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use jellyfin_ha_core::extender::wire::{
     ExtenderArgs, ExtenderFilterResult, HostPriority, HostPriorityList, node_name,
 };
+use jellyfin_ha_core::extender::{FilterDecision, RejectedNodes, Rejection};
 use rstest::rstest;
 use serde_json::{Value, json};
 
@@ -18,7 +18,6 @@ const ARGS_NODES: &str = include_str!("fixtures/extender/filter-args-nodes.json"
 const ARGS_NO_CANDIDATES: &str = include_str!("fixtures/extender/filter-args-no-candidates.json");
 const RESULT_NAMES: &str = include_str!("fixtures/extender/filter-result-names.json");
 const RESULT_ERROR: &str = include_str!("fixtures/extender/filter-result-error.json");
-const RESULT_LOWERCASE: &str = include_str!("fixtures/extender/filter-result-lowercase.json");
 const PRIORITIES: &str = include_str!("fixtures/extender/prioritize-result.json");
 
 fn value(text: &str) -> Value {
@@ -33,24 +32,29 @@ fn node_cache_capable_args_carry_names_only() {
         Some("jellyfin-7c9d8f6b5-x2k4q")
     );
     assert_eq!(args.pod.metadata.namespace.as_deref(), Some("media"));
-    assert!(args.nodes.is_none());
-    assert!(!args.has_node_objects());
-    assert_eq!(args.candidate_names(), ["qs-1", "qs-2", "plain-1"]);
+    assert_eq!(args.candidate_count(), 3);
+    let (_, names, nodes) = args.into_parts();
+    assert!(nodes.is_none());
+    assert_eq!(names, ["qs-1", "qs-2", "plain-1"]);
 }
 
 #[test]
 fn full_node_args_yield_names_from_the_objects() {
     let args: ExtenderArgs = serde_json::from_str(ARGS_NODES).unwrap();
     assert!(args.node_names.is_none());
-    assert!(args.has_node_objects());
-    assert_eq!(args.candidate_names(), ["qs-1", "qs-2", "plain-1"]);
+    assert_eq!(args.candidate_count(), 3);
+    let (_, names, nodes) = args.into_parts();
+    assert!(nodes.is_some());
+    assert_eq!(names, ["qs-1", "qs-2", "plain-1"]);
 }
 
 #[test]
 fn a_nil_item_slice_means_no_candidates() {
     let args: ExtenderArgs = serde_json::from_str(ARGS_NO_CANDIDATES).unwrap();
-    assert!(args.has_node_objects());
-    assert!(args.candidate_names().is_empty());
+    assert_eq!(args.candidate_count(), 0);
+    let (_, names, nodes) = args.into_parts();
+    assert!(nodes.is_some());
+    assert!(names.is_empty());
 }
 
 #[rstest]
@@ -110,25 +114,14 @@ fn unknown_fields_anywhere_in_the_pod_are_ignored() {
     args["SomethingNewAtTheTop"] = json!([]);
     let text = args.to_string();
     let parsed: ExtenderArgs = serde_json::from_str(&text).unwrap();
-    assert_eq!(parsed.candidate_names(), ["qs-1", "qs-2", "plain-1"]);
+    assert_eq!(parsed.into_parts().1, ["qs-1", "qs-2", "plain-1"]);
 }
 
 #[test]
 fn lower_case_keys_from_older_tagged_copies_are_accepted() {
     let args = json!({"pod": value(ARGS_NAMES)["Pod"], "nodenames": ["a", "b"]}).to_string();
     let parsed: ExtenderArgs = serde_json::from_str(&args).unwrap();
-    assert_eq!(parsed.candidate_names(), ["a", "b"]);
-
-    let result: ExtenderFilterResult = serde_json::from_str(RESULT_LOWERCASE).unwrap();
-    assert_eq!(
-        result.node_names.as_deref(),
-        Some(&["qs-1".to_string()][..])
-    );
-    assert_eq!(
-        result.failed_nodes.unwrap()["qs-2"],
-        "no heartbeat lease".to_string()
-    );
-    assert_eq!(result.error, "");
+    assert_eq!(parsed.into_parts().1, ["a", "b"]);
 }
 
 #[test]
@@ -137,12 +130,48 @@ fn a_missing_pod_is_an_error_naming_it() {
     assert!(err.to_string().contains("Pod"), "{err}");
 }
 
-#[rstest]
-#[case::names(RESULT_NAMES)]
-#[case::error(RESULT_ERROR)]
-fn filter_results_round_trip_exactly(#[case] fixture: &str) {
-    let result: ExtenderFilterResult = serde_json::from_str(fixture).unwrap();
-    assert_eq!(serde_json::to_value(&result).unwrap(), value(fixture));
+fn rejected(
+    reason: &str,
+    unresolvable: bool,
+    nodes: &[&'static str],
+) -> RejectedNodes<&'static str> {
+    RejectedNodes {
+        rejection: Rejection {
+            reason: reason.into(),
+            kinds: Vec::new(),
+            unresolvable,
+        },
+        nodes: nodes.to_vec(),
+    }
+}
+
+#[test]
+fn a_names_result_has_every_go_field_and_each_node_its_groups_reason() {
+    let decision = FilterDecision {
+        passed: vec!["qs-1"],
+        rejected: vec![
+            rejected(
+                "attach limit of CSI driver rbd.csi.ceph.com reached",
+                false,
+                &["qs-2", "qs-3"],
+            ),
+            rejected(
+                "node is out of service (taint node.kubernetes.io/out-of-service); node lacks \
+                 QuickSync label intel.feature.node.kubernetes.io/gpu",
+                true,
+                &["plain-1"],
+            ),
+        ],
+    };
+    let written =
+        serde_json::to_value(ExtenderFilterResult::from_decision(decision, None)).unwrap();
+    assert_eq!(written, value(RESULT_NAMES));
+}
+
+#[test]
+fn an_error_result_says_only_the_error() {
+    let written = serde_json::to_value(ExtenderFilterResult::error("snapshot not synced")).unwrap();
+    assert_eq!(written, value(RESULT_ERROR));
 }
 
 #[test]
@@ -159,53 +188,25 @@ fn priorities_round_trip_exactly() {
 }
 
 #[test]
-fn a_names_result_has_every_go_field() {
-    let failed = BTreeMap::from([("qs-2".to_string(), "no heartbeat lease".to_string())]);
-    let result = ExtenderFilterResult::with_names(vec!["qs-1".into()], failed, BTreeMap::new());
-    assert_eq!(
-        serde_json::to_value(&result).unwrap(),
-        json!({
-            "Nodes": null,
-            "NodeNames": ["qs-1"],
-            "FailedNodes": {"qs-2": "no heartbeat lease"},
-            "FailedAndUnresolvableNodes": {},
-            "Error": ""
-        })
-    );
-}
-
-#[test]
 fn an_objects_result_returns_the_passing_objects_verbatim_in_order() {
     let args: ExtenderArgs = serde_json::from_str(ARGS_NODES).unwrap();
     let original = value(ARGS_NODES)["Nodes"]["items"].clone();
-    let passed = vec!["plain-1".to_string(), "qs-1".to_string()];
-    let result = ExtenderFilterResult::with_objects(
-        args.nodes.unwrap(),
-        &passed,
-        BTreeMap::new(),
-        BTreeMap::from([("qs-2".to_string(), "why".to_string())]),
-    );
-    let items = result.nodes.as_ref().unwrap().items();
+    let decision = FilterDecision {
+        passed: vec!["plain-1", "qs-1"],
+        rejected: vec![rejected("why", true, &["qs-2"])],
+    };
+    let result = ExtenderFilterResult::from_decision(decision, args.nodes);
+    let written = serde_json::to_value(&result).unwrap();
+    let items = written["Nodes"]["items"].as_array().unwrap();
     let names: Vec<_> = items.iter().filter_map(node_name).collect();
     assert_eq!(names, ["qs-1", "plain-1"]);
     assert_eq!(items[0], original[0]);
     assert_eq!(items[1], original[2]);
-    assert!(result.node_names.is_none());
-    let written = serde_json::to_value(&result).unwrap();
     assert_eq!(written["Nodes"]["metadata"], json!({}));
-}
-
-#[test]
-fn an_error_result_says_only_the_error() {
-    let written = serde_json::to_value(ExtenderFilterResult::error("not synced")).unwrap();
+    assert_eq!(written["NodeNames"], json!(null));
+    assert_eq!(written["FailedNodes"], json!({}));
     assert_eq!(
-        written,
-        json!({
-            "Nodes": null,
-            "NodeNames": null,
-            "FailedNodes": null,
-            "FailedAndUnresolvableNodes": null,
-            "Error": "not synced"
-        })
+        written["FailedAndUnresolvableNodes"],
+        json!({"qs-2": "why"})
     );
 }

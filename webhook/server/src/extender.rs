@@ -128,20 +128,29 @@ async fn filter(
             let snapshot = state.snapshot.read();
             extender::filter(&pod, candidates, &snapshot, &state.policy, now)
         };
-        let kinds = decision.failed.values().flat_map(|r| r.kinds.iter());
-        for &reason in kinds {
-            let labels = ReasonLabels {
-                reason: reason.to_string(),
-            };
-            state.metrics.extender_filtered.get_or_create(&labels).inc();
+        let mut failed = 0;
+        for group in &decision.rejected {
+            failed += group.nodes.len();
+            for &reason in &group.rejection.kinds {
+                let labels = ReasonLabels {
+                    reason: reason.to_string(),
+                };
+                let nodes = group.nodes.len() as u64;
+                state
+                    .metrics
+                    .extender_filtered
+                    .get_or_create(&labels)
+                    .inc_by(nodes);
+            }
         }
         tracing::info!(
             namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
             pod = pod.metadata.name.as_deref().unwrap_or_default(),
             passed = decision.passed.len(),
-            failed = decision.failed.len(),
+            failed,
             "filter"
         );
+        // Serialised here, while the names it borrows from the body are alive.
         axum::Json(ExtenderFilterResult::from_decision(decision, objects)).into_response()
     })
     .await;
@@ -266,18 +275,4 @@ fn observe(state: &ExtenderState, verb: Verb, started: Instant) {
             verb: verb.as_str().to_string(),
         })
         .observe(started.elapsed().as_secs_f64());
-}
-
-trait CandidateCount {
-    fn candidate_count(&self) -> usize;
-}
-
-impl CandidateCount for ExtenderArgs<'_> {
-    fn candidate_count(&self) -> usize {
-        match (&self.node_names, &self.nodes) {
-            (Some(names), _) => names.len(),
-            (None, Some(nodes)) => nodes.items().len(),
-            (None, None) => 0,
-        }
-    }
 }

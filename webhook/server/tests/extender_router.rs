@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use jellyfin_ha::admin::{AdminState, router_with_checks};
 use jellyfin_ha::extender::{ExtenderState, MAX_EXTENDER_ARGS_BYTES, router};
-use jellyfin_ha::metrics::Metrics;
+use jellyfin_ha::metrics::{Metrics, ReasonLabels};
 use jellyfin_ha::reflect::{SharedSnapshot, SyncState};
 use jellyfin_ha_core::extender::snapshot::{LeaseInfo, NodeInfo};
 use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot};
@@ -221,25 +221,24 @@ async fn calls_are_counted_by_verb_and_outcome() {
 }
 
 #[tokio::test]
-async fn rejected_nodes_are_counted_by_reason() {
+async fn rejected_nodes_are_counted_by_reason_kind() {
     let state = state();
     let metrics = Arc::clone(&state.metrics);
-    let (_, body) = send(state, Method::POST, "/filter", ARGS_NAMES).await;
-    let answer: Value = serde_json::from_slice(&body).unwrap();
-    let reasons: usize = ["FailedNodes", "FailedAndUnresolvableNodes"]
-        .iter()
-        .filter_map(|key| answer[*key].as_object())
-        .flat_map(|failed| failed.values())
-        .map(|reason| reason.as_str().unwrap().split("; ").count())
-        .sum();
-    assert!(reasons > 0, "the fixture rejects some node: {answer}");
-    let text = metrics.encode();
-    let counted: usize = text
-        .lines()
-        .filter(|l| l.starts_with("jellyfin_ha_extender_filtered_nodes_total{reason="))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-        .sum();
-    assert_eq!(counted, reasons, "{text}");
+    let mut args: Value = serde_json::from_str(ARGS_NAMES).unwrap();
+    args["NodeNames"] = json!(["qs-1", "qs-2", "plain-1", "ghost-1", "ghost-2"]);
+    let (_, result) = post_json(state, "/filter", &args.to_string()).await;
+    assert_eq!(result["NodeNames"], json!(["qs-1"]), "{result}");
+    let counted = |reason: &str| {
+        let labels = ReasonLabels {
+            reason: reason.into(),
+        };
+        metrics.extender_filtered.get_or_create(&labels).get()
+    };
+    // The two unknown nodes share one rejection and count twice.
+    assert_eq!(counted("unknown-node"), 2);
+    assert_eq!(counted("lease-stale"), 1);
+    assert_eq!(counted("no-quicksync-label"), 1);
+    assert_eq!(counted("no-lease"), 0);
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 //! is worked out once per call in [`Evaluation::new`]; each node then costs one snapshot
 //! lookup and a few comparisons, and allocates only when it fails.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -98,43 +97,45 @@ impl fmt::Display for Reason<'_> {
     }
 }
 
-/// A node that failed the filter.
+/// Why nodes failed the filter, worded once for every node that fails for the same reasons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// Every reason, joined with `"; "`.
     pub reason: String,
     /// The kind of each reason ([`Reason::kind`]).
     pub kinds: Vec<&'static str>,
-    /// No preemption on this node would help; the wire's `FailedAndUnresolvableNodes`.
+    /// No preemption on these nodes would help; the wire's `FailedAndUnresolvableNodes`.
     pub unresolvable: bool,
 }
 
-/// The filter's answer: every candidate is in exactly one of the two.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FilterDecision {
+/// The nodes that failed the filter for one [`Rejection`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedNodes<N> {
+    pub rejection: Rejection,
     /// In candidate order.
-    pub passed: Vec<String>,
-    pub failed: BTreeMap<String, Rejection>,
+    pub nodes: Vec<N>,
 }
 
-/// Node name → reason.
-pub type FailureMap = BTreeMap<String, String>;
+/// The filter's answer: every candidate is either passed or in exactly one rejected group.
+/// Names are the candidates themselves, moved in, so names borrowed from the request stay
+/// borrowed up to the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterDecision<N> {
+    /// In candidate order.
+    pub passed: Vec<N>,
+    /// Failing nodes, grouped by rejection: they mostly fail for the same few reasons.
+    pub rejected: Vec<RejectedNodes<N>>,
+}
 
-impl FilterDecision {
-    /// Splits the failures the way the wire carries them: passed, failed, failed and
-    /// unresolvable.
-    pub fn into_wire_parts(self) -> (Vec<String>, FailureMap, FailureMap) {
-        let mut failed = FailureMap::new();
-        let mut unresolvable = FailureMap::new();
-        for (node, rejection) in self.failed {
-            let map = if rejection.unresolvable {
-                &mut unresolvable
-            } else {
-                &mut failed
-            };
-            map.insert(node, rejection.reason);
-        }
-        (self.passed, failed, unresolvable)
+impl<N: AsRef<str>> FilterDecision<N> {
+    /// Each failing node with its rejection, group by group.
+    pub fn failed(&self) -> impl Iterator<Item = (&str, &Rejection)> {
+        self.rejected.iter().flat_map(|group| {
+            group
+                .nodes
+                .iter()
+                .map(move |node| (node.as_ref(), &group.rejection))
+        })
     }
 }
 
@@ -184,35 +185,40 @@ pub struct NodeVerdict {
 }
 
 /// Filters `candidates` for `pod`. Takes the names by value to move them into the answer.
-pub fn filter<N: AsRef<str> + Into<String>>(
+pub fn filter<N: AsRef<str>>(
     pod: &Pod,
     candidates: Vec<N>,
     snapshot: &Snapshot,
     policy: &ExtenderPolicy,
     now: Timestamp,
-) -> FilterDecision {
+) -> FilterDecision<N> {
     let evaluation = Evaluation::new(pod, &candidates, snapshot, policy, now);
     let mut decision = FilterDecision {
         passed: Vec::with_capacity(candidates.len()),
-        failed: BTreeMap::new(),
+        rejected: Vec::new(),
     };
-    // Failing nodes mostly fail for the same few reasons: format each combination once.
-    let mut formatted: Vec<(Vec<Reason<'_>>, Rejection)> = Vec::new();
+    // The reasons behind each of `decision.rejected`, at the same index.
+    let mut groups: Vec<Vec<Reason<'_>>> = Vec::new();
     for node in candidates {
         let reasons = evaluation.reasons(node.as_ref());
         if reasons.is_empty() {
-            decision.passed.push(node.into());
+            decision.passed.push(node);
             continue;
         }
-        let rejection = match formatted.iter().find(|(seen, _)| *seen == reasons) {
-            Some((_, rejection)) => rejection.clone(),
+        let group = groups
+            .iter()
+            .position(|seen| *seen == reasons)
+            .and_then(|index| decision.rejected.get_mut(index));
+        match group {
+            Some(group) => group.nodes.push(node),
             None => {
-                let rejection = rejection(&reasons);
-                formatted.push((reasons, rejection.clone()));
-                rejection
+                decision.rejected.push(RejectedNodes {
+                    rejection: rejection(&reasons),
+                    nodes: vec![node],
+                });
+                groups.push(reasons);
             }
-        };
-        decision.failed.insert(node.into(), rejection);
+        }
     }
     decision
 }

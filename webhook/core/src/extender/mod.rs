@@ -12,8 +12,8 @@ pub mod snapshot;
 pub mod wire;
 
 pub use decide::{
-    Evaluation, FilterDecision, NodeVerdict, Reason, Rejection, ScoreParts, explain, filter,
-    prioritize,
+    Evaluation, FilterDecision, NodeVerdict, Reason, RejectedNodes, Rejection, ScoreParts, explain,
+    filter, prioritize,
 };
 pub use freshness::{Staleness, WatchHeard, staleness};
 pub use policy::ExtenderPolicy;

@@ -7,10 +7,11 @@
 //! had lower-case tags such as `nodenames`, which the aliases accept.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::Pod;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use super::decide::FilterDecision;
@@ -66,46 +67,19 @@ pub struct NodeList {
     pub items: Option<Vec<Value>>,
 }
 
-/// The answer to a filter call.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ExtenderFilterResult {
-    /// Nodes that pass, as full objects; set only when `nodeCacheCapable` is false.
-    #[serde(rename = "Nodes", alias = "nodes", default)]
-    pub nodes: Option<NodeList>,
-    /// Names of the nodes that pass; set only when `nodeCacheCapable` is true.
-    #[serde(
-        rename = "NodeNames",
-        alias = "nodenames",
-        alias = "nodeNames",
-        default
-    )]
-    pub node_names: Option<Vec<String>>,
-    /// Nodes that fail, with a reason; preemption on them might still help.
-    #[serde(
-        rename = "FailedNodes",
-        alias = "failedNodes",
-        alias = "failednodes",
-        default
-    )]
-    pub failed_nodes: Option<BTreeMap<String, String>>,
-    /// Nodes that fail where preemption would not change anything; takes precedence over
-    /// `failed_nodes`.
-    #[serde(
-        rename = "FailedAndUnresolvableNodes",
-        alias = "failedAndUnresolvableNodes",
-        alias = "failedandunresolvablenodes",
-        default
-    )]
-    pub failed_and_unresolvable_nodes: Option<BTreeMap<String, String>>,
+/// The answer to a filter call, written straight from a [`FilterDecision`]: names that
+/// borrow from the request are serialised from there, and each worded reason is shared by
+/// the nodes that fail for it. kube-scheduler reads `Nodes`, `NodeNames`, `FailedNodes`,
+/// `FailedAndUnresolvableNodes` and `Error`; only the answer is ever written, never read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtenderFilterResult<N> {
+    /// The passing node objects, when the scheduler sent objects (`nodeCacheCapable: false`).
+    nodes: Option<NodeList>,
+    /// `None` when the extender could not decide.
+    decision: Option<FilterDecision<N>>,
     /// Non-empty when the extender could not decide; the scheduler fails the attempt (or skips
     /// the extender when it is `ignorable`).
-    #[serde(
-        rename = "Error",
-        alias = "error",
-        default,
-        deserialize_with = "null_as_default"
-    )]
-    pub error: String,
+    error: String,
 }
 
 /// One node's score from a prioritize call; the name may borrow from the call's body.
@@ -122,12 +96,12 @@ pub struct HostPriority<'a> {
 pub type HostPriorityList<'a> = Vec<HostPriority<'a>>;
 
 impl<'a> ExtenderArgs<'a> {
-    /// The candidate node names, from whichever form the scheduler sent.
-    pub fn candidate_names(&self) -> Vec<&str> {
+    /// How many candidates the scheduler sent, in whichever form.
+    pub fn candidate_count(&self) -> usize {
         match (&self.node_names, &self.nodes) {
-            (Some(names), _) => names.iter().map(|name| name.0.as_ref()).collect(),
-            (None, Some(nodes)) => nodes.items().iter().filter_map(node_name).collect(),
-            (None, None) => Vec::new(),
+            (Some(names), _) => names.len(),
+            (None, Some(nodes)) => nodes.items().len(),
+            (None, None) => 0,
         }
     }
 
@@ -143,12 +117,6 @@ impl<'a> ExtenderArgs<'a> {
             }
             (None, None) => (self.pod, Vec::new(), None),
         }
-    }
-
-    /// Whether the scheduler sent full node objects (`nodeCacheCapable: false`), in which case
-    /// the filter result must return objects too.
-    pub fn has_node_objects(&self) -> bool {
-        self.node_names.is_none() && self.nodes.is_some()
     }
 }
 
@@ -184,74 +152,89 @@ pub fn node_name(node: &Value) -> Option<&str> {
     node.get("metadata")?.get("name")?.as_str()
 }
 
-impl ExtenderFilterResult {
-    /// The wire form of a filter decision: names, or the passing objects out of `nodes` when
-    /// the scheduler sent objects.
-    pub fn from_decision(decision: FilterDecision, nodes: Option<NodeList>) -> Self {
-        let (passed, failed, unresolvable) = decision.into_wire_parts();
-        match nodes {
-            Some(nodes) => Self::with_objects(nodes, &passed, failed, unresolvable),
-            None => Self::with_names(passed, failed, unresolvable),
-        }
-    }
-
-    /// A result naming the passing nodes (`nodeCacheCapable: true`). Each failure map is
-    /// always present, possibly empty, so the scheduler never sees an ambiguous `null`.
-    pub fn with_names(
-        passed: Vec<String>,
-        failed: BTreeMap<String, String>,
-        failed_and_unresolvable: BTreeMap<String, String>,
-    ) -> Self {
-        Self {
-            nodes: None,
-            node_names: Some(passed),
-            failed_nodes: Some(failed),
-            failed_and_unresolvable_nodes: Some(failed_and_unresolvable),
-            error: String::new(),
-        }
-    }
-
-    /// A result returning the passing node objects out of `candidates`, in their original
-    /// order (`nodeCacheCapable: false`).
-    pub fn with_objects(
-        candidates: NodeList,
-        passed: &[String],
-        failed: BTreeMap<String, String>,
-        failed_and_unresolvable: BTreeMap<String, String>,
-    ) -> Self {
-        let keep: HashSet<&str> = passed.iter().map(String::as_str).collect();
-        let items = candidates
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|node| node_name(node).is_some_and(|name| keep.contains(name)))
-            .collect();
-        Self {
-            nodes: Some(NodeList {
+impl<N: AsRef<str>> ExtenderFilterResult<N> {
+    /// The wire form of a filter decision: the passing names or, when the scheduler sent
+    /// objects, the passing objects out of `nodes`, in their original order. Both failure
+    /// maps are always present, possibly empty, so the scheduler never sees an ambiguous
+    /// `null`.
+    pub fn from_decision(decision: FilterDecision<N>, nodes: Option<NodeList>) -> Self {
+        let nodes = nodes.map(|candidates| {
+            let keep: HashSet<&str> = decision.passed.iter().map(AsRef::as_ref).collect();
+            let items = candidates
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|node| node_name(node).is_some_and(|name| keep.contains(name)))
+                .collect();
+            NodeList {
                 items: Some(items),
                 ..candidates
-            }),
-            node_names: None,
-            failed_nodes: Some(failed),
-            failed_and_unresolvable_nodes: Some(failed_and_unresolvable),
-            error: String::new(),
-        }
-    }
-
-    /// A result that tells the scheduler the extender could not decide.
-    pub fn error(message: impl Into<String>) -> Self {
+            }
+        });
         Self {
-            error: message.into(),
-            ..Self::default()
+            nodes,
+            decision: Some(decision),
+            error: String::new(),
         }
     }
 }
 
-/// Go decodes `null` into a string as "leave it unchanged", i.e. empty.
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+impl ExtenderFilterResult<String> {
+    /// A result that tells the scheduler the extender could not decide.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            nodes: None,
+            decision: None,
+            error: message.into(),
+        }
+    }
+}
+
+impl<N: AsRef<str>> Serialize for ExtenderFilterResult<N> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let decision = self.decision.as_ref();
+        let names = decision
+            .filter(|_| self.nodes.is_none())
+            .map(|decision| Names(&decision.passed));
+        let failures = |unresolvable| {
+            decision.map(|decision| Failures {
+                decision,
+                unresolvable,
+            })
+        };
+        let mut result = serializer.serialize_struct("ExtenderFilterResult", 5)?;
+        result.serialize_field("Nodes", &self.nodes)?;
+        result.serialize_field("NodeNames", &names)?;
+        result.serialize_field("FailedNodes", &failures(false))?;
+        result.serialize_field("FailedAndUnresolvableNodes", &failures(true))?;
+        result.serialize_field("Error", &self.error)?;
+        result.end()
+    }
+}
+
+/// Node names as a JSON array.
+struct Names<'a, N>(&'a [N]);
+
+impl<N: AsRef<str>> Serialize for Names<'_, N> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(AsRef::as_ref))
+    }
+}
+
+/// The failed nodes that preemption may help, or those it cannot, as a JSON object of node
+/// name → reason.
+struct Failures<'a, N> {
+    decision: &'a FilterDecision<N>,
+    unresolvable: bool,
+}
+
+impl<N: AsRef<str>> Serialize for Failures<'_, N> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.decision
+                .failed()
+                .filter(|(_, rejection)| rejection.unresolvable == self.unresolvable)
+                .map(|(node, rejection)| (node, rejection.reason.as_str())),
+        )
+    }
 }
