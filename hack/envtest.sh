@@ -386,9 +386,15 @@ is_up() {
 
 # The cluster's PKI, made by envtest-pki (test support) with the project's own certs crate.
 gen_pki() {
-  local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-  (cd "$REPO_ROOT" && cargo build -j2 -q -p jellyfin-ha-e2e --bin envtest-pki) || die "building envtest-pki failed"
-  "$target/debug/envtest-pki" "$PKI_DIR" || die "making the PKI in $PKI_DIR failed"
+  local bin
+  bin=$(build_test_support_bin envtest-pki)
+  "$bin" "$PKI_DIR" || die "making the PKI in $PKI_DIR failed"
+}
+
+# Builds a binary of the test support crate and prints its path.
+build_test_support_bin() {
+  (cd "$REPO_ROOT" && cargo build -j2 -q -p jellyfin-ha-e2e --bin "$1") || die "building $1 failed"
+  echo "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/$1"
 }
 
 b64() { base64 -w0 <"$1"; }
@@ -582,6 +588,7 @@ cmd_up() {
   check_ports_free
   mkdir -p "$STATE_DIR" "$LOG_DIR" "$PID_DIR" "$STATE_DIR/kwok-home" "$BMC_DIR"
   settings >"$STATE_DIR/settings"
+  node_tools >"$STATE_DIR/node-tools"
   gen_pki
   write_kubelet_stages
   write_kubeconfig "$STATE_DIR/admin.kubeconfig" admin
@@ -661,363 +668,37 @@ cmd_status() {
 }
 
 # ---- BMCs -----------------------------------------------------------------------
-# Every node has a Redfish BMC: a sushy-tools emulator on loopback with one fake system (the
-# node's systemUUID), HTTPS with the BMC CA in $PKI_DIR, basic auth with a password of its
-# own. Its facts live in $BMC_DIR/NAME. Like hardware, the fake system applies a reset 1 to
-# 11 s after it is requested.
+# Every node has a Redfish BMC (tests/src/envtest/bmc.rs); its facts live in $BMC_DIR/NAME.
 
-# Sets BMC_ADDRESS, BMC_SYSTEM_PATH, BMC_USERNAME, BMC_PASSWORD, BMC_CA for node $1.
-load_bmc() {
-  local dir="$BMC_DIR/$1"
-  [[ -f $dir/port && -f $dir/uuid ]] || die "node $1 has no BMC (nodes get one from: $0 node-add)"
-  BMC_ADDRESS="https://127.0.0.1:$(<"$dir/port")"
-  BMC_SYSTEM_PATH="/redfish/v1/Systems/$(<"$dir/uuid")"
-  BMC_USERNAME=$(<"$dir/username")
-  BMC_PASSWORD=$(<"$dir/password")
-  BMC_CA="$PKI_DIR/bmc-ca.crt"
-}
-
+# The PowerState of node $1's BMC, for status.
 bmc_power_state() {
-  load_bmc "$1"
-  redfish_power_state "$BMC_ADDRESS" "$BMC_CA" "$BMC_USERNAME:$BMC_PASSWORD" "$BMC_SYSTEM_PATH"
-}
-
-bmc_reset() {
-  load_bmc "$1"
-  redfish_reset "$BMC_ADDRESS" "$BMC_CA" "$BMC_USERNAME:$BMC_PASSWORD" "$BMC_SYSTEM_PATH" "$2" ||
-    die "the BMC of $1 refused ResetType $2 (log: $LOG_DIR/bmc-$1.log)"
-}
-
-wait_bmc_power() {
-  local name=$1 want=$2 timeout=${3:-20} state=""
-  local deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    state=$(bmc_power_state "$name" 2>/dev/null) || state=""
-    [[ $state == "$want" ]] && return 0
-    sleep 0.2
-  done
-  die "the BMC of $name did not say PowerState $want within ${timeout}s (last: ${state:-no answer}; log: $LOG_DIR/bmc-$name.log)"
-}
-
-# The lowest free port from $BMC_PORT_BASE, under a lock: tests add nodes in parallel.
-alloc_bmc_port() {
-  local name=$1
-  (
-    flock 7
-    taken=$(cat "$BMC_DIR"/*/port 2>/dev/null || true)
-    for ((port = BMC_PORT_BASE; port < BMC_PORT_BASE + 1000; port++)); do
-      grep -qx "$port" <<<"$taken" && continue
-      port_in_use "$port" && continue
-      echo "$port" >"$BMC_DIR/$name/port"
-      exit 0
-    done
-    exit 1
-  ) 7>"$BMC_DIR/.lock" || die "no free port for the BMC of $name from $BMC_PORT_BASE on"
-}
-
-# A stable locally administered MAC per node name.
-node_mac() {
-  printf '%s' "$1" | cksum | awk '{ n = $1; printf "52:54:00:%02x:%02x:%02x", int(n / 65536) % 256, int(n / 256) % 256, n % 256 }'
-}
-
-start_bmc() {
-  local name=$1 uuid=$2 dir="$BMC_DIR/$1"
-  if [[ ! -f $dir/port ]]; then
-    mkdir -p "$dir/state"
-    echo "$uuid" >"$dir/uuid"
-    echo admin >"$dir/username"
-    openssl rand -hex 12 >"$dir/password"
-    bmc_htpasswd_line admin "$(<"$dir/password")" >"$dir/htpasswd"
-    bmc_write_emulator_config "$dir/emulator.conf" "$name" "$uuid" "$(node_mac "$name")" \
-      "10.255.0.$(node_index "$name")" "$dir/htpasswd" "$dir/state"
-    alloc_bmc_port "$name"
-  fi
-  start_proc "bmc-$name" "$BMC_VENV/bin/sushy-emulator" --fake --config "$dir/emulator.conf" \
-    -i 127.0.0.1 -p "$(<"$dir/port")" --ssl-certificate "$PKI_DIR/bmc.crt" --ssl-key "$PKI_DIR/bmc.key"
-}
-
-# The Redfish service root answers without credentials.
-wait_bmc_up() {
-  local name=$1 deadline=$((SECONDS + 30))
-  until curl -fsS --max-time 1 --cacert "$PKI_DIR/bmc-ca.crt" \
-    "https://127.0.0.1:$(<"$BMC_DIR/$name/port")/redfish/v1/" >/dev/null 2>&1; do
-    running "bmc-$name" || fail_bmc "$name" "the BMC of $name exited"
-    ((SECONDS < deadline)) || fail_bmc "$name" "the BMC of $name did not answer within 30s"
-    sleep 0.05
-  done
-}
-
-fail_bmc() {
-  printf 'error: %s\n--- last lines of %s ---\n' "$2" "$LOG_DIR/bmc-$1.log" >&2
-  tail -n 20 "$LOG_DIR/bmc-$1.log" >&2 || true
-  exit 1
+  local dir="$BMC_DIR/$1"
+  [[ -f $dir/port && -f $dir/uuid ]] || return 1
+  redfish_power_state "https://127.0.0.1:$(<"$dir/port")" "$PKI_DIR/bmc-ca.crt" \
+    "$(<"$dir/username"):$(<"$dir/password")" "/redfish/v1/Systems/$(<"$dir/uuid")"
 }
 
 # ---- nodes --------------------------------------------------------------------
+# Node lifecycle (tests/src/envtest in the test support crate) runs in the envtest-node
+# binary, which tests call in process; it reads what it needs from the state dir.
 
-require_up() { is_up || die "the control plane is not up; run: $0 up"; }
-
-require_node() { kc get node "$1" >/dev/null || die "no node $1"; }
-
-uuid() { cat /proc/sys/kernel/random/uuid; }
-
-# A stable small number per node name, for its pod CIDR and node IP.
-node_index() { printf '%s' "$1" | cksum | awk '{ print $1 % 250 + 1 }'; }
-
-# The node's "kubelet": a kwok that manages only this node, heartbeats its Lease (renewed
-# every duration/4, as the kubelet does) and runs its pods, those with claims only once
-# their volumes are attached.
-start_node_kwok() {
-  local name=$1 idx lease
-  idx=$(node_index "$name")
-  # As the environment was started: a node added later heartbeats like the others.
-  lease=$(sed -n 's/^ENVTEST_NODE_LEASE_DURATION=//p' "$STATE_DIR/settings" 2>/dev/null)
-  start_proc "kwok-node-$name" env HOME="$STATE_DIR/kwok-home" "$BIN_DIR/kwok" \
-    --kubeconfig="$KUBECONFIG_FILE" \
-    --config="$STATE_DIR/kubelet-stages.yaml" \
-    --config="$FIXTURES/kubelet/pod-ready.yaml" \
-    --manage-single-node="$name" \
-    --node-lease-duration-seconds="${lease:-$NODE_LEASE_DURATION}" \
-    --node-ip="10.255.0.$idx" \
-    --cidr="10.244.$idx.1/24"
+# What the node code needs from this script, recorded at `up`.
+node_tools() {
+  echo "K8S_VERSION=$K8S_VERSION"
+  echo "KWOK=$BIN_DIR/kwok"
+  echo "SUSHY_EMULATOR=$BMC_VENV/bin/sushy-emulator"
+  echo "BMC_PORT_BASE=$BMC_PORT_BASE"
 }
 
-wait_node_ready() {
-  local name=$1 timeout=${2:-30}
-  kc wait --for=condition=Ready --timeout="${timeout}s" "node/$name" >/dev/null ||
-    fail_node "$name" "node $name did not become Ready within ${timeout}s"
+cmd_node_tools() {
+  [[ -d $STATE_DIR ]] || die "the control plane is not up; run: $0 up"
+  node_tools >"$STATE_DIR/node-tools"
 }
 
-fail_node() {
-  printf 'error: %s\n--- last lines of %s ---\n' "$2" "$LOG_DIR/kwok-node-$1.log" >&2
-  tail -n 20 "$LOG_DIR/kwok-node-$1.log" >&2 || true
-  exit 1
-}
-
-cmd_node_add() {
-  local name=${1:-} gpu=1 cpu=8 memory=32Gi pods=110
-  [[ -n $name && $name != -* ]] || die "usage: $0 node-add NAME [--gpu-count N | --no-gpu] [--cpu N] [--memory Q]"
-  shift
-  while [[ $# -gt 0 ]]; do
-    case $1 in
-      --gpu-count) gpu=${2:?--gpu-count needs a value}; shift 2 ;;
-      --gpu-count=*) gpu=${1#*=}; shift ;;
-      --no-gpu) gpu=0; shift ;;
-      --cpu) cpu=${2:?}; shift 2 ;;
-      --memory) memory=${2:?}; shift 2 ;;
-      *) die "node-add: unknown flag $1" ;;
-    esac
-  done
-  [[ $gpu =~ ^[0-9]+$ ]] || die "--gpu-count must be a number"
-  require_up
-  local system_uuid
-  if kc get node "$name" >/dev/null 2>&1; then
-    running "kwok-node-$name" ||
-      die "node $name exists but its kubelet is down; use: $0 node-power-on $name (or node-reconnect)"
-    system_uuid=$(kc get node "$name" -o jsonpath='{.status.nodeInfo.systemUUID}')
-    log "node $name already exists"
-  else
-    # The BMC's system has the node's SMBIOS UUID, as real hardware does.
-    system_uuid=$(uuid)
-    local gpu_label="" gpu_res=""
-    if [[ $gpu -gt 0 ]]; then
-      gpu_label="    intel.feature.node.kubernetes.io/gpu: \"true\""
-      gpu_res="gpu.intel.com/i915: \"$gpu\""
-    fi
-    local resources="cpu: \"$cpu\"
-    memory: $memory
-    pods: \"$pods\"
-    ephemeral-storage: 100Gi
-    $gpu_res"
-    # Nodes accept status on create (the kubelet registers this way). The
-    # attach/detach annotation is what a kubelet sets so that the controller
-    # (not the kubelet) attaches volumes to this node.
-    kc create -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Node
-metadata:
-  name: $name
-  annotations:
-    kwok.x-k8s.io/node: fake
-    node.alpha.kubernetes.io/ttl: "0"
-    volumes.kubernetes.io/controller-managed-attach-detach: "true"
-  labels:
-    type: kwok
-    kubernetes.io/arch: amd64
-    kubernetes.io/os: linux
-    kubernetes.io/hostname: $name
-$gpu_label
-status:
-  capacity:
-    $resources
-  allocatable:
-    $resources
-  nodeInfo:
-    architecture: amd64
-    bootID: $(uuid)
-    machineID: $(uuid | tr -d -)
-    systemUUID: $system_uuid
-    operatingSystem: linux
-    osImage: Debian GNU/Linux 13 (trixie)
-    kernelVersion: 6.12.0-envtest
-    containerRuntimeVersion: containerd://2.1.0
-    kubeletVersion: $K8S_VERSION
----
-# What the ceph-csi node plugin's registration makes the kubelet publish.
-apiVersion: storage.k8s.io/v1
-kind: CSINode
-metadata:
-  name: $name
-spec:
-  drivers:
-  - name: rbd.csi.ceph.com
-    nodeID: $name
-YAML
-    log "created node $name (gpu.intel.com/i915: $gpu)"
-  fi
-  running "bmc-$name" || start_bmc "$name" "$system_uuid"
-  running "kwok-node-$name" || start_node_kwok "$name"
-  wait_bmc_up "$name"
-  wait_node_ready "$name"
-  log "node $name is Ready; its BMC answers on $(load_bmc "$name"; echo "$BMC_ADDRESS")"
-}
-
-# JSON list items ("a","b",) of the unique names of volumes attached to a
-# node: status.volumesAttached lags the VolumeAttachments by up to seconds, so
-# attached CSI VolumeAttachments count too.
-volumes_attached_to() {
-  local node=$1 pv
-  {
-    kc get node "$node" -o jsonpath='{range .status.volumesAttached[*]}{.name}{"\n"}{end}'
-    for pv in $(kc get volumeattachment -o jsonpath="{range .items[?(@.spec.nodeName==\"$node\")]}{.status.attached} {.spec.source.persistentVolumeName}{\"\\n\"}{end}" |
-      awk '$1 == "true" && $2 != "" { print $2 }'); do
-      kc get pv "$pv" -o jsonpath='{.spec.csi.driver} {.spec.csi.volumeHandle}' 2>/dev/null |
-        awk 'NF == 2 { print "kubernetes.io/csi/" $1 "^" $2 }' || true
-    done
-  } | sort -u | awk 'NF { printf "\"%s\",", $0 }'
-}
-
-# The node's kubelet stops at once, with no goodbye: nothing is written to the API on behalf
-# of the node except status.volumesInUse. kwok does not report it, but a kubelet running pods
-# with attached volumes has them mounted and reported when it stops. Without it the
-# attach/detach controller would detach at once instead of waiting for the unmount (6 min)
-# or the out-of-service taint. Prints the volumes; fails when the kubelet was not running.
-kill_kubelet() {
-  local name=$1 pid in_use
-  pid=$(pid_of "kwok-node-$name") || return 1
-  in_use=$(volumes_attached_to "$name")
-  if [[ -n $in_use ]]; then
-    kc patch node "$name" --subresource=status --type=merge \
-      -p "{\"status\":{\"volumesInUse\":[${in_use%,}]}}" >/dev/null
-  fi
-  kill -KILL "$pid"
-  rm -f "$PID_DIR/kwok-node-$name.pid"
-  echo "${in_use:+[${in_use%,}]}"
-}
-
-# The kubelet comes back: its stale Lease goes first (kwok's holder identity is per process,
-# so it would wait for the old Lease to expire; a kubelet renews its own at once). BOOT_ID
-# empty keeps the node's bootID. volumesInUse is cleared: a running kwok does not report it.
-start_kubelet() {
-  local name=$1 boot=$2 info=""
-  [[ -z $boot ]] || info="\"nodeInfo\":{\"bootID\":\"$boot\"},"
-  kc patch node "$name" --subresource=status --type=merge \
-    -p "{\"status\":{$info\"volumesInUse\":null}}" >/dev/null
-  kc -n kube-node-lease delete lease "$name" --ignore-not-found >/dev/null
-  start_node_kwok "$name"
-  wait_node_ready "$name" 60
-}
-
-# Power loss: the BMC is told ForceOff (it says Off 1-11 s later) and the kubelet dies at
-# once. Also cuts the power of a partitioned node.
-cmd_node_power_off() {
-  local name=${1:?usage: $0 node-power-off NAME} in_use killed="kubelet killed"
-  require_up
-  require_node "$name"
-  in_use=$(kill_kubelet "$name") || killed="kubelet was already down"
-  if [[ -f $BMC_DIR/$name/off-requested ]]; then
-    log "node $name is already powered off"
-    return 0
-  fi
-  bmc_reset "$name" ForceOff
-  # node-power-on must wait for this reset to land before it asks for On: the fake hardware
-  # ignores On while a ForceOff is pending and would then turn off anyway.
-  touch "$BMC_DIR/$name/off-requested"
-  rm -f "$BMC_DIR/$name/partitioned"
-  log "node $name powered off (BMC: ForceOff; $killed${in_use:+, volumesInUse: $in_use})"
-}
-
-# The machine boots: Reset On through its BMC, then a kubelet with a new bootID.
-cmd_node_power_on() {
-  local name=${1:?usage: $0 node-power-on NAME} boot state
-  require_up
-  require_node "$name"
-  if running "kwok-node-$name"; then
-    log "node $name is already powered on"
-    return 0
-  fi
-  if [[ -f $BMC_DIR/$name/off-requested ]]; then
-    wait_bmc_power "$name" Off
-    rm -f "$BMC_DIR/$name/off-requested"
-  fi
-  state=$(bmc_power_state "$name") || die "the BMC of $name does not answer"
-  if [[ $state != Off ]]; then
-    [[ -f $BMC_DIR/$name/partitioned ]] &&
-      die "node $name is partitioned and its BMC says $state: use $0 node-reconnect $name, or node-power-off first"
-  else
-    bmc_reset "$name" On
-    wait_bmc_power "$name" On
-  fi
-  rm -f "$BMC_DIR/$name/partitioned"
-  boot=$(uuid)
-  start_kubelet "$name" "$boot"
-  log "node $name powered on (bootID $boot)"
-}
-
-# Alive but unreachable: the kubelet's heartbeats stop, the BMC still says On.
-cmd_node_partition() {
-  local name=${1:?usage: $0 node-partition NAME} in_use
-  require_up
-  require_node "$name"
-  in_use=$(kill_kubelet "$name") || die "node $name is not running (powered off or already partitioned)"
-  touch "$BMC_DIR/$name/partitioned"
-  log "node $name partitioned (kubelet killed, BMC still On${in_use:+, volumesInUse: $in_use})"
-}
-
-# The partition heals: the same kubelet, the same boot.
-cmd_node_reconnect() {
-  local name=${1:?usage: $0 node-reconnect NAME} state
-  require_up
-  require_node "$name"
-  running "kwok-node-$name" && die "node $name is not partitioned"
-  [[ -f $BMC_DIR/$name/partitioned ]] || die "node $name is powered off, not partitioned; use: $0 node-power-on $name"
-  state=$(bmc_power_state "$name") || die "the BMC of $name does not answer"
-  # Someone (a fencer) cut its power meanwhile: it can only boot again.
-  [[ $state == On ]] || die "node $name was partitioned but its BMC now says $state; use: $0 node-power-on $name"
-  rm -f "$BMC_DIR/$name/partitioned"
-  start_kubelet "$name" ""
-  log "node $name reconnected (bootID unchanged)"
-}
-
-cmd_node_bmc() {
-  local name=${1:?usage: $0 node-bmc NAME}
-  load_bmc "$name"
-  echo "address=$BMC_ADDRESS"
-  echo "system_path=$BMC_SYSTEM_PATH"
-  echo "username=$BMC_USERNAME"
-  echo "password=$BMC_PASSWORD"
-  echo "ca_file=$BMC_CA"
-}
-
-cmd_node_delete() {
-  local name=${1:?usage: $0 node-delete NAME}
-  require_up
-  stop_procs 5 "kwok-node-$name" "bmc-$name"
-  rm -rf "${BMC_DIR:?}/$name"
-  kc delete node "$name" --ignore-not-found >/dev/null
-  kc delete csinode "$name" --ignore-not-found >/dev/null
-  kc -n kube-node-lease delete lease "$name" --ignore-not-found >/dev/null
-  log "node $name deleted"
+cmd_node() {
+  local bin
+  bin=$(build_test_support_bin envtest-node)
+  ENVTEST_STATE_DIR=$STATE_DIR exec "$bin" "$@"
 }
 
 usage() {
@@ -1038,6 +719,7 @@ usage: $0 COMMAND
   node-bmc NAME              the node's BMC as key=value lines: address, system_path,
                              username, password, ca_file
   node-delete NAME           stop the node's kubelet and BMC and delete the Node
+  node-tools                 record what the node verbs need in the state dir (done by up)
 environment:
   ENVTEST_NODE_MONITOR_GRACE (40s)  ENVTEST_NODE_MONITOR_PERIOD (5s)
   ENVTEST_NODE_LEASE_DURATION (40, renewed every duration/4)
@@ -1058,13 +740,9 @@ main() {
     down) cmd_down ;;
     env) cmd_env ;;
     status) cmd_status ;;
-    node-add) cmd_node_add "$@" ;;
-    node-power-off) cmd_node_power_off "$@" ;;
-    node-power-on) cmd_node_power_on "$@" ;;
-    node-partition) cmd_node_partition "$@" ;;
-    node-reconnect) cmd_node_reconnect "$@" ;;
-    node-bmc) cmd_node_bmc "$@" ;;
-    node-delete) cmd_node_delete "$@" ;;
+    node-tools) cmd_node_tools ;;
+    node-add | node-power-off | node-power-on | node-partition | node-reconnect | node-bmc | node-delete)
+      cmd_node "$verb" "$@" ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
   esac

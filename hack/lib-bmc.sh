@@ -50,29 +50,6 @@ ensure_bmc_tools() {
   ) 8>"$BMC_TOOLS_CACHE/.venv.lock" || die "could not install sushy-tools $SUSHY_TOOLS_VERSION into $BMC_VENV"
 }
 
-# A bcrypt entry for an htpasswd file: bcrypt is the only digest sushy-tools accepts. Cost 4
-# (the minimum) because the emulator checks the password on every request.
-bmc_htpasswd_line() {
-  "$BMC_VENV/bin/python3" -c 'import bcrypt, sys
-print(sys.argv[1] + ":" + bcrypt.hashpw(sys.argv[2].encode(), bcrypt.gensalt(rounds=4)).decode())' "$1" "$2"
-}
-
-# The emulator's configuration (a Python file): one fake system that is powered on, with its
-# state kept in STATE_DIR (the default is shared by every emulator on the host).
-bmc_write_emulator_config() {
-  local file=$1 name=$2 uuid=$3 mac=$4 ip=$5 auth_file=$6 state_dir=$7
-  cat >"$file" <<PY
-SUSHY_EMULATOR_AUTH_FILE = '$auth_file'
-SUSHY_EMULATOR_STATE_DIR = '$state_dir'
-SUSHY_EMULATOR_FAKE_SYSTEMS = [{
-    'uuid': '$uuid',
-    'name': '$name',
-    'power_state': 'On',
-    'nics': [{'mac': '$mac', 'ip': '$ip'}],
-}]
-PY
-}
-
 # redfish ADDRESS CA USER:PASS METHOD PATH [curl args...]
 redfish() {
   local address=$1 ca=$2 credentials=$3 method=$4 path=$5
@@ -86,11 +63,4 @@ redfish_power_state() {
   local address=$1 ca=$2 credentials=$3 system_path=$4
   redfish "$address" "$ca" "$credentials" GET "$system_path" |
     sed -n 's/.*"PowerState": *"\([A-Za-z]*\)".*/\1/p'
-}
-
-# POSTs ComputerSystem.Reset with RESET_TYPE (On, ForceOff, ForceRestart, ...).
-redfish_reset() {
-  local address=$1 ca=$2 credentials=$3 system_path=$4 reset_type=$5
-  redfish "$address" "$ca" "$credentials" POST "$system_path/Actions/ComputerSystem.Reset" \
-    -H 'Content-Type: application/json' -d "{\"ResetType\":\"$reset_type\"}" >/dev/null
 }

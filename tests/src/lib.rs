@@ -20,6 +20,12 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod envtest;
+
+use envtest::Envtest;
+pub use envtest::bmc::BmcEndpoint;
+use envtest::node::{Node, NodeShape};
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -680,8 +686,32 @@ where
     }
 }
 
-/// Runs a verb of `hack/envtest.sh` and returns its standard output.
+/// Runs `work` to completion on a runtime of its own, on a thread of its own: its callers are
+/// synchronous (a test's setup, a `Drop`), often inside a test's runtime, which cannot be
+/// blocked on from within. A client is made per call, as it belongs to one runtime.
+fn on_own_runtime<T: Send>(
+    work: impl AsyncFnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(work())
+        });
+        worker
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the envtest worker thread panicked")))
+    })
+}
+
+/// Runs a verb of `hack/envtest.sh` and returns its standard output. The `node-*` verbs run
+/// in process, with the same code and messages.
 pub fn envtest(args: &[&str]) -> anyhow::Result<String> {
+    if args.first().is_some_and(|verb| verb.starts_with("node-")) {
+        return on_own_runtime(async || envtest::cli::run(&Envtest::from_env(), args).await)
+            .with_context(|| format!("hack/envtest.sh {}", args.join(" ")));
+    }
     let output = Command::new(repo_root().join("hack/envtest.sh"))
         .args(args)
         .output()?;
@@ -712,15 +742,14 @@ impl TestNode {
     /// The same with a name of the test's choosing; a leftover of that name from an earlier,
     /// interrupted run is replaced.
     pub fn named(name: &str, gpus: u32) -> anyhow::Result<Self> {
-        envtest(&["node-delete", name])?;
-        let gpu_flag = if gpus == 0 {
-            vec!["--no-gpu".to_string()]
-        } else {
-            vec!["--gpu-count".into(), gpus.to_string()]
+        let shape = NodeShape {
+            gpus,
+            ..NodeShape::default()
         };
-        let mut args = vec!["node-add", name];
-        args.extend(gpu_flag.iter().map(String::as_str));
-        envtest(&args)?;
+        with_node(name, async |node| {
+            node.delete().await?;
+            node.add(&shape).await
+        })?;
         Ok(Self {
             name: name.to_string(),
         })
@@ -746,167 +775,43 @@ impl TestNode {
     /// The machine dies: its BMC is told `ForceOff` (it says `Off` 1-11 s later, like
     /// hardware), its Lease stops being renewed at once and its pods stop being updated.
     pub fn power_off(&self) -> anyhow::Result<()> {
-        envtest(&["node-power-off", &self.name]).map(drop)
+        with_node(&self.name, async |node| node.power_off().await)
     }
 
     /// The machine boots again: `On` through its BMC, then the kubelet with a new bootID.
     pub fn power_on(&self) -> anyhow::Result<()> {
-        envtest(&["node-power-on", &self.name]).map(drop)
+        with_node(&self.name, async |node| node.power_on().await)
     }
 
     /// Alive but unreachable: the kubelet's heartbeats stop while the BMC still says `On`.
     pub fn partition(&self) -> anyhow::Result<()> {
-        envtest(&["node-partition", &self.name]).map(drop)
+        with_node(&self.name, async |node| node.partition().await)
     }
 
     /// The partition heals: the kubelet comes back with the same bootID.
     pub fn reconnect(&self) -> anyhow::Result<()> {
-        envtest(&["node-reconnect", &self.name]).map(drop)
+        with_node(&self.name, async |node| node.reconnect().await)
     }
 
     /// The node's Redfish BMC.
     pub fn bmc(&self) -> anyhow::Result<BmcEndpoint> {
-        BmcEndpoint::parse(&envtest(&["node-bmc", &self.name])?)
+        Envtest::from_env().bmc(&self.name)
     }
 }
 
-/// A node's Redfish BMC (a sushy-tools emulator on loopback), as `hack/envtest.sh node-bmc`
-/// prints it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BmcEndpoint {
-    /// `https://127.0.0.1:PORT`
-    pub address: String,
-    /// `/redfish/v1/Systems/<uuid>`; the UUID is the node's `systemUUID`.
-    pub system_path: String,
-    pub username: String,
-    pub password: String,
-    /// The CA certificate (PEM) that signed the BMC's serving certificate.
-    pub ca_file: String,
-}
-
-impl BmcEndpoint {
-    /// Parses `key=value` lines; every field is required.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let mut fields: std::collections::HashMap<&str, &str> = text
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .collect();
-        let mut take = |key: &str| {
-            fields
-                .remove(key)
-                .map(str::to_string)
-                .with_context(|| format!("no {key}= in node-bmc output:\n{text}"))
-        };
-        Ok(Self {
-            address: take("address")?,
-            system_path: take("system_path")?,
-            username: take("username")?,
-            password: take("password")?,
-            ca_file: take("ca_file")?,
-        })
-    }
-
-    /// `(host, port)` of the address, as fence agents take them (`ip=`, `ipport=`).
-    pub fn host_and_port(&self) -> anyhow::Result<(String, u16)> {
-        let rest = self
-            .address
-            .strip_prefix("https://")
-            .with_context(|| format!("not an https address: {}", self.address))?;
-        let (host, port) = rest
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .with_context(|| format!("no port in {}", self.address))?;
-        Ok((host.to_string(), port.parse()?))
-    }
-
-    /// Exit code of the real Debian `fence_redfish` (fence-agents) asked for `action` on this
-    /// BMC: for `status`, 0 = on, 2 = off. `verify_with_ca` checks the BMC's certificate
-    /// against `ca_file` instead of skipping verification.
-    pub fn fence_redfish(&self, action: &str, verify_with_ca: bool) -> anyhow::Result<Option<i32>> {
-        let (host, port) = self.host_and_port()?;
-        let mut input = format!(
-            "action={action}\nip={host}\nipport={port}\nusername={}\npassword={}\nsystems-uri={}\n",
-            self.username, self.password, self.system_path
-        );
-        let mut command = Command::new("/usr/sbin/fence_redfish");
-        if verify_with_ca {
-            // fence_redfish verifies through python-requests, which reads this variable.
-            command.env("REQUESTS_CA_BUNDLE", &self.ca_file);
-        } else {
-            input.push_str("ssl_insecure=1\n");
-        }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context(
-                "/usr/sbin/fence_redfish (Debian package fence-agents; hack/test.sh installs it)",
-            )?;
-        child
-            .stdin
-            .take()
-            .context("fence_redfish's stdin")?
-            .write_all(input.as_bytes())?;
-        Ok(child.wait()?.code())
-    }
-
-    /// The BMC's power state through `fence_redfish status`: `On` or `Off`.
-    pub fn power_state(&self) -> anyhow::Result<&'static str> {
-        match self.fence_redfish("status", false)? {
-            Some(0) => Ok("On"),
-            Some(2) => Ok("Off"),
-            other => bail!("fence_redfish status exited {other:?}"),
-        }
-    }
+/// `act` on the node `name` of the control plane in `ENVTEST_STATE_DIR`.
+fn with_node<T: Send>(
+    name: &str,
+    act: impl AsyncFnOnce(&Node) -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    on_own_runtime(async || {
+        let node = Node::new(&Envtest::from_env(), name).await?;
+        act(&node).await
+    })
 }
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        let _ = envtest(&["node-delete", &self.name]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::BmcEndpoint;
-
-    const NODE_BMC: &str = "address=https://127.0.0.1:16600\n\
-        system_path=/redfish/v1/Systems/81b4a147-1c3e-485c-8238-302d4bb7a5be\n\
-        username=admin\n\
-        password=8d0e2b99970216b3eb858d34\n\
-        ca_file=/repo/target/envtest/pki/bmc-ca.crt\n";
-
-    #[test]
-    fn parses_node_bmc_output() {
-        let bmc = BmcEndpoint::parse(NODE_BMC).unwrap();
-        assert_eq!(
-            bmc,
-            BmcEndpoint {
-                address: "https://127.0.0.1:16600".into(),
-                system_path: "/redfish/v1/Systems/81b4a147-1c3e-485c-8238-302d4bb7a5be".into(),
-                username: "admin".into(),
-                password: "8d0e2b99970216b3eb858d34".into(),
-                ca_file: "/repo/target/envtest/pki/bmc-ca.crt".into(),
-            }
-        );
-        assert_eq!(bmc.host_and_port().unwrap(), ("127.0.0.1".into(), 16600));
-    }
-
-    #[test]
-    fn a_missing_field_is_an_error_that_names_it() {
-        let without_password: String = NODE_BMC
-            .lines()
-            .filter(|l| !l.starts_with("password="))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let err = BmcEndpoint::parse(&without_password).unwrap_err();
-        assert!(err.to_string().contains("password="), "{err}");
-    }
-
-    #[test]
-    fn a_password_may_contain_equals_signs() {
-        let text = NODE_BMC.replace("password=8d0e2b99970216b3eb858d34", "password=a=b");
-        assert_eq!(BmcEndpoint::parse(&text).unwrap().password, "a=b");
+        let _ = with_node(&self.name, async |node| node.delete().await);
     }
 }
