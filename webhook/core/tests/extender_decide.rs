@@ -83,7 +83,7 @@ fn cluster(nodes: &[&str]) -> Snapshot {
 }
 
 fn edit_node(snapshot: &mut Snapshot, name: &str, edit: impl FnOnce(&mut NodeInfo)) {
-    let mut info = snapshot.node(name).unwrap().clone();
+    let mut info = snapshot.node_state(name).unwrap().info.clone().unwrap();
     edit(&mut info);
     snapshot.upsert_node(info);
 }
@@ -171,7 +171,15 @@ fn a_stale_lease_fails_even_while_ready(#[case] renewed_ago: i64, #[case] passes
     let mut snapshot = cluster(&["qs-1"]);
     snapshot.upsert_lease(lease("qs-1", renewed_ago));
     assert_eq!(
-        snapshot.node("qs-1").unwrap().ready.unwrap().status,
+        snapshot
+            .node_state("qs-1")
+            .unwrap()
+            .info
+            .as_ref()
+            .unwrap()
+            .ready
+            .unwrap()
+            .status,
         ConditionStatus::True
     );
     let got = reasons(&snapshot, &bare_pod(), &["qs-1"], "qs-1");
@@ -561,7 +569,10 @@ fn the_pods_own_attachment_takes_no_new_slot() {
     with_limit(&mut snapshot, "qs-1", 2);
     fill(&mut snapshot, "qs-1", 1);
     attach(&mut snapshot, "va-own", "pv-config", "qs-1");
-    assert_eq!(snapshot.attachments_on("qs-1", DRIVER), 2);
+    assert_eq!(
+        snapshot.node_state("qs-1").unwrap().attach_usage(DRIVER),
+        Some((2, 2))
+    );
     assert!(reasons(&snapshot, &pod(), &["qs-1"], "qs-1").is_empty());
 }
 

@@ -16,6 +16,7 @@ pub struct ReviewLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
+    /// `success` or `error`.
     pub result: String,
 }
 
@@ -23,7 +24,8 @@ pub struct ReloadLabels {
 pub struct ExtenderCallLabels {
     /// `filter` or `prioritize`.
     pub verb: String,
-    /// `ok`, `invalid` (unparseable body) or `error`.
+    /// `ok`, `invalid` (unparseable body), `not_synced` (caches not listed yet), `stale` (the
+    /// view is behind) or `error` (the decision task failed).
     pub outcome: String,
 }
 

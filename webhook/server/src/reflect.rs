@@ -522,6 +522,7 @@ pub async fn list_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jellyfin_ha_core::extender::snapshot::NodeState;
     use serde_json::json;
 
     fn node(name: &str, gpu: bool) -> Node {
@@ -544,16 +545,21 @@ mod tests {
         Arc::new(ExtenderPolicy::default())
     }
 
+    /// What the snapshot holds for `node`, out of the lock.
+    fn state_of(shared: &SharedSnapshot, node: &str) -> NodeState {
+        shared.read().node_state(node).cloned().unwrap_or_default()
+    }
+
     #[test]
     fn apply_and_delete_edit_the_snapshot() {
         let shared = SharedSnapshot::default();
         let mut nodes = KindCache::<Node>::new(policy());
         assert!(!nodes.apply(&shared, Event::Apply(node("qs-1", true))));
-        assert!(shared.read().node("qs-1").unwrap().quick_sync);
+        assert!(state_of(&shared, "qs-1").info.unwrap().quick_sync);
         nodes.apply(&shared, Event::Apply(node("qs-1", false)));
-        assert!(!shared.read().node("qs-1").unwrap().quick_sync);
+        assert!(!state_of(&shared, "qs-1").info.unwrap().quick_sync);
         nodes.apply(&shared, Event::Delete(node("qs-1", false)));
-        assert!(shared.read().node("qs-1").is_none());
+        assert!(state_of(&shared, "qs-1").info.is_none());
     }
 
     #[test]
@@ -575,10 +581,10 @@ mod tests {
         let shared = SharedSnapshot::default();
         let mut pods = KindCache::<Pod>::new(policy());
         pods.apply(&shared, Event::Apply(pod("jellyfin", "qs-1")));
-        assert_eq!(shared.read().managed_pods_on("qs-1"), 1);
+        assert_eq!(state_of(&shared, "qs-1").managed_pods(), 1);
         pods.apply(&shared, Event::Init);
         assert!(pods.apply(&shared, Event::InitDone));
-        assert_eq!(shared.read().managed_pods_on("qs-1"), 0);
+        assert_eq!(state_of(&shared, "qs-1").managed_pods(), 0);
     }
 
     #[test]
@@ -588,7 +594,7 @@ mod tests {
         pods.apply(&shared, Event::Apply(pod("a", "qs-1")));
         pods.apply(&shared, Event::Apply(pod("b", "qs-1")));
         pods.apply(&shared, Event::Delete(pod("a", "qs-1")));
-        assert_eq!(shared.read().managed_pods_on("qs-1"), 1);
+        assert_eq!(state_of(&shared, "qs-1").managed_pods(), 1);
         assert!(shared.read().managed_pod("media", "b").is_some());
     }
 
@@ -604,7 +610,10 @@ mod tests {
         leases.apply(&shared, Event::InitApply(lease));
         leases.apply(&shared, Event::InitDone);
         assert_eq!(
-            shared.read().lease("qs-1").unwrap().lease_duration_seconds,
+            state_of(&shared, "qs-1")
+                .lease
+                .unwrap()
+                .lease_duration_seconds,
             Some(40)
         );
     }

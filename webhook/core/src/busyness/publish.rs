@@ -7,10 +7,6 @@ use super::report::{AgentReport, CardReport};
 /// A card's engine ratio or the node's load moving by this much is worth a write.
 pub const DEFAULT_MIN_CHANGE: f64 = 0.05;
 
-/// The longest a report goes unwritten. The extender ignores reports older than 60 s by
-/// default, so four refreshes fit in its window.
-pub const DEFAULT_REFRESH_SECONDS: u64 = 15;
-
 /// Whether `next` should replace the `last` report written, `refresh_seconds` after which a
 /// report is rewritten anyway.
 pub fn should_publish(

@@ -164,8 +164,6 @@ pub struct NodeFacts {
     pub measured_busy_percent: Option<u8>,
     /// Seconds since the node agent's latest report, fresh or not.
     pub report_age_seconds: Option<i64>,
-    /// Seconds since the Ready condition last changed.
-    pub ready_for_seconds: Option<i64>,
 }
 
 /// Everything about one node: the filter's verdict and the score, as `explain` shows it.
@@ -557,10 +555,6 @@ impl<'a> Evaluation<'a> {
                 .agent
                 .as_ref()
                 .map(|report| (self.now_ms - report.observed_at.as_millisecond()) / 1000),
-            ready_for_seconds: info
-                .ready
-                .and_then(|ready| ready.last_transition)
-                .map(|t| (self.now_ms - t.as_millisecond()) / 1000),
         }
     }
 

@@ -437,19 +437,9 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// Attachments of `driver` on this node.
-    pub fn attachments_of(&self, driver: &str) -> u32 {
-        self.slots(driver).map_or(0, |s| s.attachments)
-    }
-
     /// Managed pods using this node's iGPU.
     pub fn managed_pods(&self) -> u32 {
         self.gpu_pods
-    }
-
-    /// The attach limit of `driver` on this node, if its CSINode declares one.
-    pub fn attach_limit(&self, driver: &str) -> Option<u32> {
-        self.slots(driver)?.limit
     }
 
     /// The attach limit of `driver` and its attachments here, when there is a limit.
@@ -528,18 +518,6 @@ impl Snapshot {
         self.nodes.get(name)
     }
 
-    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.node_state(name)?.info.as_ref()
-    }
-
-    pub fn lease(&self, node: &str) -> Option<&LeaseInfo> {
-        self.node_state(node)?.lease.as_ref()
-    }
-
-    pub fn csi_node(&self, node: &str) -> Option<&CsiNodeInfo> {
-        self.node_state(node)?.csi.as_ref()
-    }
-
     /// Names of the nodes whose Node object is known, sorted.
     pub fn node_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -551,17 +529,9 @@ impl Snapshot {
         names
     }
 
-    pub fn node_count(&self) -> usize {
-        self.nodes.values().filter(|s| s.info.is_some()).count()
-    }
-
     /// Everything known about each node whose Node object is known, in no particular order.
     pub fn known_nodes(&self) -> impl Iterator<Item = &NodeState> {
         self.nodes.values().filter(|s| s.info.is_some())
-    }
-
-    pub fn attachment(&self, name: &str) -> Option<&VolumeAttachmentInfo> {
-        self.attachments.get(name)
     }
 
     /// The attachments of one PersistentVolume.
@@ -590,17 +560,6 @@ impl Snapshot {
 
     pub fn managed_pods(&self) -> impl Iterator<Item = &ManagedPodInfo> {
         self.managed_pods.values()
-    }
-
-    /// Managed pods using `node`'s iGPU.
-    pub fn managed_pods_on(&self, node: &str) -> u32 {
-        self.node_state(node).map_or(0, NodeState::managed_pods)
-    }
-
-    /// Attachments of `driver` on `node`.
-    pub fn attachments_on(&self, node: &str, driver: &str) -> u32 {
-        self.node_state(node)
-            .map_or(0, |s| s.attachments_of(driver))
     }
 
     // Writes, one per watch event.
@@ -793,6 +752,18 @@ mod tests {
     use super::*;
     use rstest::rstest;
     use serde_json::json;
+
+    impl Snapshot {
+        fn attachments_on(&self, node: &str, driver: &str) -> u32 {
+            self.node_state(node)
+                .and_then(|state| state.slots(driver))
+                .map_or(0, |slots| slots.attachments)
+        }
+
+        fn managed_pods_on(&self, node: &str) -> u32 {
+            self.node_state(node).map_or(0, NodeState::managed_pods)
+        }
+    }
 
     fn policy() -> ExtenderPolicy {
         ExtenderPolicy::default()
@@ -1109,13 +1080,13 @@ mod tests {
         snapshot.upsert_csi_node(csi("n1", &[("rbd", 8)]));
         let state = snapshot.node_state("n1").unwrap();
         assert_eq!(state.attach_usage("rbd"), Some((8, 1)));
-        assert_eq!(state.attach_limit("nfs"), None);
+        assert_eq!(state.attach_usage("nfs"), None);
 
         snapshot.remove_csi_node("n1");
         let state = snapshot.node_state("n1").unwrap();
-        assert_eq!(state.attach_limit("rbd"), None);
-        assert_eq!(state.attachments_of("rbd"), 1);
-        assert!(snapshot.csi_node("n1").is_none());
+        assert!(state.csi.is_none());
+        assert_eq!(state.attach_usage("rbd"), None);
+        assert_eq!(snapshot.attachments_on("n1", "rbd"), 1);
 
         snapshot.remove_attachment("a");
         assert_eq!(snapshot, Snapshot::new());
@@ -1131,7 +1102,6 @@ mod tests {
         }
         snapshot.upsert_attachment(attachment("x", "pv", "c"));
         assert_eq!(snapshot.node_names(), ["a", "b"]);
-        assert_eq!(snapshot.node_count(), 2);
         snapshot.remove_node("a");
         assert_eq!(snapshot.node_names(), ["b"]);
     }

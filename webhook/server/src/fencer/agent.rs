@@ -17,8 +17,8 @@ pub trait FenceAgent: Send + Sync {
     fn power_off(&self) -> impl Future<Output = Result<(), AgentError>> + Send;
 }
 
-/// Why a device call failed. The text never holds credentials: it is logged, put in Events
-/// and in metrics labels (by [`AgentError::kind`]).
+/// Why a device call failed. The text never holds credentials: it is logged and put in
+/// Events.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot reach the device: {0}")]
@@ -35,21 +35,6 @@ pub enum AgentError {
     Program { program: String, detail: String },
     #[error("credentials: {0}")]
     Credentials(String),
-}
-
-impl AgentError {
-    /// A fixed word for metrics labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Unreachable(_) => "unreachable",
-            Self::Timeout(_) => "timeout",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Http { .. } => "http",
-            Self::Protocol(_) => "protocol",
-            Self::Program { .. } => "program",
-            Self::Credentials(_) => "credentials",
-        }
-    }
 }
 
 /// A username and password (or token id and secret) read from a Secret. `Debug` and
