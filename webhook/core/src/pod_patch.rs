@@ -14,12 +14,12 @@
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Affinity, Lifecycle, PodSecurityContext, ResourceRequirements, Toleration,
 };
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::annotations::{self, MANAGED, Overrides};
 use crate::config::{GpuMode, Policy};
@@ -31,10 +31,10 @@ use crate::pod_template::{
 };
 
 /// The patch for one Pod and why.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct PodPatch {
-    /// Empty when nothing changed.
-    pub patch: Patch,
+    /// The RFC 6902 patch, which serialises as such; empty when nothing changed.
+    pub patch: Vec<Add>,
     pub changes: Vec<Change>,
     pub warnings: Vec<String>,
 }
@@ -311,26 +311,35 @@ fn add_affinity(ops: &mut Ops, before: Option<&Affinity>, after: Option<&Affinit
     Some(())
 }
 
+/// One RFC 6902 `add` operation, its value already JSON text: building `serde_json::Value`s
+/// for the patch would cost more than the rest of the mutation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename = "add")]
+pub struct Add {
+    pub path: PointerBuf,
+    pub value: Box<RawValue>,
+}
+
 /// The patch being written: `add` operations only, which also replace a member present.
 #[derive(Default)]
 struct Ops {
-    written: Vec<PatchOperation>,
+    written: Vec<Add>,
     /// A value that did not serialise; the patch is then not used.
     failed: bool,
 }
 
 impl Ops {
     fn add(&mut self, path: &[&str], value: impl Serialize) {
-        match serde_json::to_value(value) {
-            Ok(value) => self.written.push(PatchOperation::Add(AddOperation {
+        match serde_json::value::to_raw_value(&value) {
+            Ok(value) => self.written.push(Add {
                 path: PointerBuf::from_tokens(path.iter().copied()),
                 value,
-            })),
+            }),
             Err(_) => self.failed = true,
         }
     }
 
-    fn into_patch(self) -> Option<Patch> {
-        (!self.failed).then_some(Patch(self.written))
+    fn into_patch(self) -> Option<Vec<Add>> {
+        (!self.failed).then_some(self.written)
     }
 }

@@ -2,6 +2,7 @@
 //! only when it altered something, so a second pass yields no changes and no patch.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Container, HostPathVolumeSource, LifecycleHandler, NodeSelectorRequirement,
@@ -54,23 +55,26 @@ impl Change {
         }
     }
 
-    pub fn record_value(&self) -> String {
+    /// Writes the value [`crate::record`] keeps under [`Change::record_key`].
+    pub fn write_record_value(&self, out: &mut impl fmt::Write) -> fmt::Result {
         match self {
-            Change::GpuResource(resource) => resource.clone(),
-            Change::DriHostPath => format!("hostPath {DRI_PATH}"),
-            Change::RenderGroups(gids) => gids
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-            Change::QuickSyncAffinity(expression) => expression.clone(),
-            Change::FailoverTolerations(seconds) | Change::TerminationGrace(seconds) => {
-                format!("{seconds}s")
+            Change::GpuResource(resource) => out.write_str(resource),
+            Change::DriHostPath => write!(out, "hostPath {DRI_PATH}"),
+            Change::RenderGroups(gids) => {
+                for (i, gid) in gids.iter().enumerate() {
+                    let separator = if i == 0 { "" } else { "," };
+                    write!(out, "{separator}{gid}")?;
+                }
+                Ok(())
             }
-            Change::ManagedLabel => format!("{MANAGED}=true"),
-            Change::SchedulingMarker => MANAGED.to_string(),
-            Change::SchedulerName(name) => name.clone(),
-            Change::RecreateStrategy => "Recreate".to_string(),
+            Change::QuickSyncAffinity(expression) => out.write_str(expression),
+            Change::FailoverTolerations(seconds) | Change::TerminationGrace(seconds) => {
+                write!(out, "{seconds}s")
+            }
+            Change::ManagedLabel => write!(out, "{MANAGED}=true"),
+            Change::SchedulingMarker => out.write_str(MANAGED),
+            Change::SchedulerName(name) => out.write_str(name),
+            Change::RecreateStrategy => out.write_str("Recreate"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! everything the webhook changed, readable in `kubectl get -o yaml`.
 
 use std::collections::BTreeMap;
+use std::fmt::{self, Write};
 
 use crate::pod_template::Change;
 
@@ -10,24 +11,40 @@ const SEPARATOR: &str = "; ";
 /// Merges `changes` into an existing record. Keys keep their latest value, so a second pass
 /// that changes nothing leaves the record as it was.
 pub fn merge(existing: Option<&str>, changes: &[Change]) -> String {
-    let mut entries = parse(existing.unwrap_or_default());
+    let mut entries: BTreeMap<&str, Entry> = parse(existing.unwrap_or_default())
+        .map(|(key, value)| (key, Entry::Kept(value)))
+        .collect();
     for change in changes {
-        entries.insert(change.record_key().to_string(), change.record_value());
+        entries.insert(change.record_key(), Entry::Changed(change));
     }
-    entries
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(SEPARATOR)
+    let mut record = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_entries(&mut record, &entries);
+    record
 }
 
-/// Reads a record back; entries without `=` are ignored.
-pub fn parse(record: &str) -> BTreeMap<String, String> {
+enum Entry<'a> {
+    Kept(&'a str),
+    Changed(&'a Change),
+}
+
+fn write_entries(out: &mut String, entries: &BTreeMap<&str, Entry>) -> fmt::Result {
+    for (i, (key, entry)) in entries.iter().enumerate() {
+        let separator = if i == 0 { "" } else { SEPARATOR };
+        write!(out, "{separator}{key}=")?;
+        match entry {
+            Entry::Kept(value) => out.write_str(value)?,
+            Entry::Changed(change) => change.write_record_value(out)?,
+        }
+    }
+    Ok(())
+}
+
+/// The entries of a record; those without `=` are ignored.
+fn parse(record: &str) -> impl Iterator<Item = (&str, &str)> {
     record
         .split(SEPARATOR.trim())
         .filter_map(|entry| entry.trim().split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[cfg(test)]

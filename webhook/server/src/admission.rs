@@ -5,7 +5,7 @@
 //! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
 
 use base64::Engine;
-use jellyfin_ha_core::pod_patch::{PodPatch, patch_pod};
+use jellyfin_ha_core::pod_patch::patch_pod;
 use jellyfin_ha_core::{Change, Policy, mutate_object};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -237,16 +237,20 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         ("", "Pod", _) => patch_pod(object.get(), policy),
         _ => None,
     };
-    let mutation = match fast {
-        Some(patch) => Ok(patch),
+    let decided = match fast {
+        Some(fast) => Ok(Decision::new(
+            &fast.patch,
+            fast.patch.is_empty(),
+            fast.changes,
+            fast.warnings,
+        )),
         // The typed engine answers what the fast path does not.
         None => match serde_json::from_str::<Value>(object.get()) {
             Ok(object) => {
                 let (group, kind) = (&request.kind.group, &request.kind.kind);
-                mutate_object(&object, group, kind, policy).map(|mutated| PodPatch {
-                    patch: mutated.patch,
-                    changes: mutated.changes,
-                    warnings: mutated.warnings,
+                mutate_object(&object, group, kind, policy).map(|mutated| {
+                    let empty = mutated.patch.0.is_empty();
+                    Decision::new(&mutated.patch, empty, mutated.changes, mutated.warnings)
                 })
             }
             Err(e) => {
@@ -255,45 +259,63 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
             }
         },
     };
-    match mutation {
-        Err(e) => refuse(
-            ReviewOutcome::Denied,
-            parsed.api_version,
-            uid,
-            e.to_string(),
-            summary,
-        ),
-        Ok(mutation) => {
-            let patch = &mutation.patch;
-            if patch.0.is_empty() {
-                return unchanged(
-                    parsed.api_version,
-                    allowed(mutation.warnings, None),
-                    summary,
-                );
-            }
-            let encoded = match serde_json::to_vec(&patch) {
-                Ok(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
-                Err(e) => {
-                    return invalid(
-                        parsed.api_version,
-                        uid.clone(),
-                        format!("cannot encode patch: {e}"),
-                        summary,
-                    );
-                }
-            };
-            let review = reply(
-                parsed.api_version,
-                allowed(mutation.warnings, Some(encoded)),
-            );
-            Reviewed {
-                review,
-                outcome: ReviewOutcome::Mutated,
-                summary,
-                changes: mutation.changes.iter().map(Change::record_key).collect(),
-            }
+    let decision = match decided {
+        Ok(Ok(decision)) => decision,
+        Ok(Err(e)) => {
+            let message = format!("cannot encode patch: {e}");
+            return invalid(parsed.api_version, uid.clone(), message, summary);
         }
+        Err(e) => {
+            let message = e.to_string();
+            return refuse(
+                ReviewOutcome::Denied,
+                parsed.api_version,
+                uid,
+                message,
+                summary,
+            );
+        }
+    };
+    let Some(patch) = decision.patch else {
+        let response = allowed(decision.warnings, None);
+        return unchanged(parsed.api_version, response, summary);
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(patch);
+    Reviewed {
+        review: reply(
+            parsed.api_version,
+            allowed(decision.warnings, Some(encoded)),
+        ),
+        outcome: ReviewOutcome::Mutated,
+        summary,
+        changes: decision.changes.iter().map(Change::record_key).collect(),
+    }
+}
+
+/// What either engine decided, the patch as JSON text and `None` when nothing changes.
+struct Decision {
+    patch: Option<Vec<u8>>,
+    changes: Vec<Change>,
+    warnings: Vec<String>,
+}
+
+impl Decision {
+    fn new(
+        patch: &impl Serialize,
+        empty: bool,
+        changes: Vec<Change>,
+        warnings: Vec<String>,
+    ) -> serde_json::Result<Self> {
+        let patch = if empty {
+            None
+        } else {
+            Some(serde_json::to_vec(patch)?)
+        };
+        Ok(Self {
+            patch,
+            changes,
+            warnings,
+        })
     }
 }
 
