@@ -228,34 +228,29 @@ impl VolumeAttachmentInfo {
     }
 }
 
-/// A set of Kubernetes access modes.
+/// What the attach/detach controller reads of a volume's access modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AccessModes {
-    pub read_write_once: bool,
-    pub read_only_many: bool,
-    pub read_write_many: bool,
-    pub read_write_once_pod: bool,
+    /// At least one mode is listed.
+    pub declared: bool,
+    /// `ReadOnlyMany` or `ReadWriteMany` is among them.
+    pub many_nodes: bool,
 }
 
 impl AccessModes {
     pub fn from_list(modes: &[String]) -> Self {
-        let has = |mode: &str| modes.iter().any(|m| m == mode);
         Self {
-            read_write_once: has("ReadWriteOnce"),
-            read_only_many: has("ReadOnlyMany"),
-            read_write_many: has("ReadWriteMany"),
-            read_write_once_pod: has("ReadWriteOncePod"),
+            declared: !modes.is_empty(),
+            many_nodes: modes
+                .iter()
+                .any(|m| m == "ReadOnlyMany" || m == "ReadWriteMany"),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// The attach/detach controller's rule (`IsMultiAttachAllowed`): a volume may be attached
-    /// to several nodes when its modes are unknown or include a many-node mode.
+    /// to several nodes when it lists no mode or a many-node one.
     pub fn allows_multi_attach(&self) -> bool {
-        self.is_empty() || self.read_only_many || self.read_write_many
+        !self.declared || self.many_nodes
     }
 }
 
@@ -891,6 +886,7 @@ mod tests {
     #[case(&[], true)]
     #[case(&["ReadWriteOnce"], false)]
     #[case(&["ReadWriteOncePod"], false)]
+    #[case(&["SomethingNew"], false)]
     #[case(&["ReadWriteOnce", "ReadOnlyMany"], true)]
     #[case(&["ReadWriteMany"], true)]
     fn multi_attach_follows_the_attach_detach_controller(
@@ -940,7 +936,7 @@ mod tests {
         .unwrap();
         let claim = ClaimInfo::from_claim(&claim).unwrap();
         assert_eq!(claim.volume_name.as_deref(), Some("pv-1"));
-        assert!(claim.access_modes.read_write_once);
+        assert!(claim.access_modes.declared && !claim.access_modes.allows_multi_attach());
 
         let pv: PersistentVolume = serde_json::from_value(json!({
             "metadata": {"name": "pv-1"},

@@ -84,11 +84,6 @@ impl RedfishSystem {
         })
     }
 
-    /// The ComputerSystem's URL as configured (before any redirect).
-    pub fn system_url(&self) -> &Url {
-        &self.system
-    }
-
     async fn get_system(&self) -> Result<(Url, Value), AgentError> {
         let response = self
             .authorized(self.client.get(self.system.clone()))
@@ -372,7 +367,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            system.system_url().as_str(),
+            system.system.as_str(),
             "https://n1-bmc/redfish/v1/Systems/n1"
         );
         for bad in [
