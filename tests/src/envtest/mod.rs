@@ -12,7 +12,7 @@ pub mod cli;
 pub mod node;
 pub mod process;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use kube::Client;
@@ -152,11 +152,6 @@ impl Envtest {
             tail.join("\n")
         )
     }
-}
-
-/// The path as text, for command lines and messages.
-pub fn display(path: &Path) -> String {
-    path.display().to_string()
 }
 
 #[cfg(test)]

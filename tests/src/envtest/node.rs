@@ -103,9 +103,13 @@ fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// `["a","b"]`, as the messages print volumes.
-fn json_list(names: &[String]) -> String {
-    serde_json::to_string(names).unwrap_or_default()
+/// `, volumesInUse: ["a","b"]` for the messages, or nothing when there are none.
+fn volumes_note(in_use: &[String]) -> String {
+    if in_use.is_empty() {
+        return String::new();
+    }
+    let list = serde_json::to_string(in_use).unwrap_or_default();
+    format!(", volumesInUse: {list}")
 }
 
 /// One node of the control plane, by name.
@@ -393,10 +397,9 @@ impl Node {
         // ignores On while a ForceOff is pending and would then turn off anyway.
         std::fs::write(self.marker("off-requested"), "")?;
         remove_if_present(&self.marker("partitioned"))?;
-        let killed = match &in_use {
+        let killed = match in_use {
             None => "kubelet was already down".to_string(),
-            Some(v) if v.is_empty() => "kubelet killed".to_string(),
-            Some(v) => format!("kubelet killed, volumesInUse: {}", json_list(v)),
+            Some(in_use) => format!("kubelet killed{}", volumes_note(&in_use)),
         };
         log(&format!(
             "node {name} powered off (BMC: ForceOff; {killed})"
@@ -443,11 +446,7 @@ impl Node {
             bail!("node {name} is not running (powered off or already partitioned)");
         };
         std::fs::write(self.marker("partitioned"), "")?;
-        let volumes = if in_use.is_empty() {
-            String::new()
-        } else {
-            format!(", volumesInUse: {}", json_list(&in_use))
-        };
+        let volumes = volumes_note(&in_use);
         log(&format!(
             "node {name} partitioned (kubelet killed, BMC still On{volumes})"
         ));
@@ -590,7 +589,9 @@ mod tests {
     }
 
     #[test]
-    fn volumes_are_listed_as_json() {
-        assert_eq!(json_list(&["a".into(), "b".into()]), r#"["a","b"]"#);
+    fn volumes_are_noted_as_json_and_none_not_at_all() {
+        let in_use = ["a".to_string(), "b".to_string()];
+        assert_eq!(volumes_note(&in_use), r#", volumesInUse: ["a","b"]"#);
+        assert_eq!(volumes_note(&[]), "");
     }
 }

@@ -1,10 +1,11 @@
-//! Processes started detached, as `hack/envtest.sh`'s `start_proc` starts them: a session of
-//! their own (`setsid`), stdin from /dev/null, output appended to `$STATE_DIR/logs/NAME.log`
-//! and the PID in `$STATE_DIR/pids/NAME.pid`. Every such process has the state dir in its
+//! Processes started detached, as `hack/envtest.sh`'s `start_proc` starts them: a process
+//! group of their own (no signal from a terminal reaches them), stdin from /dev/null, output
+//! appended to `$STATE_DIR/logs/NAME.log` and the PID in `$STATE_DIR/pids/NAME.pid`. Every such process has the state dir in its
 //! command line, which is how a PID that was reused by something else is told apart.
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,24 +64,20 @@ impl Envtest {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        // setsid(1) calls setsid() and execs in place: the PID stays the program's.
-        let mut child = Command::new("setsid")
-            .arg(program)
+        // Spawned directly rather than through setsid(1): spawn returns once the program
+        // itself runs, so its command line already names the state dir. Through setsid there
+        // is a second exec, during which /proc shows no command line and `pid_of` would
+        // report the process as gone.
+        let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
-        let pid = child.id();
-        std::fs::write(&pid_path, format!("{pid}\n"))?;
-        // Until setsid has exec'd the program, the command line may not name the state dir
-        // yet, which `pid_of` would take for a reused PID.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pid_alive(pid) && !self.running(name) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        std::fs::write(&pid_path, format!("{}\n", child.id()))?;
         // Reaped when it exits, so that a killed one does not linger as a zombie of a
         // long-running caller; a caller that exits first leaves it to init.
         std::thread::spawn(move || child.wait());
