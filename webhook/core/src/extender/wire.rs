@@ -22,7 +22,7 @@ pub const MIN_EXTENDER_PRIORITY: i64 = 0;
 pub const MAX_EXTENDER_PRIORITY: i64 = 10;
 
 /// The body of a filter or prioritize call. Node names borrow from the body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct ExtenderArgs<'a> {
     /// The pod being scheduled.
     #[serde(rename = "Pod", alias = "pod")]
@@ -44,7 +44,7 @@ pub struct ExtenderArgs<'a> {
 /// A candidate node name as it appears in the request body. At 5000 names, allocating and
 /// freeing a `String` each costs more than the decision itself, so the name is borrowed; only
 /// one written with JSON escapes (which no valid node name needs) is copied out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(transparent)]
 pub struct NodeName<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
@@ -83,12 +83,12 @@ pub struct ExtenderFilterResult<N> {
 }
 
 /// One node's score from a prioritize call; the name may borrow from the call's body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostPriority<'a> {
-    #[serde(rename = "Host", alias = "host", borrow)]
+    #[serde(rename = "Host")]
     pub host: Cow<'a, str>,
     /// From [`MIN_EXTENDER_PRIORITY`] to [`MAX_EXTENDER_PRIORITY`].
-    #[serde(rename = "Score", alias = "score")]
+    #[serde(rename = "Score")]
     pub score: i64,
 }
 
