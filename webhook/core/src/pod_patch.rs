@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use json_patch::jsonptr::PointerBuf;
+use json_patch::jsonptr::{PointerBuf, Token};
 use k8s_openapi::api::core::v1::{
     Affinity, Lifecycle, PodSecurityContext, ResourceRequirements, Toleration,
 };
@@ -321,21 +321,36 @@ pub struct Add {
 }
 
 /// The patch being written: `add` operations only, which also replace a member present.
-#[derive(Default)]
 struct Ops {
     written: Vec<Add>,
     /// A value that did not serialise; the patch is then not used.
     failed: bool,
 }
 
+impl Default for Ops {
+    fn default() -> Self {
+        Self {
+            // Room for every operation a Pod can need.
+            written: Vec::with_capacity(12),
+            failed: false,
+        }
+    }
+}
+
 impl Ops {
     fn add(&mut self, path: &[&str], value: impl Serialize) {
-        match serde_json::value::to_raw_value(&value) {
-            Ok(value) => self.written.push(Add {
-                path: PointerBuf::from_tokens(path.iter().copied()),
-                value,
-            }),
-            Err(_) => self.failed = true,
+        // Sized once: growing the pointer token by token costs more than the rest of it.
+        let mut pointer = String::with_capacity(path.iter().map(|t| t.len() + 2).sum());
+        for token in path {
+            pointer.push('/');
+            pointer.push_str(Token::new(*token).encoded());
+        }
+        match (
+            PointerBuf::parse(pointer),
+            serde_json::value::to_raw_value(&value),
+        ) {
+            (Ok(path), Ok(value)) => self.written.push(Add { path, value }),
+            _ => self.failed = true,
         }
     }
 

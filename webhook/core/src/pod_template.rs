@@ -62,8 +62,10 @@ impl Change {
             Change::DriHostPath => write!(out, "hostPath {DRI_PATH}"),
             Change::RenderGroups(gids) => {
                 for (i, gid) in gids.iter().enumerate() {
-                    let separator = if i == 0 { "" } else { "," };
-                    write!(out, "{separator}{gid}")?;
+                    if i > 0 {
+                        out.write_char(',')?;
+                    }
+                    write!(out, "{gid}")?;
                 }
                 Ok(())
             }

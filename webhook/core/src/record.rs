@@ -17,7 +17,7 @@ pub fn merge(existing: Option<&str>, changes: &[Change]) -> String {
     for change in changes {
         entries.insert(change.record_key(), Entry::Changed(change));
     }
-    let mut record = String::new();
+    let mut record = String::with_capacity(256);
     // Writing to a String cannot fail.
     let _ = write_entries(&mut record, &entries);
     record
@@ -30,8 +30,11 @@ enum Entry<'a> {
 
 fn write_entries(out: &mut String, entries: &BTreeMap<&str, Entry>) -> fmt::Result {
     for (i, (key, entry)) in entries.iter().enumerate() {
-        let separator = if i == 0 { "" } else { SEPARATOR };
-        write!(out, "{separator}{key}=")?;
+        if i > 0 {
+            out.push_str(SEPARATOR);
+        }
+        out.push_str(key);
+        out.push('=');
         match entry {
             Entry::Kept(value) => out.write_str(value)?,
             Entry::Changed(change) => change.write_record_value(out)?,
