@@ -13,10 +13,9 @@ use jellyfin_ha_core::scheduling::Scheduling;
 use jellyfin_ha_core::{Change, MutationError, mutate_manifest, mutate_object, mutate_pod};
 use rstest::rstest;
 use serde_json::{Value, json};
+use support::{DEFAULTED_POD, DEPLOYMENT, LONG_GRACE_DEPLOYMENT};
 
-const DEFAULTED_POD: &str = include_str!("fixtures/pod-defaulted.json");
-const DEPLOYMENT: &str = include_str!("fixtures/deployment.yaml");
-const LONG_GRACE_DEPLOYMENT: &str = include_str!("fixtures/deployment-long-grace.yaml");
+mod support;
 
 fn pod() -> Value {
     serde_json::from_str(DEFAULTED_POD).unwrap()

@@ -17,11 +17,11 @@ use jellyfin_ha_core::pod_patch::{Add, patch_pod};
 use jellyfin_ha_core::scheduling::Scheduling;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use support::{DEFAULTED_POD, DEPLOYMENT, LONG_GRACE_DEPLOYMENT, optional, toleration};
 
-const DEFAULTED_POD: &str = include_str!("fixtures/pod-defaulted.json");
+mod support;
+
 const REVIEW: &str = include_str!("../../server/tests/fixtures/review-pod-create.json");
-const DEPLOYMENT: &str = include_str!("fixtures/deployment.yaml");
-const LONG_GRACE_DEPLOYMENT: &str = include_str!("fixtures/deployment-long-grace.yaml");
 
 /// Asserts the fast path agrees with the reference on `input`; returns whether it answered.
 fn agree(input: &Value, policy: &Policy) -> Result<bool, TestCaseError> {
@@ -50,41 +50,6 @@ fn agree(input: &Value, policy: &Policy) -> Result<bool, TestCaseError> {
 /// The fast path's patch read back as RFC 6902, as kube-apiserver reads it.
 fn as_json_patch(patch: &[Add]) -> json_patch::Patch {
     serde_json::from_slice(&serde_json::to_vec(patch).unwrap()).unwrap()
-}
-
-fn optional<T: Clone + std::fmt::Debug + 'static>(
-    values: &'static [T],
-) -> impl Strategy<Value = Option<T>> {
-    prop::option::of(prop::sample::select(values))
-}
-
-fn toleration() -> impl Strategy<Value = Value> {
-    let keys = &[
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/out-of-service",
-        "dedicated",
-        "",
-    ];
-    (
-        optional(keys),
-        optional(&["Exists", "Equal"]),
-        optional(&["NoExecute", "NoSchedule", ""]),
-        prop::option::of(0i64..400),
-    )
-        .prop_map(|(key, operator, effect, seconds)| {
-            let mut t = Map::new();
-            let mut set = |name: &str, value: Option<Value>| {
-                if let Some(value) = value {
-                    t.insert(name.into(), value);
-                }
-            };
-            set("key", key.map(|k| json!(k)));
-            set("operator", operator.map(|o| json!(o)));
-            set("effect", effect.map(|e| json!(e)));
-            set("tolerationSeconds", seconds.map(|s| json!(s)));
-            Value::Object(t)
-        })
 }
 
 fn affinity() -> impl Strategy<Value = Option<Value>> {

@@ -14,44 +14,9 @@ use jellyfin_ha_core::taints::{self, NOT_READY, UNREACHABLE};
 use k8s_openapi::api::core::v1::Toleration;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use support::{optional, toleration};
 
-fn optional<T: Clone + std::fmt::Debug + 'static>(
-    values: &'static [T],
-) -> impl Strategy<Value = Option<T>> {
-    prop::option::of(prop::sample::select(values))
-}
-
-fn toleration() -> impl Strategy<Value = Value> {
-    let keys = &[
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/out-of-service",
-        "dedicated",
-        "",
-    ];
-    (
-        optional(keys),
-        optional(&["Exists", "Equal"]),
-        optional(&["NoExecute", "NoSchedule", ""]),
-        prop::option::of(0i64..400),
-    )
-        .prop_map(|(key, operator, effect, seconds)| {
-            let mut t = json!({});
-            if let Some(k) = key {
-                t["key"] = json!(k)
-            }
-            if let Some(o) = operator {
-                t["operator"] = json!(o)
-            }
-            if let Some(e) = effect {
-                t["effect"] = json!(e)
-            }
-            if let Some(s) = seconds {
-                t["tolerationSeconds"] = json!(s)
-            }
-            t
-        })
-}
+mod support;
 
 fn expression() -> impl Strategy<Value = Value> {
     prop::sample::select(vec![
