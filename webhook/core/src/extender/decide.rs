@@ -2,7 +2,8 @@
 //!
 //! Everything about the pod (its volumes, where they are attached, which node they pin it to)
 //! is worked out once per call in [`Evaluation::new`]; each node then costs one snapshot
-//! lookup and a few comparisons, and allocates only when it fails.
+//! lookup and a few comparisons. The filter allocates nothing per node: names stay the
+//! caller's, and nodes failing for the same reasons share one worded rejection.
 
 use std::fmt;
 
@@ -197,8 +198,9 @@ pub fn filter<N: AsRef<str>>(
     };
     // The reasons behind each of `decision.rejected`, at the same index.
     let mut groups: Vec<Vec<Reason<'_>>> = Vec::new();
+    let mut reasons = Vec::new();
     for node in candidates {
-        let reasons = evaluation.reasons(node.as_ref());
+        evaluation.collect_reasons(node.as_ref(), &mut reasons);
         if reasons.is_empty() {
             decision.passed.push(node);
             continue;
@@ -214,7 +216,7 @@ pub fn filter<N: AsRef<str>>(
                     rejection: rejection(&reasons),
                     nodes: vec![node],
                 });
-                groups.push(reasons);
+                groups.push(reasons.clone());
             }
         }
     }
@@ -470,15 +472,23 @@ impl<'a> Evaluation<'a> {
 
     /// Why `node` cannot take the pod; empty when it can.
     pub fn reasons(&self, node: &str) -> Vec<Reason<'a>> {
+        let mut reasons = Vec::new();
+        self.collect_reasons(node, &mut reasons);
+        reasons
+    }
+
+    /// [`Self::reasons`] into `reasons`, replacing what it held: the filter reuses one buffer
+    /// for all candidates.
+    fn collect_reasons(&self, node: &str, reasons: &mut Vec<Reason<'a>>) {
+        reasons.clear();
         match self.view(node) {
-            Some(view) => self.reasons_for(node, &view),
-            None => vec![Reason::UnknownNode],
+            Some(view) => self.reasons_for(node, &view, reasons),
+            None => reasons.push(Reason::UnknownNode),
         }
     }
 
-    fn reasons_for(&self, node: &str, view: &NodeView<'a>) -> Vec<Reason<'a>> {
+    fn reasons_for(&self, node: &str, view: &NodeView<'a>, reasons: &mut Vec<Reason<'a>>) {
         let (state, info) = (view.state, view.info);
-        let mut reasons = Vec::new();
         match view.heartbeat {
             Heartbeat::Missing => reasons.push(Reason::NoLease),
             Heartbeat::NeverRenewed => reasons.push(Reason::LeaseNeverRenewed),
@@ -526,7 +536,6 @@ impl<'a> Evaluation<'a> {
                 reasons.push(Reason::AttachLimitReached { driver });
             }
         }
-        reasons
     }
 
     /// The inputs behind the score.
