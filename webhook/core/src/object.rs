@@ -50,7 +50,8 @@ impl PatchedObject {
     }
 }
 
-/// What the webhook does to a Pod on CREATE.
+/// What the webhook does to a Pod on CREATE: the reference its fast path,
+/// [`crate::pod_patch::patch_pod`], is held to, and what answers where that one declines.
 pub fn mutate_pod(pod: &Value, policy: &Policy) -> Result<PatchedObject, MutationError> {
     mutate_template_at(pod, Pointer::root(), policy, TemplateOf::Pod)
 }

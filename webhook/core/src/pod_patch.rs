@@ -39,6 +39,7 @@ pub struct PodPatch {
     pub warnings: Vec<String>,
 }
 
+/// The fields of a Pod the mutation reads; serde skips the rest without building them.
 #[derive(Deserialize)]
 struct Pod {
     #[serde(default)]

@@ -229,7 +229,7 @@ pub fn mutate_pod_template(
 pub(crate) enum Route<'a> {
     Marker,
     SchedulerName(&'a str),
-    /// Nothing to add; warn about a marker asked for by hand, naming the holder so.
+    /// Nothing to add; warn about a marker asked for by hand in what this names.
     WarnMarker(&'static str),
 }
 
