@@ -283,6 +283,9 @@ impl Node {
             .start_process(&self.kubelet(), &tools.kwok, &args, &[("HOME", &home)])
     }
 
+    /// Waits until the node is Ready and its kubelet holds a Lease. A kubelet that comes back
+    /// finds the node still Ready from before (the grace period has not run out), so Ready
+    /// alone would not tell that it runs: its Lease, deleted before it started, does.
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -292,7 +295,7 @@ impl Node {
                 .iter()
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            if ready {
+            if ready && self.leases().get_opt(&self.name).await?.is_some() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -374,8 +377,12 @@ impl Node {
         self.wait_ready(READY_AFTER_BOOT).await
     }
 
+    fn leases(&self) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), LEASE_NAMESPACE)
+    }
+
     async fn delete_lease(&self) -> anyhow::Result<()> {
-        Api::<Lease>::namespaced(self.client.clone(), LEASE_NAMESPACE)
+        self.leases()
             .delete(&self.name, &DeleteParams::default())
             .await
             .map(drop)
