@@ -130,17 +130,14 @@ async fn filter(
         };
         let mut failed = 0;
         for group in &decision.rejected {
-            failed += group.nodes.len();
+            let nodes = group.nodes.len();
+            failed += nodes;
             for &reason in &group.rejection.kinds {
                 let labels = ReasonLabels {
                     reason: reason.to_string(),
                 };
-                let nodes = group.nodes.len() as u64;
-                state
-                    .metrics
-                    .extender_filtered
-                    .get_or_create(&labels)
-                    .inc_by(nodes);
+                let counter = state.metrics.extender_filtered.get_or_create(&labels);
+                counter.inc_by(nodes as u64);
             }
         }
         tracing::info!(
