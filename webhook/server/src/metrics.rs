@@ -9,9 +9,9 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabels {
-    pub kind: String,
-    pub operation: String,
-    pub outcome: String,
+    pub kind: &'static str,
+    pub operation: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,7 +44,7 @@ pub struct ReasonLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChangeLabels {
     /// The kind of change, as the `jellyfin-ha.io/mutations` annotation keys it.
-    pub change: String,
+    pub change: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -74,13 +74,11 @@ async fn mutate(
                 &summary.operation,
                 &["CREATE", "UPDATE", "DELETE", "CONNECT"],
             ),
-            outcome: reviewed.outcome.as_str().to_string(),
+            outcome: reviewed.outcome.as_str(),
         })
         .inc();
-    for change in &reviewed.changes {
-        let labels = ChangeLabels {
-            change: change.to_string(),
-        };
+    for &change in &reviewed.changes {
+        let labels = ChangeLabels { change };
         state.metrics.review_changes.get_or_create(&labels).inc();
     }
     state
@@ -92,11 +90,6 @@ async fn mutate(
 
 /// A label value from the request body, limited to the values we expect: whoever can reach the
 /// port must not be able to create unbounded metric series.
-fn bounded_label(value: &str, known: &[&str]) -> String {
-    if known.contains(&value) {
-        value
-    } else {
-        "other"
-    }
-    .to_string()
+fn bounded_label(value: &str, known: &[&'static str]) -> &'static str {
+    known.iter().find(|k| **k == value).unwrap_or(&"other")
 }
