@@ -2,6 +2,8 @@
 # Extender figures at 5000 nodes, printed as `BENCH <name> <value> <unit>`:
 #   extender_filter_p99_ms_5000, extender_prioritize_p99_ms_5000   server time (in process)
 #   extender_{filter,prioritize}_p99_ms_5000_half_failing            the same, half the Leases stale
+#   extender_*_p99_ms_5000*_without_cpu_wait    each p99 less the time the thread waited for a CPU
+#                                    that other processes held (a busy machine, not the call's cost)
 #   extender_rss_mib_5000            the real binary's resident memory with 5000 Nodes, Leases
 #                                    and CSINodes cached
 #   scheduler_throughput_ratio_managed_vs_plain_5000
