@@ -264,8 +264,12 @@ pid_of() {
   [[ -f $f ]] || return 1
   pid=$(<"$f")
   # Guard against PID reuse: every process we start has the state dir in its
-  # command line.
-  pid_alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE_DIR" || return 1
+  # command line, which is empty for a moment between two execs (setsid, then
+  # the program).
+  pid_alive "$pid" || return 1
+  local cmd
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ -z $cmd || $cmd == *"$STATE_DIR"* ]] || return 1
   echo "$pid"
 }
 
