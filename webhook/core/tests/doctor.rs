@@ -16,8 +16,8 @@ use jellyfin_ha_core::doctor::{
     Verdict, diagnose,
 };
 use jellyfin_ha_core::fencing::PowerState;
-use jellyfin_ha_core::scheduling::Scheduling;
 use jellyfin_ha_core::object::{mutate_object, mutate_pod};
+use jellyfin_ha_core::scheduling::Scheduling;
 use jellyfin_ha_core::{Policy, fencing::FencerPolicy};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::de::DeserializeOwned;
