@@ -257,8 +257,8 @@ enum SelfManagedError {
         what: &'static str,
         source: kube::Error,
     },
-    #[error("the Secret kept changing under this replica's writes")]
-    Contended,
+    #[error("the {0} kept changing under this replica's writes")]
+    Contended(&'static str),
 }
 
 fn kube_error(what: &'static str) -> impl FnOnce(kube::Error) -> SelfManagedError {
@@ -351,7 +351,7 @@ impl SelfManaged {
             self.publish(&current).await?;
             return Ok(current);
         }
-        Err(SelfManagedError::Contended)
+        Err(SelfManagedError::Contended("Secret"))
     }
 
     /// Creates the Secret, or replaces it at the resourceVersion it was read at.
@@ -427,34 +427,47 @@ impl SelfManaged {
 
     /// Sets every webhook's caBundle to the Secret's trust bundle, when it differs.
     async fn publish(&self, stored: &Stored) -> Result<(), SelfManagedError> {
-        let mut configuration = match self.webhook_configuration().await? {
-            Publication::Nowhere => return Ok(()),
-            // Applied after the Deployment, it gets its caBundle on the next round.
-            Publication::Missing(name) => {
-                tracing::warn!(webhook_configuration = %name, "not found; its caBundle is set once it exists");
+        let bundle = ByteString(stored.ca_bundle_pem().into_bytes());
+        // Each conflict means another replica (or an apply) changed the configuration since it
+        // was read: read it again, and publish on top of that change or find it done.
+        for _ in 0..5 {
+            let mut configuration = match self.webhook_configuration().await? {
+                Publication::Nowhere => return Ok(()),
+                // Applied after the Deployment, it gets its caBundle on the next round.
+                Publication::Missing(name) => {
+                    tracing::warn!(webhook_configuration = %name, "not found; its caBundle is set once it exists");
+                    return Ok(());
+                }
+                Publication::To(configuration) => *configuration,
+            };
+            let mut changed = false;
+            for webhook in configuration.webhooks.iter_mut().flatten() {
+                if webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
+                    webhook.client_config.ca_bundle = Some(bundle.clone());
+                    changed = true;
+                }
+            }
+            if !changed {
                 return Ok(());
             }
-            Publication::To(configuration) => *configuration,
-        };
-        let bundle = ByteString(stored.ca_bundle_pem().into_bytes());
-        let mut changed = false;
-        for webhook in configuration.webhooks.iter_mut().flatten() {
-            if webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
-                webhook.client_config.ca_bundle = Some(bundle.clone());
-                changed = true;
-            }
-        }
-        if changed {
             let name = configuration.metadata.name.clone().unwrap_or_default();
-            // At the resourceVersion read: a concurrent change is not overwritten, and the next
-            // round publishes again.
-            self.webhook_configurations
+            // At the resourceVersion read, so a concurrent change is never overwritten.
+            match self
+                .webhook_configurations
                 .replace(&name, &PostParams::default(), &configuration)
                 .await
-                .map_err(kube_error("publishing the caBundle"))?;
-            tracing::info!(webhook_configuration = %name, cas = stored.trusted().count(), "caBundle published");
+            {
+                Ok(_) => {
+                    tracing::info!(webhook_configuration = %name, cas = stored.trusted().count(), "caBundle published");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    tracing::debug!(webhook_configuration = %name, "changed since read; re-reading");
+                }
+                Err(e) => return Err(kube_error("publishing the caBundle")(e)),
+            }
         }
-        Ok(())
+        Err(SelfManagedError::Contended("MutatingWebhookConfiguration"))
     }
 
     /// Serves what the Secret holds, as the watch shows it, and moves it along its lifecycle
@@ -879,6 +892,82 @@ mod api_tests {
                 format!("GET {path}/{SECRET}"),
             ],
             "read, lost the create, read the winner's and wrote nothing more"
+        );
+    }
+
+    /// A webhook configuration that another replica publishes the same bundle to between this
+    /// replica's read and its write.
+    fn apiserver_where_another_replica_publishes_first(
+        bundle: ByteString,
+        calls: Arc<Mutex<Vec<String>>>,
+    ) -> Client {
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let (bundle, calls) = (bundle.clone(), Arc::clone(&calls));
+            async move {
+                let call = format!("{} {}", request.method(), request.uri().path());
+                let published = calls.lock().unwrap().iter().any(|c| c.starts_with("PUT"));
+                calls.lock().unwrap().push(call);
+                let configuration = |ca_bundle: Option<ByteString>| {
+                    serde_json::json!({
+                        "apiVersion": "admissionregistration.k8s.io/v1",
+                        "kind": "MutatingWebhookConfiguration",
+                        "metadata": {"name": "jellyfin-ha", "resourceVersion": if ca_bundle.is_some() { "8" } else { "7" }},
+                        "webhooks": [{
+                            "name": "pods.jellyfin-ha.io",
+                            "admissionReviewVersions": ["v1"],
+                            "sideEffects": "None",
+                            "clientConfig": {"service": {"namespace": NAMESPACE, "name": "jellyfin-ha-webhook"}, "caBundle": ca_bundle},
+                        }],
+                    })
+                };
+                let (code, body) = match *request.method() {
+                    Method::GET if published => (200, configuration(Some(bundle))),
+                    Method::GET => (200, configuration(None)),
+                    Method::PUT => (409, status(409, "Conflict")),
+                    _ => (405, status(405, "MethodNotAllowed")),
+                };
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(StatusCode::from_u16(code).unwrap())
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, NAMESPACE)
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_loses_the_race_to_publish_the_ca_bundle_reads_again_and_is_done() {
+        let stored = lifecycle::perform(Step::Create, None, &names(), unix_now(), &lifetimes())
+            .unwrap()
+            .unwrap();
+        let bundle = ByteString(stored.ca_bundle_pem().into_bytes());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let client = apiserver_where_another_replica_publishes_first(bundle, Arc::clone(&calls));
+        let replica = SelfManaged {
+            secrets: Api::namespaced(client.clone(), NAMESPACE),
+            webhook_configurations: Api::all(client.clone()),
+            recorder: recorder(client),
+            namespace: NAMESPACE.into(),
+            secret: SECRET.into(),
+            webhook_configuration: Some("jellyfin-ha".into()),
+            names: names(),
+            lifetimes: lifetimes(),
+        };
+
+        replica.publish(&stored).await.unwrap();
+        let path =
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/jellyfin-ha";
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [
+                format!("GET {path}"),
+                format!("PUT {path}"),
+                format!("GET {path}"),
+            ],
+            "read, lost the write, read the published bundle and wrote nothing more"
         );
     }
 }
