@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use jellyfin_ha_core::fencing::PowerState;
 use jellyfin_ha_core::fencing::config::{FenceAgentProgram, for_node};
+use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
@@ -273,15 +274,10 @@ struct Group(Option<u32>);
 
 impl Group {
     fn kill(&mut self) {
-        if let Some(leader) = self.0.take() {
-            // std has no killpg and this crate forbids unsafe code: kill(1) signals a group
-            // given as a negative id. Without kill(1) the agent itself is still killed.
-            let _ = std::process::Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{leader}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        let leader = self.0.take().and_then(|id| i32::try_from(id).ok());
+        if let Some(leader) = leader.and_then(Pid::from_raw) {
+            // The group is gone already when the agent and its children exited by themselves.
+            let _ = kill_process_group(leader, Signal::KILL);
         }
     }
 }
