@@ -36,9 +36,15 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let client = args.kube.client().await?;
     let namespace = client.default_namespace().to_string();
     let pod = Api::<Pod>::namespaced(client.clone(), &namespace)
-        .get(&args.pod)
+        .get_opt(&args.pod)
         .await
-        .with_context(|| format!("getting pod {namespace}/{}", args.pod))?;
+        .with_context(|| format!("getting pod {namespace}/{}", args.pod))?
+        .with_context(|| {
+            format!(
+                "no pod {} in namespace {namespace} (another namespace: -n NAMESPACE)",
+                args.pod
+            )
+        })?;
     let snapshot = reflect::list_once(&client, &policy, &args.install.install_namespace).await?;
     let nodes = snapshot.node_names();
     let now = Timestamp::now();
