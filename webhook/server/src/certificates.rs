@@ -820,6 +820,14 @@ mod api_tests {
                            "message": reason, "reason": reason, "code": code})
     }
 
+    fn json_response(code: u16, body: &serde_json::Value) -> Response<Full<Bytes>> {
+        Response::builder()
+            .status(StatusCode::from_u16(code).unwrap())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
     /// An apiserver where another replica creates the Secret between this replica's read and
     /// its create: the create conflicts, and the Secret then holds the winner's certificate.
     fn apiserver_with_a_faster_replica(winner: Secret, calls: Arc<Mutex<Vec<String>>>) -> Client {
@@ -835,13 +843,7 @@ mod api_tests {
                     Method::POST => (409, status(409, "AlreadyExists")),
                     _ => (405, status(405, "MethodNotAllowed")),
                 };
-                Ok::<_, std::convert::Infallible>(
-                    Response::builder()
-                        .status(StatusCode::from_u16(code).unwrap())
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body.to_string())))
-                        .unwrap(),
-                )
+                Ok::<_, std::convert::Infallible>(json_response(code, &body))
             }
         });
         Client::new(service, NAMESPACE)
@@ -926,13 +928,7 @@ mod api_tests {
                     Method::PUT => (409, status(409, "Conflict")),
                     _ => (405, status(405, "MethodNotAllowed")),
                 };
-                Ok::<_, std::convert::Infallible>(
-                    Response::builder()
-                        .status(StatusCode::from_u16(code).unwrap())
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body.to_string())))
-                        .unwrap(),
-                )
+                Ok::<_, std::convert::Infallible>(json_response(code, &body))
             }
         });
         Client::new(service, NAMESPACE)
