@@ -820,33 +820,42 @@ mod api_tests {
                            "message": reason, "reason": reason, "code": code})
     }
 
-    fn json_response(code: u16, body: &serde_json::Value) -> Response<Full<Bytes>> {
-        Response::builder()
-            .status(StatusCode::from_u16(code).unwrap())
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap()
+    /// An in-process apiserver that records each call as `METHOD path` in `calls` and answers
+    /// with `answer(method, calls so far)`: a status code and a JSON body.
+    fn recording_apiserver(
+        calls: Arc<Mutex<Vec<String>>>,
+        answer: impl Fn(&Method, &[String]) -> (u16, serde_json::Value) + Clone + Send + 'static,
+    ) -> Client {
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let (calls, answer) = (Arc::clone(&calls), answer.clone());
+            async move {
+                let mut calls = calls.lock().unwrap();
+                let (code, body) = answer(request.method(), &calls);
+                calls.push(format!("{} {}", request.method(), request.uri().path()));
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(StatusCode::from_u16(code).unwrap())
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, NAMESPACE)
     }
 
     /// An apiserver where another replica creates the Secret between this replica's read and
     /// its create: the create conflicts, and the Secret then holds the winner's certificate.
     fn apiserver_with_a_faster_replica(winner: Secret, calls: Arc<Mutex<Vec<String>>>) -> Client {
-        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
-            let (winner, calls) = (winner.clone(), Arc::clone(&calls));
-            async move {
-                let call = format!("{} {}", request.method(), request.uri().path());
-                let created = calls.lock().unwrap().iter().any(|c| c.starts_with("POST"));
-                calls.lock().unwrap().push(call);
-                let (code, body) = match *request.method() {
-                    Method::GET if created => (200, serde_json::to_value(&winner).unwrap()),
-                    Method::GET => (404, status(404, "NotFound")),
-                    Method::POST => (409, status(409, "AlreadyExists")),
-                    _ => (405, status(405, "MethodNotAllowed")),
-                };
-                Ok::<_, std::convert::Infallible>(json_response(code, &body))
+        recording_apiserver(calls, move |method, calls| {
+            let created = calls.iter().any(|c| c.starts_with("POST"));
+            match *method {
+                Method::GET if created => (200, serde_json::to_value(&winner).unwrap()),
+                Method::GET => (404, status(404, "NotFound")),
+                Method::POST => (409, status(409, "AlreadyExists")),
+                _ => (405, status(405, "MethodNotAllowed")),
             }
-        });
-        Client::new(service, NAMESPACE)
+        })
     }
 
     #[tokio::test]
@@ -903,35 +912,28 @@ mod api_tests {
         bundle: ByteString,
         calls: Arc<Mutex<Vec<String>>>,
     ) -> Client {
-        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
-            let (bundle, calls) = (bundle.clone(), Arc::clone(&calls));
-            async move {
-                let call = format!("{} {}", request.method(), request.uri().path());
-                let published = calls.lock().unwrap().iter().any(|c| c.starts_with("PUT"));
-                calls.lock().unwrap().push(call);
-                let configuration = |ca_bundle: Option<ByteString>| {
-                    serde_json::json!({
-                        "apiVersion": "admissionregistration.k8s.io/v1",
-                        "kind": "MutatingWebhookConfiguration",
-                        "metadata": {"name": "jellyfin-ha", "resourceVersion": if ca_bundle.is_some() { "8" } else { "7" }},
-                        "webhooks": [{
-                            "name": "pods.jellyfin-ha.io",
-                            "admissionReviewVersions": ["v1"],
-                            "sideEffects": "None",
-                            "clientConfig": {"service": {"namespace": NAMESPACE, "name": "jellyfin-ha-webhook"}, "caBundle": ca_bundle},
-                        }],
-                    })
-                };
-                let (code, body) = match *request.method() {
-                    Method::GET if published => (200, configuration(Some(bundle))),
-                    Method::GET => (200, configuration(None)),
-                    Method::PUT => (409, status(409, "Conflict")),
-                    _ => (405, status(405, "MethodNotAllowed")),
-                };
-                Ok::<_, std::convert::Infallible>(json_response(code, &body))
+        let configuration = |ca_bundle: Option<ByteString>| {
+            serde_json::json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": "jellyfin-ha", "resourceVersion": if ca_bundle.is_some() { "8" } else { "7" }},
+                "webhooks": [{
+                    "name": "pods.jellyfin-ha.io",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "clientConfig": {"service": {"namespace": NAMESPACE, "name": "jellyfin-ha-webhook"}, "caBundle": ca_bundle},
+                }],
+            })
+        };
+        recording_apiserver(calls, move |method, calls| {
+            let published = calls.iter().any(|c| c.starts_with("PUT"));
+            match *method {
+                Method::GET if published => (200, configuration(Some(bundle.clone()))),
+                Method::GET => (200, configuration(None)),
+                Method::PUT => (409, status(409, "Conflict")),
+                _ => (405, status(405, "MethodNotAllowed")),
             }
-        });
-        Client::new(service, NAMESPACE)
+        })
     }
 
     #[tokio::test]
