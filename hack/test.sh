@@ -34,6 +34,10 @@ ensure_toolchain
 # fence_redfish and the Redfish BMC emulator the local control plane gives every node.
 ensure_bmc_tools
 
+# A clean build gains nothing from incremental caches, which would only add to the disk it needs.
+export CARGO_INCREMENTAL=0
+log "disk free where the build goes: $(df -h --output=avail "$REPO_ROOT" | tail -1 | tr -d ' ')"
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
