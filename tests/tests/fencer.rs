@@ -166,6 +166,21 @@ impl Scene {
         .unwrap()
     }
 
+    /// Until the fencer marks the node as being proven off.
+    async fn wait_proof_begun(&self, name: &str) {
+        eventually(Duration::from_secs(60), "the proof to begin", || async {
+            let node = self.node(name).await;
+            Ok(node
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key("jellyfin-ha.io/fencing")
+                .then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+
     /// The Events the fencer recorded on a node, as (reason, note).
     async fn events(&self, node: &str) -> Vec<(String, String)> {
         // A Node's Events live in `default`.
@@ -409,6 +424,29 @@ async fn a_partitioned_node_that_is_still_on_is_powered_off_then_fenced() {
     assert_eq!(bmc_power(node), "Off");
 }
 
+/// A node that renews its Lease while it is being proven off is alive: however close its proof
+/// came to the power-off, it is left running.
+#[tokio::test]
+async fn a_node_whose_heartbeat_returns_during_its_proof_is_left_running() {
+    let scene = Scene::new("fence-back", 3).await;
+    let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
+    let node = &scene.nodes[0];
+    node.partition().unwrap();
+    // Suspected; the power-off would go out once the silence has settled, ten seconds on.
+    scene.wait_proof_begun(&node.name).await;
+    node.reconnect().unwrap();
+    let note = scene
+        .wait_event(&node.name, "HeartbeatResumed", Duration::from_secs(60))
+        .await;
+    assert!(note.contains("left running"), "{note}");
+    // Past the moment the power-off was due.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(bmc_power(node), "On");
+    assert!(!scene.tainted(&node.name).await);
+    let fenced = scene.events(&node.name).await;
+    assert!(!fenced.iter().any(|(r, _)| r == "Fenced"), "{fenced:?}");
+}
+
 #[tokio::test]
 async fn a_clusterlabs_fence_agent_proves_a_node_off_and_powers_it_off() {
     let scene = Scene::new("fence-program", 3).await;
@@ -647,17 +685,7 @@ async fn when_the_leader_dies_mid_fence_the_other_replica_finishes_it_once() {
     let node = &scene.nodes[0];
     node.partition().unwrap();
     // Kill the leader while it is proving the node off (the power-off lands seconds later).
-    eventually(Duration::from_secs(60), "the proof to begin", || async {
-        let node = scene.node(&node.name).await;
-        Ok(node
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key("jellyfin-ha.io/fencing")
-            .then_some(()))
-    })
-    .await
-    .unwrap();
+    scene.wait_proof_begun(&node.name).await;
     first.kill();
     let record = scene.wait_fenced(&node.name, Duration::from_secs(90)).await;
     assert_eq!(record["fencedBy"], "fencer-b");

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use jellyfin_ha_core::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
 use jellyfin_ha_core::fencing::config::{AgentConfig, CONTROL_PLANE_LABEL, NoneAgent};
 use jellyfin_ha_core::fencing::{
-    Decision, FenceRecord, FencerPolicy, NodeFacts, Plan, Refusal, cap, confirm, plan, silent_share,
+    Decision, FenceRecord, FencerPolicy, NodeFacts, Plan, Refusal, cap, confirm, plan,
+    silent_share, still_silent,
 };
 use k8s_openapi::jiff::Timestamp;
 
@@ -187,6 +188,18 @@ fn proofs_run_side_by_side_and_the_cap_counts_fenced_and_claimed_nodes() {
 }
 
 #[test]
+fn a_claim_left_by_a_proof_that_did_not_fence_does_not_block_its_own_node() {
+    // The power-off went out, but the taint was never written: the node is proven again.
+    let nodes = [node("a", 40), node("b", 1), node("c", 1), node("d", 1)];
+    let claimed = BTreeSet::from(["a".to_string()]);
+    let decided = plan(&nodes, &policy(), at(NOW), &BTreeSet::new(), &claimed);
+    assert!(
+        matches!(decided.get("a"), Some(Decision::Prove { .. })),
+        "{decided:?}"
+    );
+}
+
+#[test]
 fn a_proof_under_way_is_not_started_twice() {
     let nodes = [node("a", 40), node("b", 30), node("c", 1), node("d", 1)];
     let proving = BTreeSet::from(["a".to_string()]);
@@ -293,12 +306,42 @@ fn the_taint_comes_off_only_after_a_power_cycle() {
 
 #[test]
 fn a_heartbeat_during_the_proof_blocks_the_fence() {
+    // Suspected after the renewal at NOW - 13; the Lease now says NOW - 3.
     let node = node("a", 3);
     assert_eq!(
-        confirm(&node, at(NOW - 10)),
+        confirm(&node, Some(at(NOW - 13))),
         Err(Refusal::HeartbeatDuringProof)
     );
-    assert_eq!(confirm(&node, at(NOW - 1)), Ok(()));
+    assert_eq!(
+        still_silent(&node, Some(at(NOW - 13))),
+        Err(Refusal::HeartbeatResumed)
+    );
+    assert_eq!(confirm(&node, Some(at(NOW - 3))), Ok(()));
+    assert_eq!(still_silent(&node, Some(at(NOW - 3))), Ok(()));
+}
+
+#[test]
+fn a_heartbeat_stamped_by_a_clock_that_runs_behind_still_counts() {
+    // The node's clock is 60 s behind: its new renewal reads earlier than the one it replaced
+    // did on the fencer's clock, and earlier than the proof's start.
+    let renewed_at_start = Some(at(NOW - 20));
+    let node = node("a", 80);
+    assert_eq!(
+        confirm(&node, renewed_at_start),
+        Err(Refusal::HeartbeatDuringProof)
+    );
+    assert_eq!(
+        still_silent(&node, renewed_at_start),
+        Err(Refusal::HeartbeatResumed)
+    );
+}
+
+#[test]
+fn a_lease_that_disappears_or_appears_during_the_proof_counts_as_a_change() {
+    let mut gone = node("a", 20);
+    gone.lease = None;
+    assert!(still_silent(&gone, Some(at(NOW - 20))).is_err());
+    assert!(confirm(&node("a", 20), None).is_err());
 }
 
 #[test]

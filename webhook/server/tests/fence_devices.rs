@@ -381,6 +381,27 @@ async fn options_go_on_stdin_not_argv_and_exit_codes_are_read() {
     assert!(stdin.contains("\naction=off\n"), "{stdin}");
 }
 
+/// Exit code 2 is also fence-agents' code for bad arguments (a key file that cannot be read):
+/// without the `Status: OFF` line it proves nothing.
+#[tokio::test]
+async fn exit_code_2_without_status_off_is_not_off() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "fence_bad_args",
+        "#!/bin/sh\ncat >/dev/null\necho 'Failed: cannot open the API key file' >&2\nexit 2\n",
+    );
+    let agent = ProgramAgent::new(&program("fence_bad_args", &[]), "n", None, TIMEOUT)
+        .unwrap()
+        .with_search_path(vec![dir.path().to_path_buf()]);
+    let err = agent.power_state().await.unwrap_err();
+    assert!(
+        err.to_string().contains("exited with 2")
+            && err.to_string().contains("cannot open the API key file"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_agent_reports_its_output_without_the_password() {
     let dir = tempfile::tempdir().unwrap();

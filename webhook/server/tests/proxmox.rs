@@ -566,7 +566,7 @@ async fn answers_that_make_no_sense_are_protocol_errors() {
         "{{\"data\":{{\"status\":\"stopped\",\"pad\":\"{}\"}}}}",
         "x".repeat(MAX_BODY_BYTES)
     );
-    let cases: [(&str, String); 9] = [
+    let cases: [(&str, String); 10] = [
         ("not JSON", "<html>proxy error</html>".into()),
         ("empty", String::new()),
         ("no data", r#"{"status":"stopped"}"#.into()),
@@ -576,6 +576,10 @@ async fn answers_that_make_no_sense_are_protocol_errors() {
         (
             "qmpstatus a list",
             r#"{"data":{"status":"running","qmpstatus":[]}}"#.into(),
+        ),
+        (
+            "lock a number",
+            r#"{"data":{"status":"stopped","lock":1}}"#.into(),
         ),
         // A stopped VM that is not ours proves nothing about ours.
         (
@@ -598,6 +602,13 @@ async fn answers_that_make_no_sense_are_protocol_errors() {
         r#"{"data":{"vmid":"101","status":"stopped"}}"#,
     );
     assert_eq!(vm.power_state().await, Ok(PowerState::Off));
+    // Hibernated: stopped, but its saved memory resumes at the next start.
+    fake.answer_with(
+        Endpoint::StatusCurrent,
+        200,
+        r#"{"data":{"vmid":101,"status":"stopped","lock":"suspended"}}"#,
+    );
+    assert_eq!(vm.power_state().await, Ok(PowerState::Paused));
     // Near misses are not off, and what the device said is shown on one line.
     for (status, shown) in [
         ("stopped ", "stopped"),

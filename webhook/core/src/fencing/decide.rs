@@ -125,6 +125,9 @@ pub enum Refusal {
     /// The node renewed its Lease while it was being proven off: the device may be wired to
     /// another machine.
     HeartbeatDuringProof,
+    /// The node renewed its Lease before it was powered off: it is alive, so it is left
+    /// running.
+    HeartbeatResumed,
     /// The device could not prove it off.
     NotProven(String),
 }
@@ -155,6 +158,10 @@ impl fmt::Display for Refusal {
                 "the node renewed its Lease while its device said off: the agent may be \
                  wired to another machine",
             ),
+            Self::HeartbeatResumed => f.write_str(
+                "the node renewed its Lease before it was powered off: it is alive, so it was \
+                 left running",
+            ),
             Self::NotProven(why) => write!(f, "not proven off: {why}"),
         }
     }
@@ -170,6 +177,7 @@ impl Refusal {
             Self::TooManySilent { .. } => "TooManySilent",
             Self::TooManyFenced { .. } => "TooManyFenced",
             Self::HeartbeatDuringProof => "HeartbeatDuringProof",
+            Self::HeartbeatResumed => "HeartbeatResumed",
             Self::NotProven(_) => "NotProvenOff",
         }
     }
@@ -231,6 +239,9 @@ pub fn plan(
         .iter()
         .filter(|n| n.fenced_by_us() || claimed.contains(&n.name))
         .count();
+    // Fenced or claimed nodes other than this one: a claim of its own, left by a proof that
+    // ended without a taint, must not keep it from being proven again.
+    let busy_besides = |node: &NodeFacts| busy - usize::from(claimed.contains(&node.name));
 
     let mut sorted: Vec<&NodeFacts> = nodes.iter().collect();
     // The longest-silent node first, so that a cap on fences picks the one down longest.
@@ -249,9 +260,9 @@ pub fn plan(
             Decision::Refused(refusal)
         } else if let Err(refusal) = &share {
             Decision::Refused(refusal.clone())
-        } else if busy >= policy.max_fenced as usize {
+        } else if busy_besides(node) >= policy.max_fenced as usize {
             Decision::Refused(Refusal::TooManyFenced {
-                fenced: busy,
+                fenced: busy_besides(node),
                 max: policy.max_fenced,
             })
         } else if let Some((agent, _)) = policy.agent_for(&node.name, &node.labels) {
@@ -338,12 +349,26 @@ pub fn cap(
     Ok(())
 }
 
+/// The check before powering a suspected node off, and again at every reading of its device:
+/// its Lease must still carry the renewal seen when the proof began (`renewed_at_start`).
+/// Compared for equality, not order, so that a node whose clock runs behind the fencer's, and
+/// stamps its renewals in the past, is caught as surely as one on time.
+pub fn still_silent(node: &NodeFacts, renewed_at_start: Option<Timestamp>) -> Result<(), Refusal> {
+    match renewed_since(node, renewed_at_start) {
+        true => Err(Refusal::HeartbeatResumed),
+        false => Ok(()),
+    }
+}
+
 /// The last check before tainting a node its device proved off: it must not have renewed its
 /// Lease since the proof began.
-pub fn confirm(node: &NodeFacts, proof_started: Timestamp) -> Result<(), Refusal> {
-    let renewed = node.lease.as_ref().and_then(|l| l.renew_time);
-    match renewed {
-        Some(renewed) if renewed > proof_started => Err(Refusal::HeartbeatDuringProof),
-        _ => Ok(()),
+pub fn confirm(node: &NodeFacts, renewed_at_start: Option<Timestamp>) -> Result<(), Refusal> {
+    match renewed_since(node, renewed_at_start) {
+        true => Err(Refusal::HeartbeatDuringProof),
+        false => Ok(()),
     }
+}
+
+fn renewed_since(node: &NodeFacts, renewed_at_start: Option<Timestamp>) -> bool {
+    node.lease.as_ref().and_then(|l| l.renew_time) != renewed_at_start
 }

@@ -3,7 +3,8 @@
 //!
 //! The server's path: watch Nodes and their heartbeat Leases into [`NodeFacts`], call
 //! [`plan`] on every tick, run a [`proof::Proof`] against the node's fence agent for each
-//! [`Decision::Prove`], [`confirm`] before acting, and write the [`record::FenceRecord`] with
+//! [`Decision::Prove`], [`still_silent`] at every step of it and before a power-off,
+//! [`confirm`] before the taint, and write the [`record::FenceRecord`] with
 //! the out-of-service taint so that the state survives restarts in the cluster itself.
 
 pub mod config;
@@ -13,7 +14,9 @@ pub mod proof;
 pub mod record;
 
 pub use config::{AgentConfig, AgentKind, FencerPolicy};
-pub use decide::{Decision, NodeFacts, Plan, Refusal, cap, confirm, plan, silent_share};
+pub use decide::{
+    Decision, NodeFacts, Plan, Refusal, cap, confirm, plan, silent_share, still_silent,
+};
 pub use power::PowerState;
 pub use proof::{Proof, ProofStep, Reading};
 pub use record::FenceRecord;

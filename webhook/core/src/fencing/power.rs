@@ -29,23 +29,34 @@ impl PowerState {
         }
     }
 
-    /// Proxmox VE `status/current` → `status` of a VM (`running`, `stopped`; `paused` is the
-    /// separate `qmpstatus`). Only `stopped` is off.
-    pub fn from_proxmox(status: &str, qmp_status: Option<&str>) -> Self {
-        match (status, qmp_status) {
-            ("stopped", _) => Self::Off,
-            ("running", Some("paused" | "suspended" | "prelaunch")) => Self::Paused,
-            ("running", _) => Self::On,
-            (other, _) => Self::Unknown(other.to_string()),
+    /// Proxmox VE `status/current` of a VM: `status` (`running`, `stopped`), `qmpstatus`
+    /// (`paused` and the like, while running) and `lock`. Only `stopped` is off, and not when
+    /// it is locked `suspended` (hibernated: `qm suspend --todisk` saved its memory, and the
+    /// next start resumes writing where it stopped) or `suspending`.
+    pub fn from_proxmox(status: &str, qmp_status: Option<&str>, lock: Option<&str>) -> Self {
+        match (status, qmp_status, lock) {
+            ("stopped", _, Some("suspended" | "suspending")) => Self::Paused,
+            ("stopped", _, _) => Self::Off,
+            ("running", Some("paused" | "suspended" | "prelaunch"), _) => Self::Paused,
+            ("running", _, _) => Self::On,
+            (other, _, _) => Self::Unknown(other.to_string()),
         }
     }
 
-    /// A ClusterLabs fence agent's `action=status` exit code: 0 on, 2 off, anything else is
-    /// a failure to tell (fence-agents' `EC_STATUS`).
-    pub fn from_fence_agent_status(exit_code: Option<i32>) -> Option<Self> {
+    /// A ClusterLabs fence agent's `action=status` answer: exit code 0 is on; off takes both
+    /// exit code 2 and the `Status: OFF` line fence-agents print with it, because 2 is also
+    /// their code for bad arguments (`EC_BAD_ARGS`, e.g. a credentials file that cannot be
+    /// read), and a shell script's code for misuse. Anything else is a failure to tell.
+    pub fn from_fence_agent_status(exit_code: Option<i32>, stdout: &str) -> Option<Self> {
+        let said = stdout
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("Status:"))
+            .map(str::trim)
+            .next_back();
+        let says = |state: &str| said.is_some_and(|s| s.eq_ignore_ascii_case(state));
         match exit_code {
-            Some(0) => Some(Self::On),
-            Some(2) => Some(Self::Off),
+            Some(0) if !says("OFF") => Some(Self::On),
+            Some(2) if says("OFF") => Some(Self::Off),
             _ => None,
         }
     }
@@ -85,25 +96,40 @@ mod tests {
     }
 
     #[rstest]
-    #[case("stopped", None, PowerState::Off)]
-    #[case("running", Some("running"), PowerState::On)]
-    #[case("running", Some("paused"), PowerState::Paused)]
-    #[case("running", None, PowerState::On)]
-    #[case("unknown", None, PowerState::Unknown("unknown".into()))]
+    #[case("stopped", None, None, PowerState::Off)]
+    #[case("stopped", None, Some("backup"), PowerState::Off)]
+    #[case("stopped", None, Some("suspended"), PowerState::Paused)]
+    #[case("stopped", None, Some("suspending"), PowerState::Paused)]
+    #[case("running", Some("running"), None, PowerState::On)]
+    #[case("running", Some("paused"), None, PowerState::Paused)]
+    #[case("running", None, None, PowerState::On)]
+    #[case("unknown", None, None, PowerState::Unknown("unknown".into()))]
     fn proxmox_states(
         #[case] status: &str,
         #[case] qmp: Option<&str>,
+        #[case] lock: Option<&str>,
         #[case] expected: PowerState,
     ) {
-        assert_eq!(PowerState::from_proxmox(status, qmp), expected);
+        assert_eq!(PowerState::from_proxmox(status, qmp, lock), expected);
     }
 
     #[rstest]
-    #[case(Some(0), Some(PowerState::On))]
-    #[case(Some(2), Some(PowerState::Off))]
-    #[case(Some(1), None)]
-    #[case(None, None)]
-    fn fence_agent_exit_codes(#[case] code: Option<i32>, #[case] expected: Option<PowerState>) {
-        assert_eq!(PowerState::from_fence_agent_status(code), expected);
+    #[case(Some(0), "Status: ON\n", Some(PowerState::On))]
+    #[case(Some(0), "", Some(PowerState::On))]
+    #[case(Some(2), "Status: OFF\n", Some(PowerState::Off))]
+    #[case(Some(2), "  status line follows\nStatus: off\n", Some(PowerState::Off))]
+    // fence-agents' EC_BAD_ARGS, or a shell's misuse: says nothing about the power.
+    #[case(Some(2), "", None)]
+    #[case(Some(2), "Failed: Unable to read the API key file\n", None)]
+    #[case(Some(2), "Status: ON\n", None)]
+    #[case(Some(0), "Status: OFF\n", None)]
+    #[case(Some(1), "Status: OFF\n", None)]
+    #[case(None, "Status: OFF\n", None)]
+    fn fence_agent_status(
+        #[case] code: Option<i32>,
+        #[case] stdout: &str,
+        #[case] expected: Option<PowerState>,
+    ) {
+        assert_eq!(PowerState::from_fence_agent_status(code, stdout), expected);
     }
 }

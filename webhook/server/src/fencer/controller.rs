@@ -12,7 +12,7 @@ use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
     Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal, cap,
-    confirm, plan, silent_share,
+    confirm, plan, silent_share, still_silent,
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -88,6 +88,23 @@ impl Fencer {
                 NodeFacts::from_node(node, lease.as_deref())
             })
             .collect()
+    }
+
+    fn facts_of(&self, node: &str) -> Option<NodeFacts> {
+        self.facts().into_iter().find(|f| f.name == node)
+    }
+
+    /// [`still_silent`] on the node as the watch shows it now. A node gone from the cluster is
+    /// not powered off either: nothing then says what the device is wired to.
+    fn check_still_silent(
+        &self,
+        node: &str,
+        renewed_at_start: Option<Timestamp>,
+    ) -> Result<(), Refusal> {
+        match self.facts_of(node) {
+            Some(facts) => still_silent(&facts, renewed_at_start),
+            None => Err(Refusal::NotProven("the Node object is gone".into())),
+        }
     }
 
     /// One pass over every node.
@@ -193,10 +210,10 @@ impl Fencer {
                 return;
             }
         };
-        let Some(facts) = self.facts().into_iter().find(|f| f.name == node) else {
+        let Some(facts) = self.facts_of(node) else {
             return;
         };
-        if let Err(refusal) = confirm(&facts, proof.started) {
+        if let Err(refusal) = confirm(&facts, proof.renewed_at_start) {
             self.proof_failed(node, agent, &refusal).await;
             return;
         }
@@ -263,24 +280,29 @@ impl Fencer {
     /// Asks the device until it says off, powering the machine off when allowed.
     async fn prove(&self, node: &str, agent: &AgentConfig) -> Result<Proven, Refusal> {
         let now = Timestamp::now();
+        let facts = self.facts_of(node);
+        // The renewal that made it suspect: any other one, whatever its clock says, means the
+        // node is alive.
+        let renewed_at_start = facts.as_ref().and_then(|f| f.lease.as_ref()?.renew_time);
+        let settled_at = facts.as_ref().and_then(|f| f.settled_at(&self.policy));
+        if !facts.is_some_and(|f| f.is_silent(&self.policy, now)) {
+            return Err(Refusal::HeartbeatResumed);
+        }
+        let settled_at = settled_at.unwrap_or(now);
         if !self.dry_run {
             self.mark_fencing(node, Some((agent, now))).await;
         }
-        let settled_at = self
-            .facts()
-            .iter()
-            .find(|f| f.name == node)
-            .and_then(|f| f.settled_at(&self.policy))
-            .unwrap_or(now);
         if let Some(AgentKind::None(_)) = agent.kind() {
             // Nothing proves anything here: wait until silence that began at the same moment
             // elsewhere would show, and count the silent nodes again.
             let wait = now.duration_until(settled_at).max(Default::default());
             tokio::time::sleep(wait.unsigned_abs()).await;
+            self.check_still_silent(node, renewed_at_start)?;
             self.share_still_sane()?;
             tracing::warn!(%node, agent = %agent.name, "no fence device: fencing on detection alone, as acknowledged in the config");
             return Ok(Proven {
                 started: now,
+                renewed_at_start,
                 at: Timestamp::now(),
                 said: "no fence device; fenced on silence alone (acknowledged in config)".into(),
             });
@@ -291,7 +313,9 @@ impl Fencer {
             .map_err(|e| Refusal::NotProven(e.to_string()))?;
         let deadline = Duration::from_secs(u64::from(self.policy.proof_deadline_seconds));
         let proof = Proof::new(now, deadline, agent.power_off, settled_at);
-        let proven = self.ask(&device, proof, node, agent, deadline).await;
+        let proven = self
+            .ask(&device, proof, node, agent, deadline, renewed_at_start)
+            .await;
         let outcome = if proven.is_ok() { "off" } else { "failed" };
         self.metrics
             .fencer_proofs
@@ -303,7 +327,8 @@ impl Fencer {
         proven
     }
 
-    /// Reads the device until `proof` is decided, powering the machine off when it says so.
+    /// Reads the device until `proof` is decided, powering the machine off when it says so,
+    /// unless the node renews its Lease first.
     async fn ask(
         &self,
         device: &Device,
@@ -311,8 +336,10 @@ impl Fencer {
         node: &str,
         agent: &AgentConfig,
         deadline: Duration,
+        renewed_at_start: Option<Timestamp>,
     ) -> Result<Proven, Refusal> {
         loop {
+            self.check_still_silent(node, renewed_at_start)?;
             // Each device times its own calls out; this is the backstop.
             let reading = match tokio::time::timeout(deadline, device.power_state()).await {
                 Ok(Ok(state)) => Reading::Power(state),
@@ -329,6 +356,8 @@ impl Fencer {
                         "the device says it is on; dry run: would power it off".into(),
                     ));
                 }
+                // A heartbeat may have come while the device answered.
+                self.check_still_silent(node, renewed_at_start)?;
                 self.share_still_sane().and_then(|()| self.claim(node))?;
                 tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
                 let sent = match tokio::time::timeout(deadline, device.power_off()).await {
@@ -353,6 +382,7 @@ impl Fencer {
                     };
                     return Ok(Proven {
                         started: proof.started(),
+                        renewed_at_start,
                         at: Timestamp::now(),
                         said,
                     });
@@ -585,6 +615,8 @@ impl Fencer {
 /// A device's proof, as written into the fence record.
 struct Proven {
     started: Timestamp,
+    /// The Lease's renewTime when the proof began.
+    renewed_at_start: Option<Timestamp>,
     /// When the device said off.
     at: Timestamp,
     said: String,

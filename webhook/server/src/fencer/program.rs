@@ -41,9 +41,11 @@ pub struct ProgramAgent {
     search_path: Vec<PathBuf>,
 }
 
-/// How a run ended, and the end of what it printed (lines holding the password removed).
+/// How a run ended, its standard output, and the end of all it printed for errors (lines
+/// holding the password removed).
 struct Exit {
     status: ExitStatus,
+    stdout: String,
     output: String,
 }
 
@@ -185,6 +187,7 @@ impl ProgramAgent {
         Ok(Exit {
             status,
             output: summary(&stderr, &stdout, self.password()),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
         })
     }
 
@@ -236,7 +239,7 @@ impl ProgramAgent {
 impl FenceAgent for ProgramAgent {
     async fn power_state(&self) -> Result<PowerState, AgentError> {
         let exit = self.run("status").await?;
-        PowerState::from_fence_agent_status(exit.status.code())
+        PowerState::from_fence_agent_status(exit.status.code(), &exit.stdout)
             .ok_or_else(|| self.failed("status", &exit))
     }
 

@@ -220,9 +220,9 @@ impl FenceAgent for ProxmoxVmAgent {
         let status = field("status")?.ok_or_else(|| {
             AgentError::Protocol("status/current: no data.status in the answer".into())
         })?;
-        let qmp_status = field("qmpstatus")?;
+        let (qmp_status, lock) = (field("qmpstatus")?, field("lock")?);
         // Matched verbatim: only exactly `stopped` is off. Scrubbed only to be shown.
-        Ok(match PowerState::from_proxmox(status, qmp_status) {
+        Ok(match PowerState::from_proxmox(status, qmp_status, lock) {
             PowerState::Unknown(other) => PowerState::Unknown(self.scrub(&other)),
             state => state,
         })
