@@ -119,6 +119,25 @@ pub struct Node {
     pub name: String,
 }
 
+/// What was last done to a node, kept as an empty file beside its BMC state so that the next
+/// command, another process, knows it (`hack/envtest.sh status` reads `partitioned` too).
+#[derive(Clone, Copy)]
+enum Marker {
+    /// A ForceOff was sent and may not have landed yet.
+    OffRequested,
+    /// The kubelet was stopped while the machine stays on.
+    Partitioned,
+}
+
+impl Marker {
+    fn file_name(self) -> &'static str {
+        match self {
+            Marker::OffRequested => "off-requested",
+            Marker::Partitioned => "partitioned",
+        }
+    }
+}
+
 impl Node {
     /// The node `name` of `envtest`, whose control plane must be up.
     pub async fn new(envtest: &Envtest, name: &str) -> anyhow::Result<Self> {
@@ -133,8 +152,11 @@ impl Node {
         format!("kwok-node-{}", self.name)
     }
 
-    fn marker(&self, which: &str) -> std::path::PathBuf {
-        self.envtest.bmc_dir().join(&self.name).join(which)
+    fn marker(&self, which: Marker) -> std::path::PathBuf {
+        self.envtest
+            .bmc_dir()
+            .join(&self.name)
+            .join(which.file_name())
     }
 
     fn nodes(&self) -> Api<NodeObject> {
@@ -395,15 +417,15 @@ impl Node {
         let name = &self.name;
         self.require().await?;
         let in_use = self.kill_kubelet().await?;
-        if self.marker("off-requested").exists() {
+        if self.marker(Marker::OffRequested).exists() {
             log(&format!("node {name} is already powered off"));
             return Ok(());
         }
         self.envtest.bmc_reset(name, "ForceOff").await?;
         // power_on must wait for this reset to land before it asks for On: the fake hardware
         // ignores On while a ForceOff is pending and would then turn off anyway.
-        std::fs::write(self.marker("off-requested"), "")?;
-        remove_if_present(&self.marker("partitioned"))?;
+        std::fs::write(self.marker(Marker::OffRequested), "")?;
+        remove_if_present(&self.marker(Marker::Partitioned))?;
         let killed = match in_use {
             None => "kubelet was already down".to_string(),
             Some(in_use) => format!("kubelet killed{}", volumes_note(&in_use)),
@@ -422,13 +444,13 @@ impl Node {
             log(&format!("node {name} is already powered on"));
             return Ok(());
         }
-        if self.marker("off-requested").exists() {
+        if self.marker(Marker::OffRequested).exists() {
             self.envtest.wait_bmc_power(name, "Off").await?;
-            remove_if_present(&self.marker("off-requested"))?;
+            remove_if_present(&self.marker(Marker::OffRequested))?;
         }
         let state = self.envtest.bmc_power_state(name).await?;
         if state != "Off" {
-            if self.marker("partitioned").exists() {
+            if self.marker(Marker::Partitioned).exists() {
                 bail!(
                     "node {name} is partitioned and its BMC says {state}: use hack/envtest.sh \
                      node-reconnect {name}, or node-power-off first"
@@ -438,7 +460,7 @@ impl Node {
             self.envtest.bmc_reset(name, "On").await?;
             self.envtest.wait_bmc_power(name, "On").await?;
         }
-        remove_if_present(&self.marker("partitioned"))?;
+        remove_if_present(&self.marker(Marker::Partitioned))?;
         let boot_id = uuid();
         self.start_kubelet(Some(&boot_id)).await?;
         log(&format!("node {name} powered on (bootID {boot_id})"));
@@ -452,7 +474,7 @@ impl Node {
         let Some(in_use) = self.kill_kubelet().await? else {
             bail!("node {name} is not running (powered off or already partitioned)");
         };
-        std::fs::write(self.marker("partitioned"), "")?;
+        std::fs::write(self.marker(Marker::Partitioned), "")?;
         let volumes = volumes_note(&in_use);
         log(&format!(
             "node {name} partitioned (kubelet killed, BMC still On{volumes})"
@@ -467,7 +489,7 @@ impl Node {
         if self.envtest.running(&self.kubelet()) {
             bail!("node {name} is not partitioned");
         }
-        if !self.marker("partitioned").exists() {
+        if !self.marker(Marker::Partitioned).exists() {
             bail!(
                 "node {name} is powered off, not partitioned; use: hack/envtest.sh \
                  node-power-on {name}"
@@ -481,7 +503,7 @@ impl Node {
                  hack/envtest.sh node-power-on {name}"
             );
         }
-        remove_if_present(&self.marker("partitioned"))?;
+        remove_if_present(&self.marker(Marker::Partitioned))?;
         self.start_kubelet(None).await?;
         log(&format!("node {name} reconnected (bootID unchanged)"));
         Ok(())
