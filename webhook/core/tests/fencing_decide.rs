@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jellyfin_ha_core::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
+use jellyfin_ha_core::fencing::RenewalClock;
 use jellyfin_ha_core::fencing::config::{AgentConfig, CONTROL_PLANE_LABEL, NoneAgent};
 use jellyfin_ha_core::fencing::{
     Decision, FenceRecord, FencerPolicy, NodeFacts, Plan, Refusal, cap, confirm, plan,
@@ -372,4 +373,65 @@ fn the_share_guard_counts_eligible_nodes_only() {
             max_percent: 50
         })
     ));
+}
+
+#[test]
+fn heartbeats_are_timed_by_the_fencers_clock_when_the_nodes_clock_runs_behind() {
+    let mut clock = RenewalClock::default();
+    // The node's clock is 30 s behind; it renews every 10 s. Timed by its stamps it would be
+    // silent past the margin all along, and settled for a power-off.
+    let stamped = |renewal: i64| {
+        let mut node = node("a", 0);
+        node.lease.as_mut().unwrap().renew_time = Some(at(NOW + renewal * 10 - 30));
+        node
+    };
+    for renewal in 0..4 {
+        for tick in 0..20 {
+            let now = at(NOW + renewal * 10) + std::time::Duration::from_millis(tick * 500);
+            let mut nodes = [stamped(renewal)];
+            clock.observe(&mut nodes, now);
+            assert!(
+                !nodes[0].is_silent(&policy(), now),
+                "renewal {renewal}, tick {tick}: {:?}",
+                nodes[0].lease
+            );
+        }
+    }
+    // It stops: suspected twelve seconds after the last renewal arrived.
+    for (after, silent) in [(11, false), (13, true)] {
+        let now = at(NOW + 30 + after);
+        let mut nodes = [stamped(3)];
+        clock.observe(&mut nodes, now);
+        assert_eq!(nodes[0].is_silent(&policy(), now), silent, "{after} s on");
+    }
+}
+
+#[test]
+fn a_renewal_stamped_between_two_looks_keeps_its_own_time() {
+    let mut clock = RenewalClock::default();
+    let mut nodes = [node("a", 5)];
+    // The first look has nothing to compare with: the renewal counts from now.
+    clock.observe(&mut nodes, at(NOW));
+    assert_eq!(nodes[0].lease.as_ref().unwrap().renew_time, Some(at(NOW)));
+    // A clock in step: the next renewal's stamp falls after the last look, and is kept.
+    let mut nodes = [node("a", -3)];
+    clock.observe(&mut nodes, at(NOW + 4));
+    assert_eq!(
+        nodes[0].lease.as_ref().unwrap().renew_time,
+        Some(at(NOW + 3))
+    );
+    // A clock ahead: counted from now, not from the future.
+    let mut nodes = [node("a", -60)];
+    clock.observe(&mut nodes, at(NOW + 5));
+    assert_eq!(
+        nodes[0].lease.as_ref().unwrap().renew_time,
+        Some(at(NOW + 5))
+    );
+    // The same renewal seen again keeps the time it arrived.
+    let mut nodes = [node("a", -60)];
+    clock.observe(&mut nodes, at(NOW + 9));
+    assert_eq!(
+        nodes[0].lease.as_ref().unwrap().renew_time,
+        Some(at(NOW + 5))
+    );
 }

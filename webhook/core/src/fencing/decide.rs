@@ -96,6 +96,46 @@ impl NodeFacts {
     }
 }
 
+/// When each node's current Lease renewal arrived, by the fencer's clock. A Lease's
+/// `renewTime` is stamped by the node's clock: a node whose clock runs behind would look
+/// silent while it heartbeats, and be fenced. A new renewal counts from its own stamp only
+/// where that falls between the fencer's previous look and now, which it does when the
+/// clocks agree; otherwise from the nearer end. A renewal first seen after a restart counts
+/// from then, which can only delay a fence.
+#[derive(Debug, Clone, Default)]
+pub struct RenewalClock {
+    /// Node → (the `renewTime` as written, when it arrived).
+    seen: BTreeMap<String, (Timestamp, Timestamp)>,
+    /// When [`RenewalClock::observe`] last ran.
+    looked: Option<Timestamp>,
+}
+
+impl RenewalClock {
+    /// Replaces the `renewTime` in each node's facts with when it arrived, and forgets nodes
+    /// that are gone.
+    pub fn observe(&mut self, nodes: &mut [NodeFacts], now: Timestamp) {
+        let mut seen = BTreeMap::new();
+        for node in nodes {
+            let Some(lease) = node.lease.as_mut() else {
+                continue;
+            };
+            let Some(stamped) = lease.renew_time else {
+                continue;
+            };
+            let arrived = match (self.seen.get(&node.name), self.looked) {
+                (Some(&(before, arrived)), _) if before == stamped => arrived,
+                (_, Some(looked)) if stamped < looked => looked,
+                (_, Some(_)) if stamped <= now => stamped,
+                _ => now,
+            };
+            lease.renew_time = Some(arrived);
+            seen.insert(node.name.clone(), (stamped, arrived));
+        }
+        self.seen = seen;
+        self.looked = Some(now);
+    }
+}
+
 /// How often the node's kubelet renews its Lease: a quarter of its duration.
 fn renew_interval(lease: &LeaseInfo) -> SignedDuration {
     let duration = lease

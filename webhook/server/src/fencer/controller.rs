@@ -11,8 +11,8 @@ use jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
 use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
-    Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal, cap,
-    confirm, plan, silent_share, still_silent,
+    Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal,
+    RenewalClock, cap, confirm, plan, silent_share, still_silent,
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -52,6 +52,8 @@ pub struct Fencer {
     /// Nodes a proof has powered off or is tainting: they count against `maxFenced` until
     /// the watch shows them fenced, or they are back.
     pub claimed: Mutex<BTreeSet<String>>,
+    /// When each node's heartbeats arrived, by this replica's clock.
+    pub renewals: Mutex<RenewalClock>,
 }
 
 /// What one leader term remembers: proofs under way, and what it has already said.
@@ -76,8 +78,10 @@ impl Term {
 }
 
 impl Fencer {
+    /// Every node as the watches show it, heartbeats timed by this replica's clock.
     fn facts(&self) -> Vec<NodeFacts> {
-        self.nodes
+        let mut facts: Vec<NodeFacts> = self
+            .nodes
             .state()
             .iter()
             .filter_map(|node| {
@@ -87,7 +91,18 @@ impl Fencer {
                 );
                 NodeFacts::from_node(node, lease.as_deref())
             })
-            .collect()
+            .collect();
+        self.renewals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&mut facts, Timestamp::now());
+        facts
+    }
+
+    /// Keeps timing heartbeats while another replica leads, so that this one judges silence
+    /// from the renewals it saw arrive, not from the moment it takes over.
+    pub fn time_heartbeats(&self) {
+        self.facts();
     }
 
     fn facts_of(&self, node: &str) -> Option<NodeFacts> {

@@ -167,6 +167,7 @@ pub async fn lead(
         dry_run: flags.dry_run,
         metrics: Arc::clone(&metrics),
         claimed: Default::default(),
+        renewals: Default::default(),
     });
     let manager = LeaseManagerBuilder::new(client, &flags.leader_lease)
         .with_namespace(&namespace)
@@ -201,7 +202,7 @@ pub async fn lead(
                 tracing::warn!(%identity, "lost the leader Lease; stopping proofs under way");
                 old.abort();
             }
-            (false, None) => {}
+            (false, None) => fencer.time_heartbeats(),
         }
     }
     if let Some(old) = term {
