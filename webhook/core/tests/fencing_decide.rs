@@ -435,3 +435,40 @@ fn a_renewal_stamped_between_two_looks_keeps_its_own_time() {
         Some(at(NOW + 5))
     );
 }
+
+#[test]
+fn a_leader_acts_only_while_its_lease_is_fresh_and_its_own() {
+    use jellyfin_ha_core::fencing::still_leads;
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let lease = |holder: &str, renewed: i64| Lease {
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(MicroTime(at(NOW - renewed))),
+            lease_duration_seconds: Some(6),
+            ..LeaseSpec::default()
+        }),
+        ..Lease::default()
+    };
+    // Renewed 4 s ago, as a healthy leader's is at most before its next renewal lands.
+    assert_eq!(
+        still_leads(&lease("fencer-a", 4), "fencer-a", at(NOW)),
+        Ok(())
+    );
+    // Renewals have failed for 5 s: one more second and fencer-b may take over.
+    assert!(matches!(
+        still_leads(&lease("fencer-a", 5), "fencer-a", at(NOW)),
+        Err(Refusal::NotLeading(_))
+    ));
+    // Taken over.
+    let refused = still_leads(&lease("fencer-b", 0), "fencer-a", at(NOW)).unwrap_err();
+    assert!(
+        refused.to_string().contains("held by fencer-b"),
+        "{refused}"
+    );
+    // A Lease without a holder or a renewal time is nobody's.
+    assert!(still_leads(&Lease::default(), "fencer-a", at(NOW)).is_err());
+    let mut unrenewed = lease("fencer-a", 0);
+    unrenewed.spec.as_mut().unwrap().renew_time = None;
+    assert!(still_leads(&unrenewed, "fencer-a", at(NOW)).is_err());
+}

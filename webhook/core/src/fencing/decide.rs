@@ -170,6 +170,8 @@ pub enum Refusal {
     HeartbeatResumed,
     /// The device could not prove it off.
     NotProven(String),
+    /// This replica could not confirm it still holds the leader Lease.
+    NotLeading(String),
 }
 
 impl fmt::Display for Refusal {
@@ -203,6 +205,11 @@ impl fmt::Display for Refusal {
                  left running",
             ),
             Self::NotProven(why) => write!(f, "not proven off: {why}"),
+            Self::NotLeading(why) => write!(
+                f,
+                "this replica could not confirm it still leads ({why}); another one may be \
+                 fencing"
+            ),
         }
     }
 }
@@ -219,6 +226,7 @@ impl Refusal {
             Self::HeartbeatDuringProof => "HeartbeatDuringProof",
             Self::HeartbeatResumed => "HeartbeatResumed",
             Self::NotProven(_) => "NotProvenOff",
+            Self::NotLeading(_) => "NotLeading",
         }
     }
 }
@@ -411,4 +419,36 @@ pub fn confirm(node: &NodeFacts, renewed_at_start: Option<Timestamp>) -> Result<
 
 fn renewed_since(node: &NodeFacts, renewed_at_start: Option<Timestamp>) -> bool {
     node.lease.as_ref().and_then(|l| l.renew_time) != renewed_at_start
+}
+
+/// A leader stops acting this long before its Lease, as last renewed, would let another
+/// replica take over. Renewals land two seconds before that point, so a leader whose renewals
+/// succeed never comes this close.
+pub const LEADER_STOP_MARGIN: SignedDuration = SignedDuration::from_secs(1);
+
+/// The check before a power-off or a taint, on the leader Lease read just now: it still names
+/// `identity` and was renewed recently enough that no other replica can have taken over. The
+/// Lease is renewed in the background, which says nothing when renewals fail: a leader cut off
+/// from the API would otherwise go on acting after another one took over.
+pub fn still_leads(lease: &Lease, identity: &str, now: Timestamp) -> Result<(), Refusal> {
+    let spec = lease.spec.as_ref();
+    let holder = spec.and_then(|s| s.holder_identity.as_deref());
+    if holder != Some(identity) {
+        let holder = holder.unwrap_or("nobody");
+        return Err(Refusal::NotLeading(format!(
+            "the leader Lease is held by {holder}"
+        )));
+    }
+    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+    let duration = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(0);
+    let valid_until = renewed.and_then(|r| {
+        r.checked_add(SignedDuration::from_secs(i64::from(duration)) - LEADER_STOP_MARGIN)
+            .ok()
+    });
+    match valid_until {
+        Some(until) if now < until => Ok(()),
+        _ => Err(Refusal::NotLeading(
+            "the leader Lease has not been renewed in time".into(),
+        )),
+    }
 }

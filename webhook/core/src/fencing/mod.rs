@@ -16,7 +16,7 @@ pub mod record;
 pub use config::{AgentConfig, AgentKind, FencerPolicy};
 pub use decide::{
     Decision, NodeFacts, Plan, Refusal, RenewalClock, cap, confirm, plan, silent_share,
-    still_silent,
+    still_leads, still_silent,
 };
 pub use power::PowerState;
 pub use proof::{Proof, ProofStep, Reading};

@@ -12,7 +12,7 @@ use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
     Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal,
-    RenewalClock, cap, confirm, plan, silent_share, still_silent,
+    RenewalClock, cap, confirm, plan, silent_share, still_leads, still_silent,
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -44,8 +44,10 @@ pub struct Fencer {
     pub leases: Store<Lease>,
     /// Where the credential Secrets are, and jellyfin-ha's own pods.
     pub namespace: String,
-    /// This replica's name, for the fence record and Events.
+    /// This replica's name, for the leader Lease, the fence record and Events.
     pub identity: String,
+    /// The leader Lease's name, in `namespace`.
+    pub leader_lease: String,
     pub dry_run: bool,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -246,7 +248,11 @@ impl Fencer {
             tracing::warn!(%node, proof = %proof.said, "dry run: would taint {OUT_OF_SERVICE} and delete its pods");
             return;
         }
-        if let Err(refusal) = self.claim(node) {
+        if let Err(refusal) = self
+            .check_still_leads()
+            .await
+            .and_then(|()| self.claim(node))
+        {
             self.proof_failed(node, agent, &refusal).await;
             return;
         }
@@ -373,6 +379,7 @@ impl Fencer {
                 }
                 // A heartbeat may have come while the device answered.
                 self.check_still_silent(node, renewed_at_start)?;
+                self.check_still_leads().await?;
                 self.share_still_sane().and_then(|()| self.claim(node))?;
                 tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
                 let sent = match tokio::time::timeout(deadline, device.power_off()).await {
@@ -421,6 +428,16 @@ impl Fencer {
         cap(&self.facts(), &self.policy, &claimed, node)?;
         claimed.insert(node.to_string());
         Ok(())
+    }
+
+    /// [`still_leads`] on the leader Lease as the API has it now.
+    async fn check_still_leads(&self) -> Result<(), Refusal> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let lease = leases
+            .get(&self.leader_lease)
+            .await
+            .map_err(|e| Refusal::NotLeading(format!("reading the leader Lease: {e}")))?;
+        still_leads(&lease, &self.identity, Timestamp::now())
     }
 
     /// The share of silent nodes, counted again before a destructive step.

@@ -164,6 +164,7 @@ pub async fn lead(
         leases,
         namespace: namespace.clone(),
         identity: identity.clone(),
+        leader_lease: flags.leader_lease.clone(),
         dry_run: flags.dry_run,
         metrics: Arc::clone(&metrics),
         claimed: Default::default(),
