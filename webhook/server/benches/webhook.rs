@@ -13,7 +13,9 @@
 //! The real webhook runs with `--scheduling extender` (pods get the scheduling marker, as under
 //! the shipped extender configuration), so it needs no API server.
 //!
-//! The bench runs the no-op server by re-executing itself with `JFHA_BENCH_NOOP`.
+//! The bench runs the no-op server by re-executing itself with `JFHA_BENCH_NOOP`, under the
+//! same allocator as the real one. `JFHA_BENCH_WEBHOOK_BIN` measures another build of the
+//! binary in place of this one's.
 
 #![allow(
     clippy::unwrap_used,
@@ -47,6 +49,11 @@ use support::{connect, free_port, review_request, write_certs};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+// The floor allocates as the real binary does (`src/main.rs`), so that the ratio is the
+// handler's cost alone.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONNECTIONS: usize = 4;
 const WARMUP: Duration = Duration::from_secs(1);
@@ -117,7 +124,11 @@ async fn wait_for_port(port: u16) {
 async fn start_real(dir: &Path) -> Child {
     let port = free_port();
     let admin = free_port();
-    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_jellyfin-ha"))
+    // Another build of the binary (an older commit, the static image's) can be measured in its
+    // place.
+    let binary = std::env::var_os("JFHA_BENCH_WEBHOOK_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_jellyfin-ha").into());
+    let process = tokio::process::Command::new(binary)
         .args([
             "webhook",
             "--scheduling",

@@ -62,9 +62,9 @@ pub struct Response {
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// Base64 of the RFC 6902 JSON patch.
+    /// Base64 of the RFC 6902 JSON patch, as a JSON string ([`Decision::new`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
+    pub patch: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -194,7 +194,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         name: request.name.clone().unwrap_or_default(),
     };
     let uid = request.uid.clone();
-    let allowed = |warnings: Vec<String>, patch: Option<String>| Response {
+    let allowed = |warnings: Vec<String>, patch: Option<Box<RawValue>>| Response {
         uid: uid.clone(),
         allowed: true,
         patch_type: patch.as_ref().map(|_| "JSONPatch"),
@@ -280,21 +280,22 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         let response = allowed(decision.warnings, None);
         return unchanged(parsed.api_version, response, summary);
     };
-    let encoded = base64::engine::general_purpose::STANDARD.encode(patch);
     Reviewed {
-        review: reply(
-            parsed.api_version,
-            allowed(decision.warnings, Some(encoded)),
-        ),
+        review: reply(parsed.api_version, allowed(decision.warnings, Some(patch))),
         outcome: ReviewOutcome::Mutated,
         summary,
         changes: decision.changes.iter().map(Change::record_key).collect(),
     }
 }
 
-/// What either engine decided, the patch as JSON text and `None` when nothing changes.
+/// Room for the patch of a Pod with every change the webhook makes, so that writing it does
+/// not grow the buffer.
+const PATCH_CAPACITY: usize = 4096;
+
+/// What either engine decided, the patch ready for the response and `None` when nothing
+/// changes.
 struct Decision {
-    patch: Option<Vec<u8>>,
+    patch: Option<Box<RawValue>>,
     changes: Vec<Change>,
     warnings: Vec<String>,
 }
@@ -309,7 +310,15 @@ impl Decision {
         let patch = if empty {
             None
         } else {
-            Some(serde_json::to_vec(patch)?)
+            // Written once into a buffer sized for a typical Pod's patch, then base64 straight
+            // into the JSON string: base64 needs no escaping, so the response copies it as is.
+            let mut json = Vec::with_capacity(PATCH_CAPACITY);
+            serde_json::to_writer(&mut json, patch)?;
+            let mut quoted = String::with_capacity(json.len().div_ceil(3) * 4 + 2);
+            quoted.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(&json, &mut quoted);
+            quoted.push('"');
+            Some(RawValue::from_string(quoted)?)
         };
         Ok(Self {
             patch,
