@@ -489,6 +489,28 @@ async fn a_partitioned_node_is_not_fenced_without_leave_to_power_it_off() {
     assert_eq!(bmc_power(node), "On");
 }
 
+/// A cordoned node may be rebooting for maintenance: it stops heartbeating while its BMC says
+/// On. It is never powered off, even with `powerOff: true`; powered off it would stay off.
+#[tokio::test]
+async fn a_cordoned_node_is_never_powered_off() {
+    let scene = Scene::new("fence-cordoned", 3).await;
+    let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
+    let node = &scene.nodes[0];
+    let out = kubectl(&["cordon", &node.name]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.partition().unwrap();
+    let note = scene
+        .wait_event(&node.name, "NotProvenOff", Duration::from_secs(60))
+        .await;
+    assert!(note.contains("cordoned"), "{note}");
+    assert!(!scene.tainted(&node.name).await);
+    assert_eq!(bmc_power(node), "On");
+}
+
 #[tokio::test]
 async fn a_dry_run_proves_and_reports_but_writes_nothing() {
     // Four nodes, so that two silent ones are not more than half.

@@ -27,6 +27,8 @@ pub struct NodeFacts {
     pub out_of_service: bool,
     /// Our [`FenceRecord`], when the annotation is present and well-formed.
     pub record: Option<FenceRecord>,
+    /// `spec.unschedulable`: someone is working on it ([`super::proof::PowerOffLeave`]).
+    pub cordoned: bool,
 }
 
 impl NodeFacts {
@@ -52,6 +54,11 @@ impl NodeFacts {
                 .as_ref()
                 .and_then(|a| a.get(FENCED_ANNOTATION))
                 .and_then(|v| FenceRecord::from_annotation(v).ok()),
+            cordoned: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
         })
     }
 

@@ -19,5 +19,5 @@ pub use decide::{
     still_leads, still_silent,
 };
 pub use power::PowerState;
-pub use proof::{Proof, ProofStep, Reading};
+pub use proof::{PowerOffLeave, Proof, ProofStep, Reading};
 pub use record::FenceRecord;

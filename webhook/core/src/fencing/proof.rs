@@ -34,11 +34,33 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest wait between retries of a failing device.
 pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Whether a proof may power a machine that is still on off, and if not, why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerOffLeave {
+    Allowed,
+    /// The agent says `powerOff: false`.
+    NotConfigured,
+    /// The node is cordoned: someone is working on it, and a machine rebooting for
+    /// maintenance also stops heartbeating; powered off, it would stay off.
+    Cordoned,
+}
+
+impl PowerOffLeave {
+    /// For a node whose agent says `power_off`, cordoned (`spec.unschedulable`) or not.
+    pub fn of(power_off: bool, cordoned: bool) -> Self {
+        match (power_off, cordoned) {
+            (false, _) => Self::NotConfigured,
+            (true, true) => Self::Cordoned,
+            (true, false) => Self::Allowed,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Proof {
     started: Timestamp,
     deadline: SignedDuration,
-    power_off_allowed: bool,
+    power_off: PowerOffLeave,
     /// A machine still on is powered off no sooner than this (see `NodeFacts::settled_at`).
     power_off_not_before: Timestamp,
     power_off_requested: bool,
@@ -47,19 +69,19 @@ pub struct Proof {
 }
 
 impl Proof {
-    /// A proof that may take until `started + deadline`. With `power_off_allowed`, a machine
-    /// the device reports on is powered off, but not before `power_off_not_before`; until
-    /// then it is read again, since it may turn off by itself.
+    /// A proof that may take until `started + deadline`. With leave to, a machine the device
+    /// reports on is powered off, but not before `power_off_not_before`; until then it is
+    /// read again, since it may turn off by itself.
     pub fn new(
         started: Timestamp,
         deadline: Duration,
-        power_off_allowed: bool,
+        power_off: PowerOffLeave,
         power_off_not_before: Timestamp,
     ) -> Self {
         Self {
             started,
             deadline: SignedDuration::try_from(deadline).unwrap_or(SignedDuration::MAX),
-            power_off_allowed,
+            power_off,
             power_off_not_before,
             power_off_requested: false,
             failures: 0,
@@ -115,15 +137,17 @@ impl Proof {
             state,
             PowerState::On | PowerState::PoweringOn | PowerState::Paused
         );
-        match (
-            still_running,
-            self.power_off_requested,
-            self.power_off_allowed,
-        ) {
-            (true, false, true) if now >= self.power_off_not_before => ProofStep::PowerOff,
-            (true, false, false) => ProofStep::GiveUp(format!(
-                "the device says {state}: the node is alive but unreachable, and this agent \
-                 may not power it off (powerOff: false)"
+        let alive = format!("the device says {state}: the node is alive but unreachable");
+        match (still_running, self.power_off_requested, self.power_off) {
+            (true, false, PowerOffLeave::Allowed) if now >= self.power_off_not_before => {
+                ProofStep::PowerOff
+            }
+            (true, false, PowerOffLeave::NotConfigured) => ProofStep::GiveUp(format!(
+                "{alive}, and this agent may not power it off (powerOff: false)"
+            )),
+            (true, false, PowerOffLeave::Cordoned) => ProofStep::GiveUp(format!(
+                "{alive}, and it is cordoned: it may be rebooting for maintenance, so it is \
+                 not powered off"
             )),
             _ => ProofStep::ReadAgain {
                 after: POLL_INTERVAL,
@@ -141,12 +165,18 @@ mod tests {
     }
 
     fn proof(power_off_allowed: bool) -> Proof {
-        Proof::new(at(0), Duration::from_secs(60), power_off_allowed, at(0))
+        let leave = PowerOffLeave::of(power_off_allowed, false);
+        Proof::new(at(0), Duration::from_secs(60), leave, at(0))
     }
 
     #[test]
     fn a_machine_still_on_is_powered_off_only_once_silence_has_settled() {
-        let mut proof = Proof::new(at(0), Duration::from_secs(60), true, at(10));
+        let mut proof = Proof::new(
+            at(0),
+            Duration::from_secs(60),
+            PowerOffLeave::Allowed,
+            at(10),
+        );
         for t in [1, 5, 9] {
             assert_eq!(
                 proof.next(Reading::Power(PowerState::On), at(t)),
@@ -159,7 +189,12 @@ mod tests {
             proof.next(Reading::Power(PowerState::On), at(10)),
             ProofStep::PowerOff
         );
-        let mut early_off = Proof::new(at(0), Duration::from_secs(60), true, at(10));
+        let mut early_off = Proof::new(
+            at(0),
+            Duration::from_secs(60),
+            PowerOffLeave::Allowed,
+            at(10),
+        );
         assert_eq!(
             early_off.next(Reading::Power(PowerState::Off), at(2)),
             ProofStep::Proven
@@ -181,6 +216,24 @@ mod tests {
             matches!(&step, ProofStep::GiveUp(why) if why.contains("powerOff: false")),
             "{step:?}"
         );
+    }
+
+    #[test]
+    fn a_cordoned_node_is_never_powered_off_but_off_still_proves() {
+        let leave = PowerOffLeave::of(true, true);
+        assert_eq!(leave, PowerOffLeave::Cordoned);
+        let mut proof = Proof::new(at(0), Duration::from_secs(60), leave, at(0));
+        let step = proof.next(Reading::Power(PowerState::On), at(30));
+        assert!(
+            matches!(&step, ProofStep::GiveUp(why) if why.contains("cordoned")),
+            "{step:?}"
+        );
+        let mut proof = Proof::new(at(0), Duration::from_secs(60), leave, at(0));
+        assert_eq!(
+            proof.next(Reading::Power(PowerState::Off), at(1)),
+            ProofStep::Proven
+        );
+        assert_eq!(PowerOffLeave::of(false, true), PowerOffLeave::NotConfigured);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
 use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
-    Decision, FenceRecord, FencerPolicy, NodeFacts, Proof, ProofStep, Reading, Refusal,
-    RenewalClock, cap, confirm, plan, silent_share, still_leads, still_silent,
+    Decision, FenceRecord, FencerPolicy, NodeFacts, PowerOffLeave, Proof, ProofStep, Reading,
+    Refusal, RenewalClock, cap, confirm, plan, silent_share, still_leads, still_silent,
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -306,6 +306,7 @@ impl Fencer {
         // node is alive.
         let renewed_at_start = facts.as_ref().and_then(|f| f.lease.as_ref()?.renew_time);
         let settled_at = facts.as_ref().and_then(|f| f.settled_at(&self.policy));
+        let cordoned = facts.as_ref().is_some_and(|f| f.cordoned);
         if !facts.is_some_and(|f| f.is_silent(&self.policy, now)) {
             return Err(Refusal::HeartbeatResumed);
         }
@@ -333,7 +334,8 @@ impl Fencer {
             .await
             .map_err(|e| Refusal::NotProven(e.to_string()))?;
         let deadline = Duration::from_secs(u64::from(self.policy.proof_deadline_seconds));
-        let proof = Proof::new(now, deadline, agent.power_off, settled_at);
+        let leave = PowerOffLeave::of(agent.power_off, cordoned);
+        let proof = Proof::new(now, deadline, leave, settled_at);
         let proven = self
             .ask(&device, proof, node, agent, deadline, renewed_at_start)
             .await;
