@@ -332,13 +332,66 @@ fn an_attaching_volume_pins_too() {
     assert_eq!(passed(&snapshot, &pod(), &["qs-1", "qs-2"]), ["qs-2"]);
 }
 
-#[test]
-fn a_volume_in_use_on_a_healthy_non_candidate_leaves_no_node() {
+/// A single-node volume is single-node, not single-pod: on the node of the pod that still uses
+/// it, the new one would mount it too, and two Jellyfins would write one library. Shutting
+/// down counts (the old pod's grace is for its database), and so does a node that is silent
+/// but not proven off.
+#[rstest]
+#[case::running(|_: &mut Snapshot| {}, false)]
+#[case::shutting_down(|_: &mut Snapshot| {}, true)]
+#[case::on_a_silent_node(|s: &mut Snapshot| s.upsert_lease(lease("qs-3", 120)), false)]
+#[case::on_a_node_being_fenced(|s: &mut Snapshot| edit_node(s, "qs-3", |n| n.fencing = true), false)]
+#[case::on_a_deleted_node(|s: &mut Snapshot| s.remove_node("qs-3"), true)]
+fn a_volume_another_pod_still_uses_leaves_no_node(
+    #[case] edit: fn(&mut Snapshot),
+    #[case] terminating: bool,
+) {
+    let mut snapshot = cluster(&["qs-1", "qs-2", "qs-3"]);
+    bind(&mut snapshot, CONFIG_CLAIM, "pv-config", &["ReadWriteOnce"]);
+    attach(&mut snapshot, "va-1", "pv-config", "qs-3");
+    snapshot.upsert_managed_pod(ManagedPodInfo {
+        terminating,
+        ..managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM])
+    });
+    edit(&mut snapshot);
+    let every = ["qs-1", "qs-2", "qs-3"];
+    assert!(passed(&snapshot, &pod(), &every).is_empty());
+    assert!(passed(&snapshot, &pod(), &["qs-1", "qs-2"]).is_empty());
+    let reasons = reasons(&snapshot, &pod(), &every, "qs-1");
+    assert!(
+        reasons.iter().any(|r| r.starts_with(
+            "claim jellyfin-config is still used by pod jellyfin-old, running or shutting down"
+        )),
+        "{reasons:?}"
+    );
+    let decision = filter(
+        &pod(),
+        names(&every),
+        &snapshot,
+        &ExtenderPolicy::default(),
+        now(),
+    );
+    // Preempting the old pod would cut its shutdown short.
+    assert!(decision.failed().all(|(_, r)| r.unresolvable));
+}
+
+#[rstest]
+#[case::on_a_node_proven_off(|s: &mut Snapshot| edit_node(s, "qs-3", |n| n.out_of_service = true))]
+#[case::finished(|s: &mut Snapshot| s.upsert_managed_pod(ManagedPodInfo {
+    finished: true,
+    ..managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM])
+}))]
+#[case::not_yet_bound(|s: &mut Snapshot| s.upsert_managed_pod(ManagedPodInfo {
+    node_name: None,
+    ..managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM])
+}))]
+fn a_pod_that_can_no_longer_write_the_volume_does_not_hold_it(#[case] edit: fn(&mut Snapshot)) {
     let mut snapshot = cluster(&["qs-1", "qs-2", "qs-3"]);
     bind(&mut snapshot, CONFIG_CLAIM, "pv-config", &["ReadWriteOnce"]);
     attach(&mut snapshot, "va-1", "pv-config", "qs-3");
     snapshot.upsert_managed_pod(managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM]));
-    assert!(passed(&snapshot, &pod(), &["qs-1", "qs-2"]).is_empty());
+    edit(&mut snapshot);
+    assert!(!passed(&snapshot, &pod(), &["qs-1", "qs-2"]).is_empty());
 }
 
 /// `jellyfin-ha explain` offers every node, the scheduler only some: a holder nobody uses pins
@@ -363,32 +416,26 @@ fn explain_says_where_a_verdict_depends_on_the_holder_being_offered() {
         passed(&snapshot, &pod(), &["qs-1", "qs-2"]),
         ["qs-1", "qs-2"]
     );
-    // Used by another pod there, the pin holds whatever is offered: nothing depends.
+    // Used by another pod there, every node is refused whatever is offered: nothing depends.
     snapshot.upsert_managed_pod(managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM]));
     let verdicts = explain(&pod(), &every, &snapshot, &ExtenderPolicy::default(), now());
-    assert!(!verdicts[0].passes && verdicts[0].depends_on_candidates.is_empty());
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| !v.passes && v.depends_on_candidates.is_empty())
+    );
 }
 
 #[rstest]
-#[case::nobody_uses_it(None)]
-#[case::user_is_terminating(Some(true))]
-#[case::only_the_pod_itself(Some(false))]
-fn a_volume_nobody_else_uses_on_a_non_candidate_does_not_pin(#[case] user: Option<bool>) {
+#[case::nobody_uses_it(false)]
+#[case::only_the_pod_itself(true)]
+fn a_volume_nobody_else_uses_on_a_non_candidate_does_not_pin(#[case] itself: bool) {
     let mut snapshot = cluster(&["qs-1", "qs-2", "qs-3"]);
     bind(&mut snapshot, CONFIG_CLAIM, "pv-config", &["ReadWriteOnce"]);
     attach(&mut snapshot, "va-1", "pv-config", "qs-3");
-    match user {
-        Some(true) => snapshot.upsert_managed_pod(ManagedPodInfo {
-            terminating: true,
-            ..managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM])
-        }),
+    if itself {
         // A stale cache entry for the very pod being placed.
-        Some(false) => snapshot.upsert_managed_pod(managed(
-            "jellyfin-7c9d8f6b5-x2k4q",
-            "qs-3",
-            &[CONFIG_CLAIM],
-        )),
-        None => {}
+        snapshot.upsert_managed_pod(managed("jellyfin-7c9d8f6b5-x2k4q", "qs-3", &[CONFIG_CLAIM]));
     }
     assert_eq!(
         passed(&snapshot, &pod(), &["qs-1", "qs-2"]),
@@ -406,7 +453,6 @@ fn an_unhealthy_holder_does_not_pin(#[case] break_holder: fn(&mut Snapshot)) {
     let mut snapshot = cluster(&["qs-1", "qs-2", "qs-3"]);
     bind(&mut snapshot, CONFIG_CLAIM, "pv-config", &["ReadWriteOnce"]);
     attach(&mut snapshot, "va-1", "pv-config", "qs-2");
-    snapshot.upsert_managed_pod(managed("jellyfin-old", "qs-2", &[CONFIG_CLAIM]));
     break_holder(&mut snapshot);
     assert_eq!(
         passed(&snapshot, &pod(), &["qs-1", "qs-3"]),

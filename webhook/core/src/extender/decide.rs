@@ -12,8 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::policy::ExtenderPolicy;
 use super::snapshot::{
-    AgentInfo, ClaimInfo, ConditionStatus, FENCING_ANNOTATION, NodeInfo, NodeState, Snapshot,
-    pod_claim_names,
+    AgentInfo, ClaimInfo, ConditionStatus, FENCING_ANNOTATION, ManagedPodInfo, NodeInfo, NodeState,
+    Snapshot, pod_claim_names,
 };
 use super::wire::{MAX_EXTENDER_PRIORITY, MIN_EXTENDER_PRIORITY};
 use crate::taints::OUT_OF_SERVICE;
@@ -40,6 +40,9 @@ pub enum Reason<'a> {
     NoQuickSyncLabel { key: &'a str },
     /// One of the pod's single-node volumes is attached to another, healthy node.
     VolumeHeldElsewhere { claim: &'a str, holder: &'a str },
+    /// Another managed pod, running or shutting down on a node not proven off, still uses one
+    /// of the pod's single-node volumes: every node is refused until it is gone.
+    VolumeInUse { claim: &'a str, pod: &'a str },
     /// Attaching the pod's volumes would exceed the node's CSI attach limit.
     AttachLimitReached { driver: &'a str },
     /// The node's agent, in a fresh report, finds no card that can transcode.
@@ -58,6 +61,7 @@ impl Reason<'_> {
             Self::Fencing => "fencing",
             Self::NoQuickSyncLabel { .. } => "no-quicksync-label",
             Self::VolumeHeldElsewhere { .. } => "volume-held-elsewhere",
+            Self::VolumeInUse { .. } => "volume-in-use",
             Self::AttachLimitReached { .. } => "attach-limit",
             Self::NoUsableGpu => "no-usable-gpu",
         }
@@ -89,6 +93,11 @@ impl fmt::Display for Reason<'_> {
             Self::VolumeHeldElsewhere { claim, holder } => write!(
                 f,
                 "volume of claim {claim} is attached to healthy node {holder}"
+            ),
+            Self::VolumeInUse { claim, pod } => write!(
+                f,
+                "claim {claim} is still used by pod {pod}, running or shutting down: placed \
+                 once that pod is gone, so that two never write the volume"
             ),
             Self::AttachLimitReached { driver } => {
                 write!(f, "attach limit of CSI driver {driver} reached")
@@ -253,9 +262,7 @@ pub fn explain(
     let offered_all = Evaluation::new(pod, candidates, snapshot, policy, now);
     // What the extender answers when the scheduler does not offer the holders.
     let mut holders_not_offered = offered_all.clone();
-    holders_not_offered
-        .pins
-        .retain(|pin| !pin.only_as_candidate);
+    holders_not_offered.pins.clear();
     candidates
         .iter()
         .map(|node| {
@@ -264,7 +271,7 @@ pub fn explain(
                 verdict.depends_on_candidates = offered_all
                     .pins
                     .iter()
-                    .filter(|pin| pin.only_as_candidate && pin.holder != node)
+                    .filter(|pin| pin.holder != node)
                     .map(|pin| pin.holder.to_string())
                     .collect();
             }
@@ -298,14 +305,19 @@ struct PodVolume<'a> {
     settled_on: Vec<&'a str>,
 }
 
-/// A single-node volume that only `holder` can give the pod.
+/// A single-node volume that only `holder` can give the pod. Pinned only because the scheduler
+/// offered the holder: offered fewer candidates, the extender would not pin.
 #[derive(Debug, Clone)]
 struct Pin<'a> {
     claim: &'a str,
     holder: &'a str,
-    /// Pinned only because the scheduler offered the holder (no other pod there uses it):
-    /// offered fewer candidates, the extender would not pin.
-    only_as_candidate: bool,
+}
+
+/// A single-node volume another managed pod still uses ([`Reason::VolumeInUse`]).
+#[derive(Debug, Clone)]
+struct InUse<'a> {
+    claim: &'a str,
+    pod: &'a str,
 }
 
 /// Whether a node's kubelet is heartbeating.
@@ -363,6 +375,7 @@ pub struct Evaluation<'a> {
     own_gpu_node: Option<&'a str>,
     volumes: Vec<PodVolume<'a>>,
     pins: Vec<Pin<'a>>,
+    in_use: Vec<InUse<'a>>,
     /// Each CSI driver of the pod's volumes, with how many of them use it.
     drivers: Vec<(&'a str, u32)>,
 }
@@ -388,6 +401,7 @@ impl<'a> Evaluation<'a> {
                 .and_then(|own| own.gpu_node()),
             volumes: Vec::new(),
             pins: Vec::new(),
+            in_use: Vec::new(),
             drivers: Vec::new(),
         };
         for claim_name in pod_claim_names(pod) {
@@ -420,8 +434,16 @@ impl<'a> Evaluation<'a> {
                 None => claim.access_modes.allows_multi_attach(),
             };
             if !multi_attach {
-                let pins = evaluation.pins_for(&volume, pod_name, candidates);
-                evaluation.pins.extend(pins);
+                match evaluation.user_of(claim, pod_name) {
+                    Some(user) => evaluation.in_use.push(InUse {
+                        claim: &claim.name,
+                        pod: &user.name,
+                    }),
+                    None => {
+                        let pins = evaluation.pins_for(&volume, candidates);
+                        evaluation.pins.extend(pins);
+                    }
+                }
             }
             if let Some(driver) = volume.driver {
                 match evaluation.drivers.iter_mut().find(|(d, _)| *d == driver) {
@@ -434,38 +456,44 @@ impl<'a> Evaluation<'a> {
         evaluation
     }
 
-    /// A single-node volume held by a healthy node pins the pod there when a managed pod on
-    /// that node still uses it (anywhere else the pod would sit in a Multi-Attach error), or
-    /// when that node is a candidate anyway (the volume is already there). A holder that is
-    /// not healthy will lose the volume to fencing or the force-detach, and one nobody uses
-    /// and the scheduler cannot pick will detach on its own: neither pins.
-    fn pins_for(
-        &self,
-        volume: &PodVolume<'a>,
-        pod_name: &str,
-        candidates: &[impl AsRef<str>],
-    ) -> Vec<Pin<'a>> {
-        let claim = volume.claim;
-        // Another managed pod on the holder still uses the volume.
-        let used_there = |holder: &str| {
-            self.snapshot.managed_pods().any(|other| {
-                other.namespace == claim.namespace
-                    && other.name != pod_name
-                    && other.gpu_node() == Some(holder)
-                    && other.claims.contains(&claim.name)
-            })
+    /// Another managed pod that may still write the single-node volume of `claim`: bound to a
+    /// node not proven off, running or shutting down. Placed on its node the pod would share
+    /// the volume with it (single-node means one node, not one pod), so that two Jellyfins
+    /// write one library; placed elsewhere it would wait in a Multi-Attach error. Every node
+    /// is refused until that pod is gone.
+    fn user_of(&self, claim: &ClaimInfo, pod_name: &str) -> Option<&'a ManagedPodInfo> {
+        let proven_off = |node: &str| {
+            self.snapshot
+                .node_state(node)
+                .and_then(|state| state.info.as_ref())
+                .is_some_and(|info| info.out_of_service)
         };
+        self.snapshot.managed_pods().find(|other| {
+            other.namespace == claim.namespace
+                && other.name != pod_name
+                && !other.finished
+                && other.claims.contains(&claim.name)
+                && other
+                    .node_name
+                    .as_deref()
+                    .is_some_and(|node| !proven_off(node))
+        })
+    }
+
+    /// A single-node volume nobody uses, held by a healthy node, pins the pod there when the
+    /// scheduler offers that node (the volume is already there). A holder that is not healthy
+    /// will lose the volume to fencing or the force-detach, and one the scheduler cannot pick
+    /// will let it detach on its own: neither pins.
+    fn pins_for(&self, volume: &PodVolume<'a>, candidates: &[impl AsRef<str>]) -> Vec<Pin<'a>> {
+        let claim = volume.claim;
         volume
             .held_on
             .iter()
             .filter(|holder| self.is_healthy(holder))
-            .filter(|holder| {
-                used_there(holder) || candidates.iter().any(|c| c.as_ref() == **holder)
-            })
+            .filter(|holder| candidates.iter().any(|c| c.as_ref() == **holder))
             .map(|holder| Pin {
                 claim: &claim.name,
                 holder,
-                only_as_candidate: !used_there(holder),
             })
             .collect()
     }
@@ -506,6 +534,12 @@ impl<'a> Evaluation<'a> {
         if !info.quick_sync {
             reasons.push(Reason::NoQuickSyncLabel {
                 key: &self.policy.quick_sync_label.key,
+            });
+        }
+        for in_use in &self.in_use {
+            reasons.push(Reason::VolumeInUse {
+                claim: in_use.claim,
+                pod: in_use.pod,
             });
         }
         for pin in &self.pins {
