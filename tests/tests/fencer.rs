@@ -511,6 +511,36 @@ async fn a_cordoned_node_is_never_powered_off() {
     assert_eq!(bmc_power(node), "On");
 }
 
+/// A being-fenced mark left by a leader that died mid-proof is cleared once the node is seen
+/// healthy: the extender would otherwise shun the node for good.
+#[tokio::test]
+async fn a_stale_being_fenced_mark_on_a_healthy_node_is_cleared() {
+    let scene = Scene::new("fence-mark", 3).await;
+    let node = &scene.nodes[0];
+    let mark = r#"jellyfin-ha.io/fencing={"agent":"bmc-0","since":"2026-01-01T00:00:00Z"}"#;
+    let out = kubectl(&["annotate", "node", &node.name, mark]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
+    eventually(
+        Duration::from_secs(30),
+        "the mark to be cleared",
+        || async {
+            let annotations = scene.node(&node.name).await.metadata.annotations;
+            Ok((!annotations
+                .unwrap_or_default()
+                .contains_key("jellyfin-ha.io/fencing"))
+            .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(bmc_power(node), "On");
+}
+
 #[tokio::test]
 async fn a_dry_run_proves_and_reports_but_writes_nothing() {
     // Four nodes, so that two silent ones are not more than half.

@@ -42,6 +42,7 @@ fn node(name: &str, silent: i64) -> NodeFacts {
         out_of_service: false,
         record: None,
         cordoned: false,
+        fencing_marked: false,
     }
 }
 

@@ -9,7 +9,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::config::{CONTROL_PLANE_LABEL, FencerPolicy, selector_matches};
 use super::record::{FENCED_ANNOTATION, FenceRecord};
-use crate::extender::snapshot::{ConditionStatus, LeaseInfo, ReadyCondition};
+use crate::extender::snapshot::{ConditionStatus, FENCING_ANNOTATION, LeaseInfo, ReadyCondition};
 use crate::taints::OUT_OF_SERVICE;
 
 /// The kubelet's default `leaseDurationSeconds`, for a Lease that does not say.
@@ -29,6 +29,8 @@ pub struct NodeFacts {
     pub record: Option<FenceRecord>,
     /// `spec.unschedulable`: someone is working on it ([`super::proof::PowerOffLeave`]).
     pub cordoned: bool,
+    /// Carries the being-fenced mark, which keeps the extender from placing pods on it.
+    pub fencing_marked: bool,
 }
 
 impl NodeFacts {
@@ -59,6 +61,10 @@ impl NodeFacts {
                 .as_ref()
                 .and_then(|s| s.unschedulable)
                 .unwrap_or(false),
+            fencing_marked: meta
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(FENCING_ANNOTATION)),
         })
     }
 

@@ -18,7 +18,7 @@ use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -137,6 +137,12 @@ impl Fencer {
                     term.reported.retain(|(n, _)| n != &node);
                     term.attempts.remove(&node);
                     self.claimed().remove(&node);
+                    // Left by a proof that never ended (a leader that died or lost its Lease
+                    // mid-proof): the extender would shun the node for good.
+                    let marked = facts.iter().any(|f| f.name == node && f.fencing_marked);
+                    if marked && !term.proving.contains_key(&node) && !self.dry_run {
+                        self.mark_fencing(&node, None).await;
+                    }
                 }
                 Decision::Prove { .. }
                     if term
@@ -162,6 +168,8 @@ impl Fencer {
                 Decision::Refused(refusal) => {
                     self.report_refusal(term, &node, &refusal).await;
                 }
+                // The proof that fenced it sweeps it itself.
+                Decision::Fenced if term.proving.contains_key(&node) => {}
                 Decision::Fenced => {
                     self.claimed().remove(&node);
                     if !term.swept.contains(&node) && self.sweep(&node).await {
@@ -576,10 +584,7 @@ impl Fencer {
                 continue;
             };
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            match api
-                .delete(&name, &DeleteParams::default().grace_period(0))
-                .await
-            {
+            match api.delete(&name, &force_delete(&pod)).await {
                 Ok(_) => {
                     tracing::info!(%node, pod = %format!("{namespace}/{name}"), "force-deleted from the fenced node");
                     self.metrics.fencer_pods_deleted.inc();
@@ -591,7 +596,9 @@ impl Fencer {
                     let event = (EventType::Normal, "ForceDeleted", "Fence", note);
                     self.publish(&pod.object_ref(&()), event).await;
                 }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // Gone, or replaced by a pod of the same name (a StatefulSet's), perhaps on a
+                // healthy node: not the one listed here, and not ours to delete.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => {
                     tracing::warn!(%node, pod = %name, error = %e, "could not force-delete");
                     all_done = false;
@@ -654,4 +661,32 @@ struct Proven {
     /// When the device said off.
     at: Timestamp,
     said: String,
+}
+
+/// Deletes the pod listed, without grace, and no other: a pod recreated under the same name
+/// since the list (a StatefulSet's, possibly on a healthy node) has another UID, and the
+/// apiserver refuses the deletion with 409.
+fn force_delete(pod: &Pod) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default().grace_period(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_force_deletion_names_the_uid_listed() {
+        let mut pod = Pod::default();
+        pod.metadata.uid = Some("3f1c".into());
+        let params = force_delete(&pod);
+        assert_eq!(params.grace_period_seconds, Some(0));
+        let uid = params.preconditions.and_then(|p| p.uid);
+        assert_eq!(uid.as_deref(), Some("3f1c"));
+    }
 }
