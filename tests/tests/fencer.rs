@@ -541,6 +541,42 @@ async fn a_stale_being_fenced_mark_on_a_healthy_node_is_cleared() {
     assert_eq!(bmc_power(node), "On");
 }
 
+/// An out-of-service taint someone else puts on the node while it is being proven off is
+/// theirs: it is not taken over, and no record of ours joins it.
+#[tokio::test]
+async fn an_out_of_service_taint_added_during_the_proof_is_left_to_its_owner() {
+    let scene = Scene::new("fence-foreign", 3).await;
+    let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
+    let node = &scene.nodes[0];
+    node.partition().unwrap();
+    // The proof waits for the silence to settle before it powers the node off.
+    scene.wait_proof_begun(&node.name).await;
+    let taint = format!("{OUT_OF_SERVICE}=nodeshutdown:NoExecute");
+    let out = kubectl(&["taint", "node", &node.name, &taint]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(60), "the proof to end", || async {
+        let node = scene.node(&node.name).await;
+        Ok((!node
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("jellyfin-ha.io/fencing"))
+        .then_some(()))
+    })
+    .await
+    .unwrap();
+    let after = scene.node(&node.name).await;
+    let annotations = after.metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key(FENCED), "{annotations:?}");
+    let taints = after.spec.and_then(|s| s.taints).unwrap_or_default();
+    let theirs = taints.iter().find(|t| t.key == OUT_OF_SERVICE).unwrap();
+    assert_eq!(theirs.value.as_deref(), Some("nodeshutdown"));
+}
+
 #[tokio::test]
 async fn a_dry_run_proves_and_reports_but_writes_nothing() {
     // Four nodes, so that two silent ones are not more than half.

@@ -265,7 +265,13 @@ impl Fencer {
             return;
         }
         match self.taint(node, &record).await {
-            Ok(()) => {}
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(%node, "proven off, but someone else tainted it {OUT_OF_SERVICE} meanwhile: left to them");
+                self.claimed().remove(node);
+                self.mark_fencing(node, None).await;
+                return;
+            }
             Err(e) => {
                 tracing::error!(%node, error = %e, "proven off, but the taint could not be written; retrying on the next tick");
                 return;
@@ -473,7 +479,9 @@ impl Fencer {
 
     /// Adds the taint and the record in one write, on the Node as last read: a concurrent
     /// change to its taints makes the write fail instead of being overwritten.
-    async fn taint(&self, node: &str, record: &FenceRecord) -> Result<(), kube::Error> {
+    /// `false` when an out-of-service taint appeared meanwhile: it is someone else's, releases
+    /// the volumes already, and is theirs to remove, so the node is left as it is.
+    async fn taint(&self, node: &str, record: &FenceRecord) -> Result<bool, kube::Error> {
         let api = self.nodes_api();
         let current = api.get(node).await?;
         let mut taints = current
@@ -481,7 +489,9 @@ impl Fencer {
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
-        taints.retain(|t| t.key != OUT_OF_SERVICE);
+        if taints.iter().any(|t| t.key == OUT_OF_SERVICE) {
+            return Ok(false);
+        }
         let mut taint = taints::out_of_service();
         taint.time_added = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             record.fenced_at,
@@ -496,7 +506,7 @@ impl Fencer {
         });
         api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map(drop)
+            .map(|_| true)
     }
 
     /// Removes the taint and the record in one write; true when done.
