@@ -41,6 +41,7 @@ fn node(name: &str, silent: i64) -> NodeFacts {
         }),
         out_of_service: false,
         record: None,
+        record_unreadable: false,
         cordoned: false,
         fencing_marked: false,
     }
@@ -473,4 +474,19 @@ fn a_leader_acts_only_while_its_lease_is_fresh_and_its_own() {
     let mut unrenewed = lease("fencer-a", 0);
     unrenewed.spec.as_mut().unwrap().renew_time = None;
     assert!(still_leads(&unrenewed, "fencer-a", at(NOW)).is_err());
+}
+
+#[test]
+fn a_fence_record_edited_out_of_shape_leaves_the_taint_to_a_person() {
+    let edited: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "a", "annotations": {"jellyfin-ha.io/fenced": "{\"bootId\": 7"}},
+        "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}
+    }))
+    .unwrap();
+    let facts = NodeFacts::from_node(&edited, None).unwrap();
+    assert!(facts.record_unreadable && facts.record.is_none());
+    assert_eq!(
+        decision(&[facts, node("b", 1)], "a"),
+        Decision::ForeignTaint
+    );
 }

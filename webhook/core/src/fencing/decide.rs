@@ -27,6 +27,9 @@ pub struct NodeFacts {
     pub out_of_service: bool,
     /// Our [`FenceRecord`], when the annotation is present and well-formed.
     pub record: Option<FenceRecord>,
+    /// The record annotation is present but cannot be read (edited by hand?): the taint is
+    /// then nobody's the fencer can vouch for, and stays.
+    pub record_unreadable: bool,
     /// `spec.unschedulable`: someone is working on it ([`super::proof::PowerOffLeave`]).
     pub cordoned: bool,
     /// Carries the being-fenced mark, which keeps the extender from placing pods on it.
@@ -36,6 +39,12 @@ pub struct NodeFacts {
 impl NodeFacts {
     pub fn from_node(node: &Node, lease: Option<&Lease>) -> Option<Self> {
         let meta = &node.metadata;
+        let record = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(FENCED_ANNOTATION))
+            .map(|v| FenceRecord::from_annotation(v));
+        let record_unreadable = matches!(record, Some(Err(_)));
         let status = node.status.as_ref();
         Some(Self {
             name: meta.name.clone()?,
@@ -51,11 +60,8 @@ impl NodeFacts {
                 .as_ref()
                 .and_then(|s| s.taints.as_ref())
                 .is_some_and(|taints| taints.iter().any(|t| t.key == OUT_OF_SERVICE)),
-            record: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(FENCED_ANNOTATION))
-                .and_then(|v| FenceRecord::from_annotation(v).ok()),
+            record: record.and_then(Result::ok),
+            record_unreadable,
             cordoned: node
                 .spec
                 .as_ref()

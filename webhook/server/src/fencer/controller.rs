@@ -164,7 +164,27 @@ impl Fencer {
                     term.attempts.insert(node.clone(), Instant::now());
                     term.proving.insert(node, task);
                 }
-                Decision::Proving | Decision::ForeignTaint => {}
+                Decision::Proving => {}
+                Decision::ForeignTaint => {
+                    let unreadable = facts.iter().any(|f| f.name == node && f.record_unreadable);
+                    let key = (node.clone(), "UnreadableRecord".to_string());
+                    if unreadable && term.reported.insert(key) {
+                        let note = format!(
+                            "tainted {OUT_OF_SERVICE}, but the {FENCED_ANNOTATION} record \
+                             cannot be read: the taint stays until removed by hand, once the \
+                             node has power-cycled"
+                        );
+                        tracing::warn!(%node, "{note}");
+                        self.event(
+                            &node,
+                            EventType::Warning,
+                            "UnreadableRecord",
+                            "Unfence",
+                            note,
+                        )
+                        .await;
+                    }
+                }
                 Decision::Refused(refusal) => {
                     self.report_refusal(term, &node, &refusal).await;
                 }
