@@ -253,8 +253,9 @@ fn mutate_deployment_strategy(deployment: &Value) -> PatchedObject {
     }
     if strategy_type == Some("RollingUpdate") {
         warnings.push(
-            "spec.strategy RollingUpdate replaced by Recreate: the new pod could never mount \
-             the ReadWriteOnce volume the old pod holds"
+            "spec.strategy RollingUpdate replaced by Recreate: beside the old pod, the new one \
+             would share its ReadWriteOnce volume on the same node (two writers of one \
+             library) or wait for it forever on another"
                 .to_string(),
         );
     }
