@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 const SELECTOR_LABEL: &str = "jellyfin-ha.io/e2e-fencer";
 const FENCED: &str = "jellyfin-ha.io/fenced";
 const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
+const FENCING_MARK: &str = jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
 const NONE_ACKNOWLEDGEMENT: &str = jellyfin_ha_core::fencing::config::NONE_ACKNOWLEDGEMENT;
 
 /// A test's nodes, each with its BMC, a namespace, the credentials Secrets, and the shipped
@@ -52,12 +53,7 @@ impl Scene {
             .collect();
         for node in &nodes {
             let label = format!("{SELECTOR_LABEL}={}", namespace.name);
-            let out = kubectl(&["label", "node", &node.name, &label]).unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            kubectl_ok(&["label", "node", &node.name, &label]);
         }
         let rbac = ShippedRbac::apply("manifests/fencer", &namespace.name).unwrap();
         let kubeconfig = service_account_kubeconfig(&namespace.name, "jellyfin-ha-fencer").unwrap();
@@ -168,17 +164,30 @@ impl Scene {
 
     /// Until the fencer marks the node as being proven off.
     async fn wait_proof_begun(&self, name: &str) {
-        eventually(Duration::from_secs(60), "the proof to begin", || async {
-            let node = self.node(name).await;
-            Ok(node
-                .metadata
-                .annotations
-                .unwrap_or_default()
-                .contains_key("jellyfin-ha.io/fencing")
-                .then_some(()))
+        self.wait_fencing_mark(name, true, "the proof to begin")
+            .await;
+    }
+
+    /// Until the node carries the being-fenced mark (`present`) or not.
+    async fn wait_fencing_mark(&self, name: &str, present: bool, what: &str) {
+        eventually(Duration::from_secs(60), what, || async {
+            let annotations = self.node(name).await.metadata.annotations;
+            let marked = annotations.unwrap_or_default().contains_key(FENCING_MARK);
+            Ok((marked == present).then_some(()))
         })
         .await
         .unwrap();
+    }
+
+    /// Until the proof of a node that is on gives up saying `why`; it is then still on and
+    /// untainted.
+    async fn assert_left_running(&self, node: &TestNode, why: &str) {
+        let note = self
+            .wait_event(&node.name, "NotProvenOff", Duration::from_secs(60))
+            .await;
+        assert!(note.contains(why), "{note}");
+        assert!(!self.tainted(&node.name).await);
+        assert_eq!(bmc_power(node), "On");
     }
 
     /// The Events the fencer recorded on a node, as (reason, note).
@@ -481,12 +490,7 @@ async fn a_partitioned_node_is_not_fenced_without_leave_to_power_it_off() {
     let _fencer = scene.fencer(&scene.config(false, |_, _| {}), "fencer-0");
     let node = &scene.nodes[0];
     node.partition().unwrap();
-    let note = scene
-        .wait_event(&node.name, "NotProvenOff", Duration::from_secs(60))
-        .await;
-    assert!(note.contains("powerOff: false"), "{note}");
-    assert!(!scene.tainted(&node.name).await);
-    assert_eq!(bmc_power(node), "On");
+    scene.assert_left_running(node, "powerOff: false").await;
 }
 
 /// A cordoned node may be rebooting for maintenance: it stops heartbeating while its BMC says
@@ -496,19 +500,9 @@ async fn a_cordoned_node_is_never_powered_off() {
     let scene = Scene::new("fence-cordoned", 3).await;
     let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
     let node = &scene.nodes[0];
-    let out = kubectl(&["cordon", &node.name]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kubectl_ok(&["cordon", &node.name]);
     node.partition().unwrap();
-    let note = scene
-        .wait_event(&node.name, "NotProvenOff", Duration::from_secs(60))
-        .await;
-    assert!(note.contains("cordoned"), "{note}");
-    assert!(!scene.tainted(&node.name).await);
-    assert_eq!(bmc_power(node), "On");
+    scene.assert_left_running(node, "cordoned").await;
 }
 
 /// A being-fenced mark left by a leader that died mid-proof is cleared once the node is seen
@@ -517,27 +511,12 @@ async fn a_cordoned_node_is_never_powered_off() {
 async fn a_stale_being_fenced_mark_on_a_healthy_node_is_cleared() {
     let scene = Scene::new("fence-mark", 3).await;
     let node = &scene.nodes[0];
-    let mark = r#"jellyfin-ha.io/fencing={"agent":"bmc-0","since":"2026-01-01T00:00:00Z"}"#;
-    let out = kubectl(&["annotate", "node", &node.name, mark]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mark = format!(r#"{FENCING_MARK}={{"agent":"bmc-0","since":"2026-01-01T00:00:00Z"}}"#);
+    kubectl_ok(&["annotate", "node", &node.name, &mark]);
     let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
-    eventually(
-        Duration::from_secs(30),
-        "the mark to be cleared",
-        || async {
-            let annotations = scene.node(&node.name).await.metadata.annotations;
-            Ok((!annotations
-                .unwrap_or_default()
-                .contains_key("jellyfin-ha.io/fencing"))
-            .then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    scene
+        .wait_fencing_mark(&node.name, false, "the mark to be cleared")
+        .await;
     assert_eq!(bmc_power(node), "On");
 }
 
@@ -552,23 +531,10 @@ async fn an_out_of_service_taint_added_during_the_proof_is_left_to_its_owner() {
     // The proof waits for the silence to settle before it powers the node off.
     scene.wait_proof_begun(&node.name).await;
     let taint = format!("{OUT_OF_SERVICE}=nodeshutdown:NoExecute");
-    let out = kubectl(&["taint", "node", &node.name, &taint]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eventually(Duration::from_secs(60), "the proof to end", || async {
-        let node = scene.node(&node.name).await;
-        Ok((!node
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key("jellyfin-ha.io/fencing"))
-        .then_some(()))
-    })
-    .await
-    .unwrap();
+    kubectl_ok(&["taint", "node", &node.name, &taint]);
+    scene
+        .wait_fencing_mark(&node.name, false, "the proof to end")
+        .await;
     let after = scene.node(&node.name).await;
     let annotations = after.metadata.annotations.unwrap_or_default();
     assert!(!annotations.contains_key(FENCED), "{annotations:?}");
@@ -617,7 +583,7 @@ async fn a_dry_run_proves_and_reports_but_writes_nothing() {
             .annotations
             .unwrap_or_default();
         assert!(
-            !annotations.contains_key("jellyfin-ha.io/fencing"),
+            !annotations.contains_key(FENCING_MARK),
             "{} marked",
             node.name
         );
@@ -785,6 +751,15 @@ async fn when_the_leader_dies_mid_fence_the_other_replica_finishes_it_once() {
         .filter(|(reason, _)| reason == "Fenced")
         .count();
     assert_eq!(fenced_events, 1, "fenced once");
+}
+
+fn kubectl_ok(args: &[&str]) {
+    let out = kubectl(args).unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The BMC's PowerState through the real Debian `fence_redfish`.

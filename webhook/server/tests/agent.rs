@@ -122,8 +122,10 @@ fn write_counters(host: SyntheticHost, phase: Arc<AtomicU8>, stop: Arc<AtomicBoo
     let (mut xe_total, mut xe_vcs) = (0u64, 0u64);
     let mut last = Instant::now();
     let mut first = true;
+    let mut pod_b_exited = false;
     while !stop.load(Ordering::Relaxed) {
-        let rates = &PHASES[usize::from(phase.load(Ordering::Relaxed))];
+        let phase = usize::from(phase.load(Ordering::Relaxed));
+        let rates = &PHASES[phase];
         let now = Instant::now();
         let dt = now.duration_since(last).as_nanos() as f64;
         last = now;
@@ -161,8 +163,15 @@ fn write_counters(host: SyntheticHost, phase: Arc<AtomicU8>, stop: Arc<AtomicBoo
             for (pid, fd) in [(100, 3), (100, 4), (103, 9)] {
                 let _ = host.set_fdinfo(pid, fd, &client1);
             }
-            // Pod B's process may have exited.
-            let _ = host.set_fdinfo(101, 5, &client2);
+            // Pod B's process exits in the second phase. Removed here, between two writes,
+            // not by the test while a write to it may be under way.
+            if phase > 0 && !pod_b_exited {
+                host.remove_process(101).unwrap();
+                pod_b_exited = true;
+            }
+            if !pod_b_exited {
+                host.set_fdinfo(101, 5, &client2).unwrap();
+            }
             host.set_fdinfo(102, 3, &xe).unwrap();
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -303,7 +312,6 @@ async fn busyness_on_metrics_follows_the_host_tree() {
     assert_eq!(ready.status(), 200);
 
     // Pod B's process exits, client 1 changes its load, and card1's render node goes away.
-    host.remove_process(101).unwrap();
     phase.store(1, Ordering::Relaxed);
     std::fs::remove_file(host.dev_root().join("dri/renderD129")).unwrap();
     let text = until(&admin, "the second phase's busyness", |m| {
