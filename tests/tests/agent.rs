@@ -83,11 +83,17 @@ impl NodeAgent {
             let rate = busy.unwrap_or(0.0);
             std::thread::spawn(move || {
                 let started = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
+                let fdinfo = |started: Instant| {
                     let ns = (started.elapsed().as_nanos() as f64 * rate) as u64;
-                    let text = i915_fdinfo(1, PDEV, &[("render", ns), ("video", 0)], &[]);
-                    host.add_fd(4242, 3, "/dev/dri/renderD128", &text).unwrap();
+                    i915_fdinfo(1, PDEV, &[("render", ns), ("video", 0)], &[])
+                };
+                // The fd once; then only its counters, replaced whole: re-making the link
+                // each time would let the agent catch the client gone, and its load at 0.
+                host.add_fd(4242, 3, "/dev/dri/renderD128", &fdinfo(started))
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(10));
+                    host.set_fdinfo(4242, 3, &fdinfo(started)).unwrap();
                 }
             })
         };
@@ -404,21 +410,30 @@ async fn an_agent_writes_only_its_own_nodes_report() {
         .to_string();
 
     let own = report_object_name(&node.name);
+    let others = report_object_name("agent-own-2");
+    // The apiserver enforces a new ValidatingAdmissionPolicy once it has loaded it.
+    let other = eventually(
+        Duration::from_secs(30),
+        "the agent's admission policy to take effect",
+        || async { Ok(apply_as(&token, &others, &node.name).err()) },
+    )
+    .await;
     let result = apply_as(&token, &own, &node.name);
-    let other = apply_as(&token, &report_object_name("agent-own-2"), &node.name);
     let mislabelled = apply_as(&token, &own, "agent-own-2");
     let nameless = apply_as(&unbound, &own, &node.name);
     delete_probe();
-    let _ = kubectl(&[
-        "delete",
-        "configmap",
-        "-n",
-        REPORTS_NAMESPACE,
-        &own,
-        "--ignore-not-found",
-    ]);
+    for report in [&own, &others] {
+        let _ = kubectl(&[
+            "delete",
+            "configmap",
+            "-n",
+            REPORTS_NAMESPACE,
+            report,
+            "--ignore-not-found",
+        ]);
+    }
     result.unwrap();
-    let other = other.unwrap_err();
+    let other = other.unwrap();
     assert!(
         other.contains("may write only its own node's report"),
         "{other}"
