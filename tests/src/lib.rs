@@ -69,6 +69,17 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<Output> {
         .context("running kubectl: put the envtest bin directory on PATH (eval \"$(hack/envtest.sh env)\")")
 }
 
+/// [`kubectl`] that must succeed; its error carries what kubectl said.
+pub fn kubectl_ok(args: &[&str]) -> anyhow::Result<()> {
+    let out = kubectl(args)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// The RBAC objects of a shipped kustomization (ServiceAccounts, Roles, ClusterRoles and their
 /// bindings), applied for a test's namespace instead of `jellyfin-ha`, so that a role run under
 /// its ServiceAccount's token has exactly the rights users install. Objects outside the test's

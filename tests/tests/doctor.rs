@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use jellyfin_ha_e2e::{
     OWN_REGISTRATION, RoleProcess, TestNamespace, TestNode, binary, client, create_rbd_claim,
-    eventually, kubeconfig_path, kubectl, repo_root,
+    eventually, kubeconfig_path, kubectl_ok, repo_root,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -61,12 +61,13 @@ impl Scene {
             .map(|g| TestNode::add(&format!("e2e-{prefix}"), *g).unwrap())
             .collect();
         for node in &nodes {
-            run_kubectl(&[
+            kubectl_ok(&[
                 "label",
                 "node",
                 &node.name,
                 &format!("{NODE_LABEL}={}", namespace.name),
-            ]);
+            ])
+            .unwrap();
         }
         let config = dir(&namespace.name).join("config.yaml");
         Self {
@@ -260,15 +261,6 @@ impl Scene {
     }
 }
 
-fn run_kubectl(args: &[&str]) {
-    let out = kubectl(args).unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The findings of `check`, as (verdict, subject, saw, fix).
 fn findings(report: &Value, check: &str) -> Vec<(String, String, String, String)> {
     report["findings"]
@@ -437,12 +429,13 @@ async fn each_broken_setup_fails_with_its_fix() {
     let ns = scene.ns();
     let (unlabelled, unreachable) = (&scene.nodes[0], &scene.nodes[1]);
     // A GPU node whose QuickSync label never appeared.
-    run_kubectl(&[
+    kubectl_ok(&[
         "label",
         "node",
         &unlabelled.name,
         &format!("{QUICKSYNC_LABEL}-"),
-    ]);
+    ])
+    .unwrap();
     // A BMC nobody answers at.
     scene
         .write_config(|i| (i == 1).then(|| "https://127.0.0.1:1".to_string()))

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jellyfin_ha_e2e::{
-    ShippedRbac, TestNamespace, TestNode, client, create_rbd_claim, eventually, kubectl, repo_root,
-    service_account_kubeconfig,
+    ShippedRbac, TestNamespace, TestNode, client, create_rbd_claim, eventually, kubectl_ok,
+    repo_root, service_account_kubeconfig,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -53,7 +53,7 @@ impl Scene {
             .collect();
         for node in &nodes {
             let label = format!("{SELECTOR_LABEL}={}", namespace.name);
-            kubectl_ok(&["label", "node", &node.name, &label]);
+            kubectl_ok(&["label", "node", &node.name, &label]).unwrap();
         }
         let rbac = ShippedRbac::apply("manifests/fencer", &namespace.name).unwrap();
         let kubeconfig = service_account_kubeconfig(&namespace.name, "jellyfin-ha-fencer").unwrap();
@@ -500,7 +500,7 @@ async fn a_cordoned_node_is_never_powered_off() {
     let scene = Scene::new("fence-cordoned", 3).await;
     let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
     let node = &scene.nodes[0];
-    kubectl_ok(&["cordon", &node.name]);
+    kubectl_ok(&["cordon", &node.name]).unwrap();
     node.partition().unwrap();
     scene.assert_left_running(node, "cordoned").await;
 }
@@ -512,7 +512,7 @@ async fn a_stale_being_fenced_mark_on_a_healthy_node_is_cleared() {
     let scene = Scene::new("fence-mark", 3).await;
     let node = &scene.nodes[0];
     let mark = format!(r#"{FENCING_MARK}={{"agent":"bmc-0","since":"2026-01-01T00:00:00Z"}}"#);
-    kubectl_ok(&["annotate", "node", &node.name, &mark]);
+    kubectl_ok(&["annotate", "node", &node.name, &mark]).unwrap();
     let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
     scene
         .wait_fencing_mark(&node.name, false, "the mark to be cleared")
@@ -531,7 +531,7 @@ async fn an_out_of_service_taint_added_during_the_proof_is_left_to_its_owner() {
     // The proof waits for the silence to settle before it powers the node off.
     scene.wait_proof_begun(&node.name).await;
     let taint = format!("{OUT_OF_SERVICE}=nodeshutdown:NoExecute");
-    kubectl_ok(&["taint", "node", &node.name, &taint]);
+    kubectl_ok(&["taint", "node", &node.name, &taint]).unwrap();
     scene
         .wait_fencing_mark(&node.name, false, "the proof to end")
         .await;
@@ -751,15 +751,6 @@ async fn when_the_leader_dies_mid_fence_the_other_replica_finishes_it_once() {
         .filter(|(reason, _)| reason == "Fenced")
         .count();
     assert_eq!(fenced_events, 1, "fenced once");
-}
-
-fn kubectl_ok(args: &[&str]) {
-    let out = kubectl(args).unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The BMC's PowerState through the real Debian `fence_redfish`.
