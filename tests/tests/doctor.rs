@@ -202,8 +202,9 @@ impl Scene {
     }
 
     /// resourceVersions of everything doctor reads that nothing else rewrites: the test's
-    /// namespaced objects, its PersistentVolumes, CSIDrivers and webhook registration, and
-    /// the nodes' labels, annotations and taints (their status moves with every heartbeat).
+    /// namespaced objects, its PersistentVolumes, CSIDrivers and webhook registration; for
+    /// the nodes and Deployments, whose status controllers keep rewriting, what doctor could
+    /// change instead (generation, labels, annotations, taints).
     async fn versions(&self, extra: &[String]) -> BTreeMap<String, String> {
         let mut versions = BTreeMap::new();
         let ns = self.ns();
@@ -219,7 +220,24 @@ impl Scene {
         }
         record!(ConfigMap, Api::<ConfigMap>::namespaced(c.clone(), ns));
         record!(Secret, Api::<Secret>::namespaced(c.clone(), ns));
-        record!(Deployment, Api::<Deployment>::namespaced(c.clone(), ns));
+        // The deployment controller keeps rewriting a Deployment's status after its pod runs;
+        // what doctor could change is its spec (generation) and metadata.
+        for object in Api::<Deployment>::namespaced(c.clone(), ns)
+            .list(&params)
+            .await
+            .unwrap()
+            .items
+        {
+            let meta = json!({
+                "generation": object.metadata.generation,
+                "labels": object.metadata.labels,
+                "annotations": object.metadata.annotations,
+            });
+            versions.insert(
+                format!("Deployment/{}", object.name_any()),
+                meta.to_string(),
+            );
+        }
         record!(
             PersistentVolumeClaim,
             Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns)
