@@ -12,14 +12,14 @@
 //! formed; tolerations it rewrites carry only the fields Kubernetes defines for them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use json_patch::jsonptr::{PointerBuf, Token};
+use json_patch::jsonptr::Token;
 use k8s_openapi::api::core::v1::{
     Affinity, Lifecycle, PodSecurityContext, ResourceRequirements, Toleration,
 };
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::annotations::{self, MANAGED, Overrides};
 use crate::config::{GpuMode, Policy};
@@ -33,8 +33,8 @@ use crate::pod_template::{
 /// The patch for one Pod and why.
 #[derive(Debug, Clone, Default)]
 pub struct PodPatch {
-    /// The RFC 6902 patch, which serialises as such; empty when nothing changed.
-    pub patch: Vec<Add>,
+    /// Empty when nothing changed.
+    pub patch: AddPatch,
     pub changes: Vec<Change>,
     pub warnings: Vec<String>,
 }
@@ -312,18 +312,44 @@ fn add_affinity(ops: &mut Ops, before: Option<&Affinity>, after: Option<&Affinit
     Some(())
 }
 
-/// One RFC 6902 `add` operation, its value already JSON text: building `serde_json::Value`s
-/// for the patch would cost more than the rest of the mutation.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "op", rename = "add")]
-pub struct Add {
-    pub path: PointerBuf,
-    pub value: Box<RawValue>,
+/// An RFC 6902 patch of `add` operations (which also replace a member present), written as
+/// JSON text while it is built: building values or operations to serialise later would cost
+/// more than the rest of the mutation.
+#[derive(Debug, Clone, Default)]
+pub struct AddPatch {
+    /// `[` and the operations written so far, each followed by `,`; empty when there are none.
+    json: Vec<u8>,
 }
 
-/// The patch being written: `add` operations only, which also replace a member present.
+impl AddPatch {
+    pub fn is_empty(&self) -> bool {
+        self.json.is_empty()
+    }
+
+    /// The patch as JSON text, `[]` when it is empty.
+    pub fn into_json(mut self) -> Vec<u8> {
+        match self.json.last_mut() {
+            Some(comma) => *comma = b']',
+            None => self.json.extend_from_slice(b"[]"),
+        }
+        self.json
+    }
+}
+
+/// A JSON Pointer from its unescaped tokens.
+struct JsonPointer<'a>(&'a [&'a str]);
+
+impl fmt::Display for JsonPointer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0
+            .iter()
+            .try_for_each(|token| write!(f, "/{}", Token::new(*token).encoded()))
+    }
+}
+
+/// The patch being written.
 struct Ops {
-    written: Vec<Add>,
+    patch: AddPatch,
     /// A value that did not serialise; the patch is then not used.
     failed: bool,
 }
@@ -331,8 +357,10 @@ struct Ops {
 impl Default for Ops {
     fn default() -> Self {
         Self {
-            // Room for every operation a Pod can need.
-            written: Vec::with_capacity(12),
+            // Room for every operation a Pod can need, so that writing never grows it.
+            patch: AddPatch {
+                json: Vec::with_capacity(4096),
+            },
             failed: false,
         }
     }
@@ -340,22 +368,19 @@ impl Default for Ops {
 
 impl Ops {
     fn add(&mut self, path: &[&str], value: impl Serialize) {
-        // Sized once: growing the pointer token by token costs more than the rest of it.
-        let mut pointer = String::with_capacity(path.iter().map(|t| t.len() + 2).sum());
-        for token in path {
-            pointer.push('/');
-            pointer.push_str(Token::new(*token).encoded());
-        }
-        match (
-            PointerBuf::parse(pointer),
-            serde_json::value::to_raw_value(&value),
-        ) {
-            (Ok(path), Ok(value)) => self.written.push(Add { path, value }),
-            _ => self.failed = true,
-        }
+        let json = &mut self.patch.json;
+        json.extend_from_slice(if json.is_empty() { b"[" } else { b"" });
+        json.extend_from_slice(br#"{"op":"add","path":"#);
+        let written = serde_json::to_writer(&mut *json, &format_args!("{}", JsonPointer(path)))
+            .and_then(|()| {
+                json.extend_from_slice(br#","value":"#);
+                serde_json::to_writer(&mut *json, &value)
+            });
+        json.extend_from_slice(b"},");
+        self.failed |= written.is_err();
     }
 
-    fn into_patch(self) -> Option<Vec<Add>> {
-        (!self.failed).then_some(self.written)
+    fn into_patch(self) -> Option<AddPatch> {
+        (!self.failed).then_some(self.patch)
     }
 }

@@ -13,7 +13,7 @@
 use jellyfin_ha_core::annotations::{CONTAINER, FAILOVER_SECONDS, GPU, INJECT, MANAGED, MUTATIONS};
 use jellyfin_ha_core::config::{GpuMode, Policy};
 use jellyfin_ha_core::mutate_pod;
-use jellyfin_ha_core::pod_patch::{Add, patch_pod};
+use jellyfin_ha_core::pod_patch::{AddPatch, patch_pod};
 use jellyfin_ha_core::scheduling::Scheduling;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -48,8 +48,8 @@ fn agree(input: &Value, policy: &Policy) -> Result<bool, TestCaseError> {
 }
 
 /// The fast path's patch read back as RFC 6902, as kube-apiserver reads it.
-fn as_json_patch(patch: &[Add]) -> json_patch::Patch {
-    serde_json::from_slice(&serde_json::to_vec(patch).unwrap()).unwrap()
+fn as_json_patch(patch: &AddPatch) -> json_patch::Patch {
+    serde_json::from_slice(&patch.clone().into_json()).unwrap()
 }
 
 fn affinity() -> impl Strategy<Value = Option<Value>> {

@@ -238,19 +238,20 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         _ => None,
     };
     let decided = match fast {
-        Some(fast) => Ok(Decision::new(
-            &fast.patch,
-            fast.patch.is_empty(),
-            fast.changes,
-            fast.warnings,
-        )),
+        Some(fast) => {
+            let json = (!fast.patch.is_empty()).then(|| fast.patch.into_json());
+            Ok(Decision::new(json, fast.changes, fast.warnings))
+        }
         // The typed engine answers what the fast path does not.
         None => match serde_json::from_str::<Value>(object.get()) {
             Ok(object) => {
                 let (group, kind) = (&request.kind.group, &request.kind.kind);
                 mutate_object(&object, group, kind, policy).map(|mutated| {
-                    let empty = mutated.patch.0.is_empty();
-                    Decision::new(&mutated.patch, empty, mutated.changes, mutated.warnings)
+                    let json = match mutated.patch.0.is_empty() {
+                        true => Ok(None),
+                        false => serde_json::to_vec(&mutated.patch).map(Some),
+                    };
+                    json.and_then(|json| Decision::new(json, mutated.changes, mutated.warnings))
                 })
             }
             Err(e) => {
@@ -288,10 +289,6 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
     }
 }
 
-/// Room for the patch of a Pod with every change the webhook makes, so that writing it does
-/// not grow the buffer.
-const PATCH_CAPACITY: usize = 4096;
-
 /// What either engine decided, the patch ready for the response and `None` when nothing
 /// changes.
 struct Decision {
@@ -301,27 +298,24 @@ struct Decision {
 }
 
 impl Decision {
+    /// `json` is the JSON patch, `None` when nothing changes.
     fn new(
-        patch: &impl Serialize,
-        empty: bool,
+        json: Option<Vec<u8>>,
         changes: Vec<Change>,
         warnings: Vec<String>,
     ) -> serde_json::Result<Self> {
-        let patch = if empty {
-            None
-        } else {
-            // Written once into a buffer sized for a typical Pod's patch, then base64 straight
-            // into the JSON string: base64 needs no escaping, so the response copies it as is.
-            let mut json = Vec::with_capacity(PATCH_CAPACITY);
-            serde_json::to_writer(&mut json, patch)?;
+        // Base64 straight into the JSON string: it needs no escaping, so the response copies
+        // it as is.
+        let patch = json.map(|json| {
+            let base64 = &base64::engine::general_purpose::STANDARD;
             let mut quoted = String::with_capacity(json.len().div_ceil(3) * 4 + 2);
             quoted.push('"');
-            base64::engine::general_purpose::STANDARD.encode_string(&json, &mut quoted);
+            base64.encode_string(&json, &mut quoted);
             quoted.push('"');
-            Some(RawValue::from_string(quoted)?)
-        };
+            RawValue::from_string(quoted)
+        });
         Ok(Self {
-            patch,
+            patch: patch.transpose()?,
             changes,
             warnings,
         })
