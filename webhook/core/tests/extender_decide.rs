@@ -126,6 +126,7 @@ fn managed(name: &str, node: &str, claims: &[&str]) -> ManagedPodInfo {
         terminating: false,
         finished: false,
         claims: names(claims),
+        labelled: true,
     }
 }
 
@@ -335,9 +336,14 @@ fn an_attaching_volume_pins_too() {
 /// A single-node volume is single-node, not single-pod: on the node of the pod that still uses
 /// it, the new one would mount it too, and two Jellyfins would write one library. Shutting
 /// down counts (the old pod's grace is for its database), and so does a node that is silent
-/// but not proven off.
+/// but not proven off, and so does a pod that opted in but was never mutated (the webhook was
+/// unreachable when it was admitted).
 #[rstest]
 #[case::running(|_: &mut Snapshot| {}, false)]
+#[case::opted_in_but_never_mutated(|s: &mut Snapshot| s.upsert_managed_pod(ManagedPodInfo {
+    labelled: false,
+    ..managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM])
+}), false)]
 #[case::shutting_down(|_: &mut Snapshot| {}, true)]
 #[case::on_a_silent_node(|s: &mut Snapshot| s.upsert_lease(lease("qs-3", 120)), false)]
 #[case::on_a_node_being_fenced(|s: &mut Snapshot| edit_node(s, "qs-3", |n| n.fencing = true), false)]

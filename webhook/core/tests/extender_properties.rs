@@ -208,6 +208,7 @@ fn objects() -> impl Strategy<Value = Objects> {
                 } else {
                     vec![]
                 },
+                labelled: true,
             });
         }
         objects

@@ -29,9 +29,6 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-/// The label the webhook puts on the pods it manages; only those are watched.
-pub const MANAGED_SELECTOR: &str = "jellyfin-ha.io/managed=true";
-
 /// The number of kinds watched; readiness waits for each of them to finish its first list.
 pub const WATCHED_KINDS: usize = 7;
 
@@ -326,9 +323,11 @@ impl<K: Watched> KindCache<K> {
     /// Applies one watch event. Returns true when it completed a list (`InitDone`).
     pub fn apply(&mut self, snapshot: &SharedSnapshot, event: Event<K>) -> bool {
         match event {
+            // An object that no longer projects (a pod whose opt-in was removed) leaves.
             Event::Apply(object) => {
-                if let Some(info) = object.project(&self.policy) {
-                    K::upsert(&mut snapshot.write(), info);
+                match object.project(&self.policy) {
+                    Some(info) => K::upsert(&mut snapshot.write(), info),
+                    None => K::remove(&mut snapshot.write(), &object),
                 }
                 false
             }
@@ -369,7 +368,6 @@ pub fn spawn_watchers(
     stop: &CancellationToken,
 ) {
     let config = watcher::Config::default().any_semantic();
-    let managed = config.clone().labels(MANAGED_SELECTOR);
     macro_rules! spawn {
         ($kind:ty, $api:expr, $config:expr) => {
             tokio::spawn(watch::<$kind>(
@@ -395,8 +393,10 @@ pub fn spawn_watchers(
         config.clone()
     );
     spawn!(PersistentVolume, Api::all(client.clone()), config.clone());
-    spawn!(CSINode, Api::all(client.clone()), config);
-    spawn!(Pod, Api::all(client.clone()), managed);
+    spawn!(CSINode, Api::all(client.clone()), config.clone());
+    // Every pod, not only those the webhook labelled: one that opted in but was never mutated
+    // may still write its claims (see `ManagedPodInfo`); the others are dropped as they come.
+    spawn!(Pod, Api::all(client.clone()), config);
     tokio::spawn(watch::<ConfigMap>(
         Api::namespaced(client.clone(), reports_namespace),
         watcher::Config::default()
@@ -491,7 +491,6 @@ pub async fn list_once(
             .collect()
     }
     let any = ListParams::default();
-    let managed = ListParams::default().labels(MANAGED_SELECTOR);
     let (nodes, leases, attachments, claims, volumes, csi_nodes, pods) = futures::try_join!(
         all::<Node>(Api::all(client.clone()), &any),
         all::<Lease>(Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE), &any),
@@ -499,7 +498,7 @@ pub async fn list_once(
         all::<PersistentVolumeClaim>(Api::all(client.clone()), &any),
         all::<PersistentVolume>(Api::all(client.clone()), &any),
         all::<CSINode>(Api::all(client.clone()), &any),
-        all::<Pod>(Api::all(client.clone()), &managed),
+        all::<Pod>(Api::all(client.clone()), &any),
     )?;
     let mut snapshot = Snapshot::new();
     snapshot.replace_nodes(project(nodes, policy));
@@ -522,6 +521,7 @@ pub async fn list_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jellyfin_ha_core::annotations::MANAGED;
     use jellyfin_ha_core::extender::snapshot::NodeState;
     use serde_json::json;
 
@@ -535,7 +535,7 @@ mod tests {
 
     fn pod(name: &str, node: &str) -> Pod {
         serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "media"},
+            "metadata": {"name": name, "namespace": "media", "labels": {MANAGED: "true"}},
             "spec": {"nodeName": node, "containers": []}
         }))
         .unwrap()
@@ -596,6 +596,18 @@ mod tests {
         pods.apply(&shared, Event::Delete(pod("a", "qs-1")));
         assert_eq!(state_of(&shared, "qs-1").managed_pods(), 1);
         assert!(shared.read().managed_pod("media", "b").is_some());
+    }
+
+    #[test]
+    fn a_pod_that_no_longer_opts_in_leaves() {
+        let shared = SharedSnapshot::default();
+        let mut pods = KindCache::<Pod>::new(policy());
+        pods.apply(&shared, Event::Apply(pod("a", "qs-1")));
+        let mut unlabelled = pod("a", "qs-1");
+        unlabelled.metadata.labels = None;
+        pods.apply(&shared, Event::Apply(unlabelled));
+        assert!(shared.read().managed_pod("media", "a").is_none());
+        assert_eq!(state_of(&shared, "qs-1").managed_pods(), 0);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
 use k8s_openapi::jiff::Timestamp;
 
 use super::policy::ExtenderPolicy;
+use crate::annotations;
 use crate::busyness::AgentReport;
 use crate::busyness::report::{REPORT_KEY, REPORT_OBJECT_PREFIX};
 use crate::taints::OUT_OF_SERVICE;
@@ -335,7 +336,9 @@ impl CsiNodeInfo {
     }
 }
 
-/// What the extender keeps of a pod labelled `jellyfin-ha.io/managed=true`.
+/// What the extender keeps of a pod that opted in: labelled `jellyfin-ha.io/managed=true` by
+/// the webhook, or only annotated to opt in where the webhook never saw it (unreachable when it
+/// was admitted, or installed after). Either may write the library on its claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedPodInfo {
     pub namespace: String,
@@ -348,10 +351,20 @@ pub struct ManagedPodInfo {
     pub finished: bool,
     /// The claims its volumes use, in its namespace.
     pub claims: Vec<String>,
+    /// Mutated by the webhook, so it asks for the iGPU and counts toward its node's load.
+    pub labelled: bool,
 }
 
 impl ManagedPodInfo {
+    /// `None` for a pod that did not opt in.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let labels = pod.metadata.labels.as_ref();
+        let labelled = labels
+            .and_then(|l| l.get(annotations::MANAGED))
+            .is_some_and(|v| v == "true");
+        if !labelled && !annotations::opted_in(pod.metadata.annotations.as_ref()) {
+            return None;
+        }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         Some(Self {
             namespace: pod.metadata.namespace.clone()?,
@@ -364,6 +377,7 @@ impl ManagedPodInfo {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             finished: matches!(phase, Some("Succeeded" | "Failed")),
             claims: pod_claim_names(pod),
+            labelled,
         })
     }
 
@@ -374,7 +388,7 @@ impl ManagedPodInfo {
     /// The node whose iGPU this pod counts against: bound, running or about to, and not on
     /// its way out.
     pub fn gpu_node(&self) -> Option<&str> {
-        if self.terminating || self.finished {
+        if !self.labelled || self.terminating || self.finished {
             return None;
         }
         self.node_name.as_deref()
@@ -745,8 +759,9 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annotations::{INJECT, MANAGED};
     use rstest::rstest;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     impl Snapshot {
         fn attachments_on(&self, node: &str, driver: &str) -> u32 {
@@ -977,28 +992,49 @@ mod tests {
 
     #[test]
     fn managed_pod_counts_only_while_it_uses_the_gpu() {
-        let pod = |phase: &str, deleting: bool| -> Pod {
+        let pod = |phase: &str, deleting: bool, metadata: Value| -> Pod {
             let mut value = json!({
                 "metadata": {"name": "jf", "namespace": "media"},
                 "spec": {"nodeName": "qs-1", "containers": []},
                 "status": {"phase": phase}
             });
+            merge(&mut value["metadata"], &metadata);
             if deleting {
                 value["metadata"]["deletionTimestamp"] = json!("2026-11-24T20:00:00Z");
             }
             serde_json::from_value(value).unwrap()
         };
+        let labelled = json!({"labels": {MANAGED: "true"}});
         let gpu_node = |p: Pod| {
             ManagedPodInfo::from_pod(&p)
                 .unwrap()
                 .gpu_node()
                 .map(String::from)
         };
-        assert_eq!(gpu_node(pod("Running", false)).as_deref(), Some("qs-1"));
-        assert_eq!(gpu_node(pod("Pending", false)).as_deref(), Some("qs-1"));
-        assert_eq!(gpu_node(pod("Running", true)), None);
-        assert_eq!(gpu_node(pod("Succeeded", false)), None);
-        assert_eq!(gpu_node(pod("Failed", false)), None);
+        let running = |metadata: &Value| pod("Running", false, metadata.clone());
+        assert_eq!(gpu_node(running(&labelled)).as_deref(), Some("qs-1"));
+        assert_eq!(
+            gpu_node(pod("Pending", false, labelled.clone())).as_deref(),
+            Some("qs-1")
+        );
+        assert_eq!(gpu_node(pod("Running", true, labelled.clone())), None);
+        assert_eq!(gpu_node(pod("Succeeded", false, labelled.clone())), None);
+        assert_eq!(gpu_node(pod("Failed", false, labelled)), None);
+
+        // Opted in but never mutated: kept (it may write its claims), not counted on the iGPU
+        // it never asked for.
+        let opted_in = json!({"annotations": {INJECT: "true"}});
+        let unmutated = ManagedPodInfo::from_pod(&running(&opted_in)).unwrap();
+        assert!(!unmutated.labelled);
+        assert_eq!(unmutated.gpu_node(), None);
+        // Neither: not kept.
+        assert_eq!(ManagedPodInfo::from_pod(&running(&json!({}))), None);
+    }
+
+    fn merge(into: &mut Value, from: &Value) {
+        if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
+            into.extend(from.clone());
+        }
     }
 
     fn attachment(name: &str, pv: &str, node: &str) -> VolumeAttachmentInfo {
@@ -1019,6 +1055,7 @@ mod tests {
             node_name: node.map(Into::into),
             terminating: false,
             finished: false,
+            labelled: true,
             claims: vec![],
         }
     }
