@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use jellyfin_ha_core::annotations::INJECT;
 use jellyfin_ha_e2e::{TestNamespace, TestNode, client, envtest, eventually, metric_total};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -323,7 +324,8 @@ async fn follows_its_attached_volume() {
 
 /// A replacement never joins the Jellyfin it replaces on its volume: while the old pod shuts
 /// down (held here by a finalizer, as a long grace period would), every node is refused, the
-/// old pod's own included; once it is gone the new one is placed.
+/// old pod's own included; once it is gone the new one is placed. The old pod opted in but was
+/// admitted unmutated (the webhook was unreachable then), so it carries no managed label.
 #[tokio::test]
 #[ignore = "needs the extender and its scheduler: run hack/e2e-extender.sh"]
 async fn a_replacement_waits_until_the_old_pod_no_longer_uses_the_volume() {
@@ -333,6 +335,8 @@ async fn a_replacement_waits_until_the_old_pod_no_longer_uses_the_volume() {
     let pv_name = single_node_claim(&client, &namespace, "config").await;
     let mut old = load_pod("jellyfin-old", "ext-wait-2", Some("config"));
     old.metadata.finalizers = Some(vec![HOLD.into()]);
+    old.metadata.labels = None;
+    old.metadata.annotations = Some([(INJECT.to_string(), "true".to_string())].into());
     create_all(&pods, vec![old]).await;
     pods.delete("jellyfin-old", &Default::default())
         .await
