@@ -306,6 +306,23 @@ fn the_taint_comes_off_only_after_a_power_cycle() {
         decision(&[blank, node("b", 1)], "a"),
         Decision::KeepFenced { .. }
     ));
+    // Nor can a record without one, whatever the node reports now.
+    let mut unrecorded = fenced(node("a", 1), "");
+    unrecorded.boot_id = "a-boot-2".into();
+    assert!(matches!(
+        decision(&[unrecorded, node("b", 1)], "a"),
+        Decision::KeepFenced { .. }
+    ));
+}
+
+#[test]
+fn a_silent_node_without_a_boot_id_is_not_fenced() {
+    let mut blank = node("a", 100);
+    blank.boot_id = String::new();
+    assert_eq!(
+        decision(&[blank, node("b", 1), node("c", 1)], "a"),
+        Decision::Refused(Refusal::NoBootId)
+    );
 }
 
 #[test]
@@ -487,6 +504,37 @@ fn a_fence_record_edited_out_of_shape_leaves_the_taint_to_a_person() {
     assert!(facts.record_unreadable && facts.record.is_none());
     assert_eq!(
         decision(&[facts, node("b", 1)], "a"),
+        Decision::ForeignTaint
+    );
+}
+
+/// The record is ours only together with the taint it was written with (the taint's
+/// `timeAdded` is the record's `fencedAt`, to the second): one left behind after someone
+/// removed our taint by hand must not make a later taint of theirs ours, to sweep pods under
+/// and to lift.
+#[test]
+fn a_record_belongs_only_to_the_taint_it_was_written_with() {
+    let tainted = |time_added: &str| -> k8s_openapi::api::core::v1::Node {
+        let mut record = fenced(node("a", 100), "a-boot-1").record.unwrap();
+        // Written with the fencer's clock, finer than the taint keeps.
+        record.fenced_at = at(NOW - 60) + k8s_openapi::jiff::SignedDuration::from_millis(700);
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "annotations": {"jellyfin-ha.io/fenced": record.to_annotation()}},
+            "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute",
+                                 "timeAdded": time_added}]}
+        }))
+        .unwrap()
+    };
+    let fenced_at = at(NOW - 60).to_string();
+    let ours = NodeFacts::from_node(&tainted(&fenced_at), None).unwrap();
+    assert!(ours.record.is_some());
+    assert_eq!(decision(&[ours, node("b", 1)], "a"), Decision::Fenced);
+
+    let later = at(NOW - 5).to_string();
+    let theirs = NodeFacts::from_node(&tainted(&later), None).unwrap();
+    assert!(theirs.record.is_none() && !theirs.record_unreadable);
+    assert_eq!(
+        decision(&[theirs, node("b", 1)], "a"),
         Decision::ForeignTaint
     );
 }

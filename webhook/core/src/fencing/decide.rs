@@ -25,7 +25,9 @@ pub struct NodeFacts {
     pub lease: Option<LeaseInfo>,
     /// Carries a `node.kubernetes.io/out-of-service` taint, ours or anyone's.
     pub out_of_service: bool,
-    /// Our [`FenceRecord`], when the annotation is present and well-formed.
+    /// Our [`FenceRecord`], when the annotation is present, well-formed and belongs to the
+    /// out-of-service taint the node carries (the taint was added when the record says). A
+    /// record left behind after someone removed our taint owns no taint added later.
     pub record: Option<FenceRecord>,
     /// The record annotation is present but cannot be read (edited by hand?): the taint is
     /// then nobody's the fencer can vouch for, and stays.
@@ -45,6 +47,16 @@ impl NodeFacts {
             .and_then(|a| a.get(FENCED_ANNOTATION))
             .map(|v| FenceRecord::from_annotation(v));
         let record_unreadable = matches!(record, Some(Err(_)));
+        let out_of_service = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .and_then(|taints| taints.iter().find(|t| t.key == OUT_OF_SERVICE));
+        // The apiserver keeps a taint's time to the second.
+        let added = out_of_service.and_then(|t| t.time_added.as_ref().map(|t| t.0.as_second()));
+        let record = record
+            .and_then(Result::ok)
+            .filter(|record| added == Some(record.fenced_at.as_second()));
         let status = node.status.as_ref();
         Some(Self {
             name: meta.name.clone()?,
@@ -55,12 +67,8 @@ impl NodeFacts {
                 .map(|i| i.boot_id.clone())
                 .unwrap_or_default(),
             lease: lease.and_then(LeaseInfo::from_lease),
-            out_of_service: node
-                .spec
-                .as_ref()
-                .and_then(|s| s.taints.as_ref())
-                .is_some_and(|taints| taints.iter().any(|t| t.key == OUT_OF_SERVICE)),
-            record: record.and_then(Result::ok),
+            out_of_service: out_of_service.is_some(),
+            record,
             record_unreadable,
             cordoned: node
                 .spec
@@ -191,6 +199,9 @@ pub enum Refusal {
     NotProven(String),
     /// This replica could not confirm it still holds the leader Lease.
     NotLeading(String),
+    /// The node reports no `status.nodeInfo.bootID`: nothing would tell when it power-cycled,
+    /// which is what lifts the taint.
+    NoBootId,
 }
 
 impl fmt::Display for Refusal {
@@ -224,6 +235,10 @@ impl fmt::Display for Refusal {
                  left running",
             ),
             Self::NotProven(why) => write!(f, "not proven off: {why}"),
+            Self::NoBootId => f.write_str(
+                "the node reports no status.nodeInfo.bootID, so a power cycle could not be told \
+                 apart from its return, and the taint could never be lifted safely",
+            ),
             Self::NotLeading(why) => write!(
                 f,
                 "this replica could not confirm it still leads ({why}); another one may be \
@@ -246,6 +261,7 @@ impl Refusal {
             Self::HeartbeatResumed => "HeartbeatResumed",
             Self::NotProven(_) => "NotProvenOff",
             Self::NotLeading(_) => "NotLeading",
+            Self::NoBootId => "NoBootId",
         }
     }
 }
@@ -325,6 +341,8 @@ pub fn plan(
             Decision::Proving
         } else if let Err(refusal) = eligibility(node) {
             Decision::Refused(refusal)
+        } else if node.boot_id.is_empty() {
+            Decision::Refused(Refusal::NoBootId)
         } else if let Err(refusal) = &share {
             Decision::Refused(refusal.clone())
         } else if busy_besides(node) >= policy.max_fenced as usize {
@@ -384,7 +402,8 @@ fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision
     let Some(record) = node.record.as_ref().filter(|_| back) else {
         return Decision::Fenced;
     };
-    if node.boot_id.is_empty() || node.boot_id == record.boot_id {
+    // A record without a bootID could never tell a power cycle from a return.
+    if record.boot_id.is_empty() || node.boot_id.is_empty() || node.boot_id == record.boot_id {
         Decision::KeepFenced {
             boot_id: node.boot_id.clone(),
         }

@@ -538,6 +538,12 @@ impl Fencer {
         let api = self.nodes_api();
         let result = async {
             let current = api.get(node).await?;
+            // Read again, right before the write: the taint must still be the one our record
+            // belongs to.
+            let ours = NodeFacts::from_node(&current, None).is_some_and(|f| f.record.is_some());
+            if !ours {
+                return Ok(false);
+            }
             let taints: Vec<_> = current
                 .spec
                 .as_ref()
@@ -555,11 +561,15 @@ impl Fencer {
             });
             api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .map(drop)
+                .map(|_| true)
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(false) => {
+                tracing::warn!(%node, "the out-of-service taint is no longer ours; left alone");
+                false
+            }
+            Ok(true) => {
                 self.metrics.fencer_unfences.inc();
                 let note = format!(
                     "back Ready with a new bootID {boot_id:?}: it power-cycled; {OUT_OF_SERVICE} removed"
