@@ -199,14 +199,26 @@ impl Node {
                 system_uuid
             }
         };
-        if !self.envtest.running(&format!("bmc-{name}")) {
-            self.envtest
-                .start_bmc(name, &system_uuid, &node_mac(name), &node_ip(name))?;
-        }
+        let start_bmc = || {
+            let bmc = format!("bmc-{name}");
+            match self.envtest.running(&bmc) {
+                true => Ok(()),
+                false => {
+                    (self.envtest).start_bmc(name, &system_uuid, &node_mac(name), &node_ip(name))
+                }
+            }
+        };
+        start_bmc()?;
         if !self.envtest.running(&self.kubelet()) {
             self.start_kubelet_process()?;
         }
-        self.envtest.wait_bmc_up(name).await?;
+        // The emulator is a third party's; one that dies starting is started once more, and
+        // how it died is kept in its log.
+        if let Err(e) = self.envtest.wait_bmc_up(name).await {
+            log(&format!("{e:#}; starting it again"));
+            start_bmc()?;
+            self.envtest.wait_bmc_up(name).await?;
+        }
         self.wait_ready(READY_AFTER_ADD).await?;
         let bmc = self.envtest.bmc(name)?;
         log(&format!(

@@ -5,6 +5,7 @@
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,8 +80,14 @@ impl Envtest {
             .with_context(|| format!("starting {}", program.display()))?;
         std::fs::write(&pid_path, format!("{}\n", child.id()))?;
         // Reaped when it exits, so that a killed one does not linger as a zombie of a
-        // long-running caller; a caller that exits first leaves it to init.
-        std::thread::spawn(move || child.wait());
+        // long-running caller; a caller that exits first leaves it to init. How it ended goes
+        // to its log, which is all a failure report has when it said nothing itself.
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let log = OpenOptions::new().append(true).open(&log_path);
+                let _ = log.and_then(|mut log| writeln!(log, "==> {status}"));
+            }
+        });
         Ok(())
     }
 
