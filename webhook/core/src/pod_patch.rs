@@ -12,9 +12,7 @@
 //! formed; tolerations it rewrites carry only the fields Kubernetes defines for them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use json_patch::jsonptr::Token;
 use k8s_openapi::api::core::v1::{
     Affinity, Lifecycle, PodSecurityContext, ResourceRequirements, Toleration,
 };
@@ -41,7 +39,7 @@ pub struct PodPatch {
 
 /// The fields of a Pod the mutation reads; serde skips the rest without building them.
 #[derive(Deserialize)]
-struct Pod {
+pub struct PodFields {
     #[serde(default)]
     metadata: Metadata,
     spec: Option<Spec>,
@@ -77,10 +75,10 @@ struct Container {
     startup_probe: Option<IgnoredAny>,
 }
 
-/// What the webhook does to a Pod on CREATE, from the Pod's JSON text; `None` where
-/// [`crate::object::mutate_pod`] must answer instead.
-pub fn patch_pod(pod_json: &str, policy: &Policy) -> Option<PodPatch> {
-    let pod: Pod = serde_json::from_str(pod_json).ok()?;
+/// What the webhook does to a Pod on CREATE, from the fields it reads (read with the
+/// AdmissionReview around them, in the same pass); `None` where [`crate::object::mutate_pod`]
+/// must answer instead.
+pub fn patch_pod(pod: PodFields, policy: &Policy) -> Option<PodPatch> {
     let Metadata {
         annotations,
         labels,
@@ -336,17 +334,6 @@ impl AddPatch {
     }
 }
 
-/// A JSON Pointer from its unescaped tokens.
-struct JsonPointer<'a>(&'a [&'a str]);
-
-impl fmt::Display for JsonPointer<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0
-            .iter()
-            .try_for_each(|token| write!(f, "/{}", Token::new(*token).encoded()))
-    }
-}
-
 /// The patch being written.
 struct Ops {
     patch: AddPatch,
@@ -370,14 +357,23 @@ impl Ops {
     fn add(&mut self, path: &[&str], value: impl Serialize) {
         let json = &mut self.patch.json;
         json.extend_from_slice(if json.is_empty() { b"[" } else { b"" });
-        json.extend_from_slice(br#"{"op":"add","path":"#);
-        let written = serde_json::to_writer(&mut *json, &format_args!("{}", JsonPointer(path)))
-            .and_then(|()| {
-                json.extend_from_slice(br#","value":"#);
-                serde_json::to_writer(&mut *json, &value)
-            });
+        json.extend_from_slice(br#"{"op":"add","path":""#);
+        for token in path {
+            json.push(b'/');
+            // JSON Pointer escapes; a token that would need JSON string escapes as well (no
+            // Kubernetes name or key does) is left to the reference engine.
+            for byte in token.bytes() {
+                match byte {
+                    b'~' => json.extend_from_slice(b"~0"),
+                    b'/' => json.extend_from_slice(b"~1"),
+                    b'"' | b'\\' | ..b' ' => self.failed = true,
+                    _ => json.push(byte),
+                }
+            }
+        }
+        json.extend_from_slice(br#"","value":"#);
+        self.failed |= serde_json::to_writer(&mut *json, &value).is_err();
         json.extend_from_slice(b"},");
-        self.failed |= written.is_err();
     }
 
     fn into_patch(self) -> Option<AddPatch> {

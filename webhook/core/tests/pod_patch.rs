@@ -13,7 +13,7 @@
 use jellyfin_ha_core::annotations::{CONTAINER, FAILOVER_SECONDS, GPU, INJECT, MANAGED, MUTATIONS};
 use jellyfin_ha_core::config::{GpuMode, Policy};
 use jellyfin_ha_core::mutate_pod;
-use jellyfin_ha_core::pod_patch::{AddPatch, patch_pod};
+use jellyfin_ha_core::pod_patch::{AddPatch, PodFields, PodPatch};
 use jellyfin_ha_core::scheduling::Scheduling;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -23,10 +23,16 @@ mod support;
 
 const REVIEW: &str = include_str!("../../server/tests/fixtures/review-pod-create.json");
 
+/// The fast path on a Pod as JSON; `None` where it declines (or the Pod does not read).
+fn patch_pod(pod: &Value, policy: &Policy) -> Option<PodPatch> {
+    let fields: PodFields = serde_json::from_value(pod.clone()).ok()?;
+    jellyfin_ha_core::pod_patch::patch_pod(fields, policy)
+}
+
 /// Asserts the fast path agrees with the reference on `input`; returns whether it answered.
 fn agree(input: &Value, policy: &Policy) -> Result<bool, TestCaseError> {
     let reference = mutate_pod(input, policy);
-    let Some(fast) = patch_pod(&input.to_string(), policy) else {
+    let Some(fast) = patch_pod(input, policy) else {
         let gpu = input["metadata"]["annotations"][GPU].as_str();
         let hostpath = gpu.map_or(policy.gpu.mode == GpuMode::Hostpath, |g| g == "hostpath");
         prop_assert!(
@@ -242,7 +248,7 @@ proptest! {
     fn fast_path_agrees_on_already_mutated_pods(input in pod(), policy in any_policy()) {
         if let Ok(once) = mutate_pod(&input, &policy) {
             agree(&once.object, &policy)?;
-            if let Some(again) = patch_pod(&once.object.to_string(), &policy) {
+            if let Some(again) = patch_pod(&once.object, &policy) {
                 prop_assert!(again.patch.is_empty(), "{:?}", again.patch);
             }
         }
@@ -292,6 +298,6 @@ fn fast_path_answers_for_the_fixture_pods_and_agrees() {
 #[test]
 fn a_pod_that_did_not_opt_in_gets_an_empty_patch() {
     let pod = json!({"metadata": {"annotations": {INJECT: "yes"}}, "spec": {"containers": []}});
-    let fast = patch_pod(&pod.to_string(), &Policy::default()).unwrap();
+    let fast = patch_pod(&pod, &Policy::default()).unwrap();
     assert!(fast.patch.is_empty() && fast.changes.is_empty() && fast.warnings.is_empty());
 }

@@ -5,26 +5,31 @@
 //! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
 
 use base64::Engine;
-use jellyfin_ha_core::pod_patch::patch_pod;
+use std::fmt;
+use std::ops::ControlFlow;
+
+use jellyfin_ha_core::pod_patch::{PodFields, patch_pod};
 use jellyfin_ha_core::{Change, Policy, mutate_object};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 
+/// An AdmissionReview with its `request.object` read as `O`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
+struct ReviewIn<O> {
     #[serde(default)]
     api_version: Option<String>,
-    #[serde(borrow)]
-    request: Option<RequestIn<'a>>,
+    request: Option<RequestIn<O>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+struct RequestIn<O> {
     uid: String,
     kind: GroupVersionKind,
     operation: String,
@@ -34,9 +39,28 @@ struct RequestIn<'a> {
     namespace: Option<String>,
     #[serde(default)]
     name: Option<String>,
-    /// Left as text: a Pod is read straight from it ([`patch_pod`]).
-    #[serde(default, borrow)]
-    object: Option<&'a RawValue>,
+    /// Absent is `None`, as for every `Option` serde reads.
+    object: Option<O>,
+}
+
+/// The fields [`patch_pod`] reads, from a JSON object only (serde would take an array for a
+/// struct as well).
+struct PodObject(PodFields);
+
+impl<'de> Deserialize<'de> for PodObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = PodObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a Pod object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PodObject, A::Error> {
+                PodFields::deserialize(MapAccessDeserializer::new(map)).map(PodObject)
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -167,7 +191,31 @@ fn invalid(
 
 /// Answers one review body. Every input gets an answer; nothing here panics or does IO.
 pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
-    let parsed: ReviewIn = match serde_json::from_slice(body) {
+    // Checked once whole, so that the parser does not check each string again.
+    let body = match std::str::from_utf8(body) {
+        Ok(body) => body,
+        Err(e) => {
+            let message = format!("cannot parse AdmissionReview: not UTF-8: {e}");
+            return invalid(None, String::new(), message, Summary::default());
+        }
+    };
+    // Nearly every review is a Pod the fast path answers: read with the review in one pass.
+    // Anything else (another kind, a Pod it declines, a body that does not read so) is read
+    // again, its object kept as text for the typed engine.
+    if let Ok(parsed) = serde_json::from_str::<ReviewIn<PodObject>>(body) {
+        match triage(parsed) {
+            ControlFlow::Break(answered) => return answered,
+            ControlFlow::Continue(mut handled) if handled.is_pod() => {
+                let fast = handled.request.object.take();
+                if let Some(fast) = fast.and_then(|pod| patch_pod(pod.0, policy)) {
+                    let json = (!fast.patch.is_empty()).then(|| fast.patch.into_json());
+                    return handled.answer(Decision::new(json, fast.changes, fast.warnings));
+                }
+            }
+            ControlFlow::Continue(_) => {}
+        }
+    }
+    let parsed = match serde_json::from_str::<ReviewIn<&RawValue>>(body) {
         Ok(parsed) => parsed,
         Err(e) => {
             return invalid(
@@ -178,13 +226,51 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
             );
         }
     };
+    let mut handled = match triage(parsed) {
+        ControlFlow::Continue(handled) => handled,
+        ControlFlow::Break(answered) => return answered,
+    };
+    let object = handled.request.object.take();
+    let Some(object) = object.filter(|o| o.get().trim_start().starts_with('{')) else {
+        let message = format!("request.object must be a {} object", handled.summary.kind);
+        return handled.refuse(ReviewOutcome::Invalid, message);
+    };
+    let object = match serde_json::from_str::<Value>(object.get()) {
+        Ok(object) => object,
+        Err(e) => return handled.refuse(ReviewOutcome::Invalid, format!("request.object: {e}")),
+    };
+    let kind = &handled.request.kind;
+    match mutate_object(&object, &kind.group, &kind.kind, policy) {
+        Ok(mutated) => {
+            let json = match mutated.patch.0.is_empty() {
+                true => Ok(None),
+                false => serde_json::to_vec(&mutated.patch).map(Some),
+            };
+            let decided =
+                json.and_then(|json| Decision::new(json, mutated.changes, mutated.warnings));
+            handled.answer(decided)
+        }
+        Err(e) => handled.refuse(ReviewOutcome::Denied, e.to_string()),
+    }
+}
+
+/// A review whose object must be looked at: a kind and operation the webhook mutates.
+struct Handled<O> {
+    api_version: Option<String>,
+    request: RequestIn<O>,
+    summary: Summary,
+}
+
+/// What every review goes through before its object: it breaks with the answer for one that
+/// has no request, or that the webhook leaves alone.
+fn triage<O>(parsed: ReviewIn<O>) -> ControlFlow<Reviewed, Handled<O>> {
     let Some(request) = parsed.request else {
-        return invalid(
+        return ControlFlow::Break(invalid(
             parsed.api_version,
             String::new(),
             "AdmissionReview has no request".into(),
             Summary::default(),
-        );
+        ));
     };
     let summary = Summary {
         uid: request.uid.clone(),
@@ -193,16 +279,6 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         namespace: request.namespace.clone().unwrap_or_default(),
         name: request.name.clone().unwrap_or_default(),
     };
-    let uid = request.uid.clone();
-    let allowed = |warnings: Vec<String>, patch: Option<Box<RawValue>>| Response {
-        uid: uid.clone(),
-        allowed: true,
-        patch_type: patch.as_ref().map(|_| "JSONPatch"),
-        patch,
-        warnings,
-        status: None,
-    };
-
     let subresource = request
         .sub_resource
         .as_deref()
@@ -215,7 +291,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
     // Pods on CREATE (the safety net for pods made from templates the webhook never saw);
     // the pod templates of the workloads Jellyfin runs as, on CREATE and UPDATE, so that their
     // pods are complete at birth even when the webhook cannot be reached then.
-    let handled = match kind {
+    let mutates = match kind {
         _ if subresource => false,
         ("", "Pod", operation) => operation == "CREATE",
         ("apps", "Deployment" | "StatefulSet", operation) => {
@@ -223,74 +299,59 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         }
         _ => false,
     };
-    if !handled {
-        return unchanged(parsed.api_version, allowed(vec![], None), summary);
-    }
-    let Some(object) = request
-        .object
-        .filter(|o| o.get().trim_start().starts_with('{'))
-    else {
-        let message = format!("request.object must be a {} object", request.kind.kind);
-        return invalid(parsed.api_version, request.uid, message, summary);
-    };
-    let fast = match kind {
-        ("", "Pod", _) => patch_pod(object.get(), policy),
-        _ => None,
-    };
-    let decided = match fast {
-        Some(fast) => {
-            let json = (!fast.patch.is_empty()).then(|| fast.patch.into_json());
-            Ok(Decision::new(json, fast.changes, fast.warnings))
-        }
-        // The typed engine answers what the fast path does not.
-        None => match serde_json::from_str::<Value>(object.get()) {
-            Ok(object) => {
-                let (group, kind) = (&request.kind.group, &request.kind.kind);
-                mutate_object(&object, group, kind, policy).map(|mutated| {
-                    let json = match mutated.patch.0.is_empty() {
-                        true => Ok(None),
-                        false => serde_json::to_vec(&mutated.patch).map(Some),
-                    };
-                    json.and_then(|json| Decision::new(json, mutated.changes, mutated.warnings))
-                })
-            }
-            Err(e) => {
-                let message = format!("request.object: {e}");
-                return invalid(parsed.api_version, uid, message, summary);
-            }
-        },
-    };
-    let decision = match decided {
-        Ok(Ok(decision)) => decision,
-        Ok(Err(e)) => {
-            let message = format!("cannot encode patch: {e}");
-            return invalid(parsed.api_version, uid.clone(), message, summary);
-        }
-        Err(e) => {
-            let message = e.to_string();
-            return refuse(
-                ReviewOutcome::Denied,
-                parsed.api_version,
-                uid,
-                message,
-                summary,
-            );
-        }
-    };
-    let Some(patch) = decision.patch else {
-        let response = allowed(decision.warnings, None);
-        return unchanged(parsed.api_version, response, summary);
-    };
-    Reviewed {
-        review: reply(parsed.api_version, allowed(decision.warnings, Some(patch))),
-        outcome: ReviewOutcome::Mutated,
+    let handled = Handled {
+        api_version: parsed.api_version,
+        request,
         summary,
-        changes: decision.changes.iter().map(Change::record_key).collect(),
+    };
+    match mutates {
+        true => ControlFlow::Continue(handled),
+        false => ControlFlow::Break(handled.answer(Ok(Decision::default()))),
     }
 }
 
+impl<O> Handled<O> {
+    fn is_pod(&self) -> bool {
+        let kind = &self.request.kind;
+        kind.group.is_empty() && kind.kind == "Pod"
+    }
+
+    fn answer(self, decided: serde_json::Result<Decision>) -> Reviewed {
+        let decision = match decided {
+            Ok(decision) => decision,
+            Err(e) => {
+                let message = format!("cannot encode patch: {e}");
+                return self.refuse(ReviewOutcome::Invalid, message);
+            }
+        };
+        let outcome = match decision.patch {
+            Some(_) => ReviewOutcome::Mutated,
+            None => ReviewOutcome::Unchanged,
+        };
+        let response = Response {
+            uid: self.request.uid,
+            allowed: true,
+            patch_type: decision.patch.as_ref().map(|_| "JSONPatch"),
+            patch: decision.patch,
+            warnings: decision.warnings,
+            status: None,
+        };
+        Reviewed {
+            review: reply(self.api_version, response),
+            outcome,
+            summary: self.summary,
+            changes: decision.changes.iter().map(Change::record_key).collect(),
+        }
+    }
+
+    fn refuse(self, outcome: ReviewOutcome, message: String) -> Reviewed {
+        let uid = self.request.uid;
+        refuse(outcome, self.api_version, uid, message, self.summary)
+    }
+}
 /// What either engine decided, the patch ready for the response and `None` when nothing
 /// changes.
+#[derive(Default)]
 struct Decision {
     patch: Option<Box<RawValue>>,
     changes: Vec<Change>,
@@ -319,14 +380,5 @@ impl Decision {
             changes,
             warnings,
         })
-    }
-}
-
-fn unchanged(api_version: Option<String>, response: Response, summary: Summary) -> Reviewed {
-    Reviewed {
-        review: reply(api_version, response),
-        outcome: ReviewOutcome::Unchanged,
-        summary,
-        changes: Vec::new(),
     }
 }
