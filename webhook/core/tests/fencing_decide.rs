@@ -44,6 +44,7 @@ fn node(name: &str, silent: i64) -> NodeFacts {
         record_unreadable: false,
         cordoned: false,
         fencing_marked: false,
+        claim_marked: false,
     }
 }
 
@@ -189,6 +190,35 @@ fn proofs_run_side_by_side_and_the_cap_counts_fenced_and_claimed_nodes() {
         Err(Refusal::TooManyFenced { fenced: 1, max: 1 })
     );
     assert_eq!(cap(&nodes, &policy(), &claimed, "a"), Ok(()));
+}
+
+/// A leader that powered a node off and lost its Lease before the taint leaves the claim in
+/// the node's mark: the next leader counts it, and proves that node again rather than
+/// powering off a second one.
+#[test]
+fn a_claim_marked_by_another_leader_counts_against_the_cap() {
+    let mut powered_off = node("a", 40);
+    powered_off.fencing_marked = true;
+    powered_off.claim_marked = true;
+    let nodes = [powered_off, node("b", 30), node("c", 1), node("d", 1)];
+    let none = BTreeSet::new();
+    let decided = plan(&nodes, &policy(), at(NOW), &none, &none);
+    assert!(
+        matches!(decided.get("a"), Some(Decision::Prove { .. })),
+        "{decided:?}"
+    );
+    assert_eq!(
+        decided.get("b"),
+        Some(&Decision::Refused(Refusal::TooManyFenced {
+            fenced: 1,
+            max: 1
+        }))
+    );
+    assert_eq!(
+        cap(&nodes, &policy(), &none, "b"),
+        Err(Refusal::TooManyFenced { fenced: 1, max: 1 })
+    );
+    assert_eq!(cap(&nodes, &policy(), &none, "a"), Ok(()));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::config::{CONTROL_PLANE_LABEL, FencerPolicy, selector_matches};
-use super::record::{FENCED_ANNOTATION, FenceRecord};
+use super::record::{FENCED_ANNOTATION, FenceRecord, FencingMark};
 use crate::extender::snapshot::{ConditionStatus, FENCING_ANNOTATION, LeaseInfo, ReadyCondition};
 use crate::taints::OUT_OF_SERVICE;
 
@@ -36,6 +36,8 @@ pub struct NodeFacts {
     pub cordoned: bool,
     /// Carries the being-fenced mark, which keeps the extender from placing pods on it.
     pub fencing_marked: bool,
+    /// The mark says a proof took one of the `maxFenced` places for it ([`FencingMark`]).
+    pub claim_marked: bool,
 }
 
 impl NodeFacts {
@@ -47,6 +49,10 @@ impl NodeFacts {
             .and_then(|a| a.get(FENCED_ANNOTATION))
             .map(|v| FenceRecord::from_annotation(v));
         let record_unreadable = matches!(record, Some(Err(_)));
+        let mark = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(FENCING_ANNOTATION));
         let out_of_service = node
             .spec
             .as_ref()
@@ -75,10 +81,8 @@ impl NodeFacts {
                 .as_ref()
                 .and_then(|s| s.unschedulable)
                 .unwrap_or(false),
-            fencing_marked: meta
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(FENCING_ANNOTATION)),
+            fencing_marked: mark.is_some(),
+            claim_marked: mark.is_some_and(|m| FencingMark::claims(m)),
         })
     }
 
@@ -318,13 +322,10 @@ pub fn plan(
 ) -> Plan {
     let eligibility = |node: &NodeFacts| eligibility(node, policy);
     let share = silent_share(nodes, policy, now);
-    let busy = nodes
-        .iter()
-        .filter(|n| n.fenced_by_us() || claimed.contains(&n.name))
-        .count();
-    // Fenced or claimed nodes other than this one: a claim of its own, left by a proof that
-    // ended without a taint, must not keep it from being proven again.
-    let busy_besides = |node: &NodeFacts| busy - usize::from(claimed.contains(&node.name));
+    let busy = nodes.iter().filter(|n| holds_place(n, claimed)).count();
+    // Nodes other than this one: a claim of its own, left by a proof that ended without a
+    // taint, must not keep it from being proven again.
+    let busy_besides = |node: &NodeFacts| busy - usize::from(holds_place(node, claimed));
 
     let mut sorted: Vec<&NodeFacts> = nodes.iter().collect();
     // The longest-silent node first, so that a cap on fences picks the one down longest.
@@ -414,6 +415,12 @@ fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision
     }
 }
 
+/// Whether `node` holds one of the `maxFenced` places: fenced by us, or claimed by a proof of
+/// this replica's (`claimed`) or, as its mark says, of any replica's.
+fn holds_place(node: &NodeFacts, claimed: &BTreeSet<String>) -> bool {
+    node.fenced_by_us() || node.claim_marked || claimed.contains(&node.name)
+}
+
 /// Whether `node` may be powered off or tainted now: fewer than `maxFenced` other nodes are
 /// fenced or claimed by a proof.
 pub fn cap(
@@ -424,7 +431,7 @@ pub fn cap(
 ) -> Result<(), Refusal> {
     let fenced = nodes
         .iter()
-        .filter(|n| n.name != node && (n.fenced_by_us() || claimed.contains(&n.name)))
+        .filter(|n| n.name != node && holds_place(n, claimed))
         .count();
     if fenced >= policy.max_fenced as usize {
         return Err(Refusal::TooManyFenced {

@@ -20,4 +20,4 @@ pub use decide::{
 };
 pub use power::PowerState;
 pub use proof::{PowerOffLeave, Proof, ProofStep, Reading};
-pub use record::FenceRecord;
+pub use record::{FenceRecord, FencingMark};

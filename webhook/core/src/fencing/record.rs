@@ -28,6 +28,33 @@ pub struct FenceRecord {
     pub fenced_by: String,
 }
 
+/// The being-fenced mark ([`crate::extender::snapshot::FENCING_ANNOTATION`]) as JSON: set
+/// while a proof runs, so that the extender places nothing on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FencingMark {
+    /// The agent from the config proving it off.
+    pub agent: String,
+    /// When the proof began.
+    pub since: Timestamp,
+    /// The proof took one of the `maxFenced` places (it is powering the machine off): every
+    /// replica counts the node until it heartbeats again, a leader elected meanwhile too.
+    #[serde(default)]
+    pub claimed: bool,
+}
+
+impl FencingMark {
+    pub fn to_annotation(&self) -> String {
+        // A struct of strings, a timestamp and a bool always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A mark that does not read (written by hand?) claims nothing.
+    pub fn claims(value: &str) -> bool {
+        serde_json::from_str::<Self>(value).is_ok_and(|mark| mark.claimed)
+    }
+}
+
 impl FenceRecord {
     pub fn to_annotation(&self) -> String {
         // A struct of strings and a timestamp always serialises.
@@ -59,5 +86,25 @@ mod tests {
         assert!(text.contains("\"bootId\":\"b-1\""), "{text}");
         assert_eq!(FenceRecord::from_annotation(&text).unwrap(), record);
         assert!(FenceRecord::from_annotation("{}").is_err());
+    }
+
+    #[test]
+    fn only_a_mark_that_reads_and_says_so_claims_a_place() {
+        let mark = FencingMark {
+            agent: "bmc".into(),
+            since: "2026-11-25T17:59:58Z".parse().unwrap(),
+            claimed: true,
+        };
+        assert!(FencingMark::claims(&mark.to_annotation()));
+        let proving = FencingMark {
+            claimed: false,
+            ..mark
+        };
+        assert!(!FencingMark::claims(&proving.to_annotation()));
+        // Written before claims were recorded, or by hand.
+        assert!(!FencingMark::claims(
+            r#"{"agent":"bmc","since":"2026-11-25T17:59:58Z"}"#
+        ));
+        assert!(!FencingMark::claims("claimed"));
     }
 }

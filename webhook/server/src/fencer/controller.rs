@@ -11,8 +11,8 @@ use jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
 use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
-    Decision, FenceRecord, FencerPolicy, NodeFacts, PowerOffLeave, Proof, ProofStep, Reading,
-    Refusal, RenewalClock, cap, confirm, plan, silent_share, still_leads, still_silent,
+    Decision, FenceRecord, FencerPolicy, FencingMark, NodeFacts, PowerOffLeave, Proof, ProofStep,
+    Reading, Refusal, RenewalClock, cap, confirm, plan, silent_share, still_leads, still_silent,
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -319,7 +319,9 @@ impl Fencer {
                 reason: refusal.reason().to_string(),
             })
             .inc();
-        if !self.dry_run {
+        // A node this replica powered off keeps its mark, and its place, until it
+        // heartbeats again.
+        if !self.dry_run && !self.claimed().contains(node) {
             self.mark_fencing(node, None).await;
         }
         self.event(
@@ -346,7 +348,12 @@ impl Fencer {
         }
         let settled_at = settled_at.unwrap_or(now);
         if !self.dry_run {
-            self.mark_fencing(node, Some((agent, now))).await;
+            let mark = FencingMark {
+                agent: agent.name.clone(),
+                since: now,
+                claimed: false,
+            };
+            self.mark_fencing(node, Some(mark)).await;
         }
         if let Some(AgentKind::None(_)) = agent.kind() {
             // Nothing proves anything here: wait until silence that began at the same moment
@@ -417,6 +424,18 @@ impl Fencer {
                 self.check_still_silent(node, renewed_at_start)?;
                 self.check_still_leads().await?;
                 self.share_still_sane().and_then(|()| self.claim(node))?;
+                // On the Node before the power-off, so that a leader elected after this one
+                // counts it against maxFenced too.
+                let mark = FencingMark {
+                    agent: agent.name.clone(),
+                    since: proof.started(),
+                    claimed: true,
+                };
+                if !self.mark_fencing(node, Some(mark)).await {
+                    self.claimed().remove(node);
+                    let why = "the claim on one of the maxFenced places could not be written";
+                    return Err(Refusal::NotProven(why.into()));
+                }
                 tracing::warn!(%node, agent = %agent.name, "the device says it is on: powering it off");
                 let sent = match tokio::time::timeout(deadline, device.power_off()).await {
                     Ok(sent) => sent,
@@ -482,19 +501,18 @@ impl Fencer {
     }
 
     /// Marks the node as being fenced, so the extender stops placing pods on it, or (with
-    /// `None`) clears the mark.
-    async fn mark_fencing(&self, node: &str, mark: Option<(&AgentConfig, Timestamp)>) {
-        let value = mark.map(|(agent, since)| {
-            json!({"agent": agent.name, "since": since.to_string()}).to_string()
-        });
+    /// `None`) clears the mark. False when the write failed.
+    async fn mark_fencing(&self, node: &str, mark: Option<FencingMark>) -> bool {
+        let value = mark.map(|mark| mark.to_annotation());
         let patch = json!({"metadata": {"annotations": {FENCING_ANNOTATION: value}}});
-        if let Err(e) = self
+        let written = self
             .nodes_api()
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+            .await;
+        if let Err(e) = &written {
             tracing::warn!(%node, error = %e, "could not update the being-fenced mark");
         }
+        written.is_ok()
     }
 
     /// Adds the taint and the record in one write, on the Node as last read: a concurrent
