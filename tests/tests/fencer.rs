@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use jellyfin_ha_core::fencing::FencingMark;
 use jellyfin_ha_e2e::{
     ShippedRbac, TestNamespace, TestNode, client, create_rbd_claim, eventually, kubectl_ok,
     repo_root, service_account_kubeconfig,
@@ -422,6 +423,14 @@ async fn a_partitioned_node_that_is_still_on_is_powered_off_then_fenced() {
     let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
     let node = &scene.nodes[0];
     node.partition().unwrap();
+    // Before the power-off, the claim on a maxFenced place is on the Node, for any leader.
+    eventually(Duration::from_secs(60), "the power-off's claim", || async {
+        let annotations = scene.node(&node.name).await.metadata.annotations;
+        let mark = annotations.unwrap_or_default().remove(FENCING_MARK);
+        Ok(mark.filter(|m| FencingMark::claims(m)))
+    })
+    .await
+    .unwrap();
     let record = scene.wait_fenced(&node.name, Duration::from_secs(60)).await;
     assert!(
         record["proof"]
