@@ -431,6 +431,8 @@ async fn a_partitioned_node_that_is_still_on_is_powered_off_then_fenced() {
     })
     .await
     .unwrap();
+    // The emulated BMC lands a power change 1-11 s after it is asked.
+    assert_eq!(bmc_power(node), "On", "claimed before the power-off");
     let record = scene.wait_fenced(&node.name, Duration::from_secs(60)).await;
     assert!(
         record["proof"]

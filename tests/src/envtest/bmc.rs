@@ -356,6 +356,8 @@ impl Envtest {
         let process = format!("bmc-{node}");
         while !redfish.answers().await {
             if !self.running(&process) {
+                // Its reaper appends how it ended to the log, a moment after.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 bail!("the BMC of {node} exited\n{}", self.log_tail(&process, 20));
             }
             if Instant::now() >= deadline {

@@ -200,13 +200,11 @@ impl Node {
             }
         };
         let start_bmc = || {
-            let bmc = format!("bmc-{name}");
-            match self.envtest.running(&bmc) {
-                true => Ok(()),
-                false => {
-                    (self.envtest).start_bmc(name, &system_uuid, &node_mac(name), &node_ip(name))
-                }
+            if self.envtest.running(&format!("bmc-{name}")) {
+                return Ok(());
             }
+            let (mac, ip) = (node_mac(name), node_ip(name));
+            self.envtest.start_bmc(name, &system_uuid, &mac, &ip)
         };
         start_bmc()?;
         if !self.envtest.running(&self.kubelet()) {

@@ -21,6 +21,13 @@ pub const MANAGED: &str = "jellyfin-ha.io/managed";
 /// The largest `jellyfin-ha.io/failover-seconds` accepted: Kubernetes' own default.
 pub const MAX_FAILOVER_SECONDS: i64 = 300;
 
+/// Whether the object carrying these labels was mutated by the webhook.
+pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(MANAGED))
+        .is_some_and(|v| v == "true")
+}
+
 /// Whether the object carrying these annotations asked to be mutated.
 pub fn opted_in(annotations: Option<&BTreeMap<String, String>>) -> bool {
     annotations

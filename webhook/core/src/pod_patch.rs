@@ -356,7 +356,9 @@ impl Default for Ops {
 impl Ops {
     fn add(&mut self, path: &[&str], value: impl Serialize) {
         let json = &mut self.patch.json;
-        json.extend_from_slice(if json.is_empty() { b"[" } else { b"" });
+        if json.is_empty() {
+            json.push(b'[');
+        }
         json.extend_from_slice(br#"{"op":"add","path":""#);
         for token in path {
             json.push(b'/');

@@ -606,10 +606,10 @@ impl<'a> ShutdownSettings<'a> {
 pub(crate) fn ensure_managed_label(
     labels: &mut Option<BTreeMap<String, String>>,
 ) -> Option<Change> {
-    let labels = labels.get_or_insert_default();
-    if labels.get(MANAGED).map(String::as_str) == Some("true") {
+    if annotations::is_managed(labels.as_ref()) {
         return None;
     }
+    let labels = labels.get_or_insert_default();
     labels.insert(MANAGED.to_string(), "true".to_string());
     Some(Change::ManagedLabel)
 }

@@ -126,7 +126,7 @@ fn managed(name: &str, node: &str, claims: &[&str]) -> ManagedPodInfo {
         terminating: false,
         finished: false,
         claims: names(claims),
-        labelled: true,
+        mutated: true,
     }
 }
 
@@ -341,7 +341,7 @@ fn an_attaching_volume_pins_too() {
 #[rstest]
 #[case::running(|_: &mut Snapshot| {}, false)]
 #[case::opted_in_but_never_mutated(|s: &mut Snapshot| s.upsert_managed_pod(ManagedPodInfo {
-    labelled: false,
+    mutated: false,
     ..managed("jellyfin-old", "qs-3", &[CONFIG_CLAIM])
 }), false)]
 #[case::shutting_down(|_: &mut Snapshot| {}, true)]

@@ -208,7 +208,7 @@ fn objects() -> impl Strategy<Value = Objects> {
                 } else {
                     vec![]
                 },
-                labelled: true,
+                mutated: true,
             });
         }
         objects

@@ -16,7 +16,10 @@ use jellyfin_ha_core::fencing::{
     Decision, FenceRecord, FencerPolicy, NodeFacts, Plan, Refusal, cap, confirm, plan,
     silent_share, still_silent,
 };
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde_json::json;
 
 fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap()
@@ -178,18 +181,17 @@ fn proofs_run_side_by_side_and_the_cap_counts_fenced_and_claimed_nodes() {
     let claimed = BTreeSet::from(["a".to_string()]);
     let decided = plan(&nodes, &policy(), at(NOW), &claimed, &claimed);
     assert_eq!(decided.get("a"), Some(&Decision::Proving));
-    assert!(matches!(
-        decided.get("b"),
-        Some(Decision::Refused(Refusal::TooManyFenced {
-            fenced: 1,
-            max: 1
-        }))
-    ));
-    assert_eq!(
-        cap(&nodes, &policy(), &claimed, "b"),
-        Err(Refusal::TooManyFenced { fenced: 1, max: 1 })
-    );
+    assert_eq!(decided.get("b"), Some(&Decision::Refused(held_by_a())));
+    assert_eq!(cap(&nodes, &policy(), &claimed, "b"), Err(held_by_a()));
     assert_eq!(cap(&nodes, &policy(), &claimed, "a"), Ok(()));
+}
+
+/// `maxFenced` (1) is taken by node `a`.
+fn held_by_a() -> Refusal {
+    Refusal::TooManyFenced {
+        holders: vec!["a".into()],
+        max: 1,
+    }
 }
 
 /// A leader that powered a node off and lost its Lease before the taint leaves the claim in
@@ -207,17 +209,11 @@ fn a_claim_marked_by_another_leader_counts_against_the_cap() {
         matches!(decided.get("a"), Some(Decision::Prove { .. })),
         "{decided:?}"
     );
-    assert_eq!(
-        decided.get("b"),
-        Some(&Decision::Refused(Refusal::TooManyFenced {
-            fenced: 1,
-            max: 1
-        }))
-    );
-    assert_eq!(
-        cap(&nodes, &policy(), &none, "b"),
-        Err(Refusal::TooManyFenced { fenced: 1, max: 1 })
-    );
+    assert_eq!(decided.get("b"), Some(&Decision::Refused(held_by_a())));
+    assert_eq!(cap(&nodes, &policy(), &none, "b"), Err(held_by_a()));
+    // The refusal names the node holding the place, and how to release it.
+    let said = held_by_a().to_string();
+    assert!(said.starts_with("a already fenced") && said.contains("jellyfin-ha.io/fencing"));
     assert_eq!(cap(&nodes, &policy(), &none, "a"), Ok(()));
 }
 
@@ -539,29 +535,43 @@ fn a_fence_record_edited_out_of_shape_leaves_the_taint_to_a_person() {
 }
 
 /// The record is ours only together with the taint it was written with (the taint's
-/// `timeAdded` is the record's `fencedAt`, to the second): one left behind after someone
-/// removed our taint by hand must not make a later taint of theirs ours, to sweep pods under
-/// and to lift.
+/// `timeAdded` is the record's `fencedAt`, to the second, as the apiserver keeps it): one left
+/// behind after someone removed our taint by hand must not make a later taint of theirs ours,
+/// to sweep pods under and to lift.
 #[test]
 fn a_record_belongs_only_to_the_taint_it_was_written_with() {
-    let tainted = |time_added: &str| -> k8s_openapi::api::core::v1::Node {
-        let mut record = fenced(node("a", 100), "a-boot-1").record.unwrap();
-        // Written with the fencer's clock, finer than the taint keeps.
-        record.fenced_at = at(NOW - 60) + k8s_openapi::jiff::SignedDuration::from_millis(700);
-        serde_json::from_value(serde_json::json!({
+    let mut record = fenced(node("a", 100), "a-boot-1").record.unwrap();
+    // Written with the fencer's clock, finer than a taint keeps.
+    record.fenced_at = at(NOW - 60) + SignedDuration::from_millis(700);
+    // As the Node comes back from the apiserver: the taint written with the record, through
+    // its wire form.
+    let read_back = |taints: Vec<Taint>| -> NodeFacts {
+        let node: Node = serde_json::from_value(json!({
             "metadata": {"name": "a", "annotations": {"jellyfin-ha.io/fenced": record.to_annotation()}},
-            "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute",
-                                 "timeAdded": time_added}]}
+            "spec": {"taints": taints}
         }))
-        .unwrap()
+        .unwrap();
+        NodeFacts::from_node(&node, None).unwrap()
     };
-    let fenced_at = at(NOW - 60).to_string();
-    let ours = NodeFacts::from_node(&tainted(&fenced_at), None).unwrap();
-    assert!(ours.record.is_some());
+    let ours = read_back(vec![record.taint()]);
+    assert_eq!(ours.record.as_ref(), Some(&record));
     assert_eq!(decision(&[ours, node("b", 1)], "a"), Decision::Fenced);
+    // Beside another out-of-service taint, ours is still found.
+    let theirs_first = Taint {
+        effect: "NoSchedule".into(),
+        ..record.taint()
+    };
+    assert!(
+        read_back(vec![theirs_first, record.taint()])
+            .record
+            .is_some()
+    );
 
-    let later = at(NOW - 5).to_string();
-    let theirs = NodeFacts::from_node(&tainted(&later), None).unwrap();
+    let later = Taint {
+        time_added: Some(Time(at(NOW - 5))),
+        ..record.taint()
+    };
+    let theirs = read_back(vec![later]);
     assert!(theirs.record.is_none() && !theirs.record_unreadable);
     assert_eq!(
         decision(&[theirs, node("b", 1)], "a"),

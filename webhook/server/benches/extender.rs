@@ -96,7 +96,7 @@ fn snapshot(policy: &ExtenderPolicy, stale_every: Option<usize>) -> Snapshot {
             terminating: false,
             finished: false,
             claims: Vec::new(),
-            labelled: true,
+            mutated: true,
         });
     }
     for i in 0..200 {

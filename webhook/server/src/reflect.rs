@@ -141,6 +141,9 @@ pub trait Watched: Resource + Clone + Debug + DeserializeOwned + Send + Sync + '
     /// Removes the object; a no-op when it is unknown or has no name.
     fn remove(snapshot: &mut Snapshot, object: &Self);
     fn replace(snapshot: &mut Snapshot, infos: Vec<Self::Info>);
+    /// An object that no longer projects (it changed so that it is not kept): most kinds
+    /// keep what they had, until it is deleted or relisted.
+    fn unprojected(_snapshot: &SharedSnapshot, _object: &Self) {}
 }
 
 fn name_of<K: Resource>(object: &K) -> Option<&str> {
@@ -283,6 +286,16 @@ impl Watched for Pod {
     fn replace(snapshot: &mut Snapshot, infos: Vec<ManagedPodInfo>) {
         snapshot.replace_managed_pods(infos);
     }
+    /// A pod whose opt-in was removed leaves. Every pod in the cluster comes through here, so
+    /// the write lock is taken only for one that was kept.
+    fn unprojected(snapshot: &SharedSnapshot, object: &Self) {
+        let Some((namespace, name)) = key_of(object) else {
+            return;
+        };
+        if snapshot.read().managed_pod(namespace, name).is_some() {
+            snapshot.write().remove_managed_pod(namespace, name);
+        }
+    }
 }
 
 /// The node agents' reports, in jellyfin-ha's namespace.
@@ -323,11 +336,10 @@ impl<K: Watched> KindCache<K> {
     /// Applies one watch event. Returns true when it completed a list (`InitDone`).
     pub fn apply(&mut self, snapshot: &SharedSnapshot, event: Event<K>) -> bool {
         match event {
-            // An object that no longer projects (a pod whose opt-in was removed) leaves.
             Event::Apply(object) => {
                 match object.project(&self.policy) {
                     Some(info) => K::upsert(&mut snapshot.write(), info),
-                    None => K::remove(&mut snapshot.write(), &object),
+                    None => K::unprojected(snapshot, &object),
                 }
                 false
             }

@@ -351,18 +351,16 @@ pub struct ManagedPodInfo {
     pub finished: bool,
     /// The claims its volumes use, in its namespace.
     pub claims: Vec<String>,
-    /// Mutated by the webhook, so it asks for the iGPU and counts toward its node's load.
-    pub labelled: bool,
+    /// Mutated (and labelled) by the webhook, so it asks for the iGPU and counts toward its
+    /// node's load.
+    pub mutated: bool,
 }
 
 impl ManagedPodInfo {
     /// `None` for a pod that did not opt in.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
-        let labels = pod.metadata.labels.as_ref();
-        let labelled = labels
-            .and_then(|l| l.get(annotations::MANAGED))
-            .is_some_and(|v| v == "true");
-        if !labelled && !annotations::opted_in(pod.metadata.annotations.as_ref()) {
+        let mutated = annotations::is_managed(pod.metadata.labels.as_ref());
+        if !mutated && !annotations::opted_in(pod.metadata.annotations.as_ref()) {
             return None;
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -377,7 +375,7 @@ impl ManagedPodInfo {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             finished: matches!(phase, Some("Succeeded" | "Failed")),
             claims: pod_claim_names(pod),
-            labelled,
+            mutated,
         })
     }
 
@@ -388,7 +386,7 @@ impl ManagedPodInfo {
     /// The node whose iGPU this pod counts against: bound, running or about to, and not on
     /// its way out.
     pub fn gpu_node(&self) -> Option<&str> {
-        if !self.labelled || self.terminating || self.finished {
+        if !self.mutated || self.terminating || self.finished {
             return None;
         }
         self.node_name.as_deref()
@@ -1025,7 +1023,7 @@ mod tests {
         // it never asked for.
         let opted_in = json!({"annotations": {INJECT: "true"}});
         let unmutated = ManagedPodInfo::from_pod(&running(&opted_in)).unwrap();
-        assert!(!unmutated.labelled);
+        assert!(!unmutated.mutated);
         assert_eq!(unmutated.gpu_node(), None);
         // Neither: not kept.
         assert_eq!(ManagedPodInfo::from_pod(&running(&json!({}))), None);
@@ -1055,7 +1053,7 @@ mod tests {
             node_name: node.map(Into::into),
             terminating: false,
             finished: false,
-            labelled: true,
+            mutated: true,
             claims: vec![],
         }
     }

@@ -25,9 +25,8 @@ pub struct NodeFacts {
     pub lease: Option<LeaseInfo>,
     /// Carries a `node.kubernetes.io/out-of-service` taint, ours or anyone's.
     pub out_of_service: bool,
-    /// Our [`FenceRecord`], when the annotation is present, well-formed and belongs to the
-    /// out-of-service taint the node carries (the taint was added when the record says). A
-    /// record left behind after someone removed our taint owns no taint added later.
+    /// Our [`FenceRecord`], when the annotation is present, well-formed and owns one of the
+    /// node's taints ([`FenceRecord::owns`]).
     pub record: Option<FenceRecord>,
     /// The record annotation is present but cannot be read (edited by hand?): the taint is
     /// then nobody's the fencer can vouch for, and stays.
@@ -53,16 +52,11 @@ impl NodeFacts {
             .annotations
             .as_ref()
             .and_then(|a| a.get(FENCING_ANNOTATION));
-        let out_of_service = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .and_then(|taints| taints.iter().find(|t| t.key == OUT_OF_SERVICE));
-        // The apiserver keeps a taint's time to the second.
-        let added = out_of_service.and_then(|t| t.time_added.as_ref().map(|t| t.0.as_second()));
+        let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref());
+        let taints = taints.unwrap_or_default();
         let record = record
             .and_then(Result::ok)
-            .filter(|record| added == Some(record.fenced_at.as_second()));
+            .filter(|record| taints.iter().any(|t| record.owns(t)));
         let status = node.status.as_ref();
         Some(Self {
             name: meta.name.clone()?,
@@ -73,7 +67,7 @@ impl NodeFacts {
                 .map(|i| i.boot_id.clone())
                 .unwrap_or_default(),
             lease: lease.and_then(LeaseInfo::from_lease),
-            out_of_service: out_of_service.is_some(),
+            out_of_service: taints.iter().any(|t| t.key == OUT_OF_SERVICE),
             record,
             record_unreadable,
             cordoned: node
@@ -191,8 +185,8 @@ pub enum Refusal {
         eligible: usize,
         max_percent: u32,
     },
-    /// As many nodes as allowed are fenced or being proven off already.
-    TooManyFenced { fenced: usize, max: u32 },
+    /// As many nodes as allowed (`holders`) are fenced or being proven off already.
+    TooManyFenced { holders: Vec<String>, max: u32 },
     /// The node renewed its Lease while it was being proven off: the device may be wired to
     /// another machine.
     HeartbeatDuringProof,
@@ -226,9 +220,12 @@ impl fmt::Display for Refusal {
                  {max_percent}%: that looks like a partition or a control-plane fault, not \
                  dead machines"
             ),
-            Self::TooManyFenced { fenced, max } => write!(
+            Self::TooManyFenced { holders, max } => write!(
                 f,
-                "{fenced} node(s) already fenced or being proven off; fencer.maxFenced is {max}"
+                "{} already fenced or being proven off; fencer.maxFenced is {max} (a node \
+                 powered off that will not come back keeps its place until its \
+                 {FENCING_ANNOTATION} annotation is removed)",
+                holders.join(", ")
             ),
             Self::HeartbeatDuringProof => f.write_str(
                 "the node renewed its Lease while its device said off: the agent may be \
@@ -322,10 +319,7 @@ pub fn plan(
 ) -> Plan {
     let eligibility = |node: &NodeFacts| eligibility(node, policy);
     let share = silent_share(nodes, policy, now);
-    let busy = nodes.iter().filter(|n| holds_place(n, claimed)).count();
-    // Nodes other than this one: a claim of its own, left by a proof that ended without a
-    // taint, must not keep it from being proven again.
-    let busy_besides = |node: &NodeFacts| busy - usize::from(holds_place(node, claimed));
+    let holders = holders(nodes, claimed);
 
     let mut sorted: Vec<&NodeFacts> = nodes.iter().collect();
     // The longest-silent node first, so that a cap on fences picks the one down longest.
@@ -346,11 +340,8 @@ pub fn plan(
             Decision::Refused(Refusal::NoBootId)
         } else if let Err(refusal) = &share {
             Decision::Refused(refusal.clone())
-        } else if busy_besides(node) >= policy.max_fenced as usize {
-            Decision::Refused(Refusal::TooManyFenced {
-                fenced: busy_besides(node),
-                max: policy.max_fenced,
-            })
+        } else if let Err(refusal) = room_besides(&holders, &node.name, policy) {
+            Decision::Refused(refusal)
         } else if let Some((agent, _)) = policy.agent_for(&node.name, &node.labels) {
             Decision::Prove {
                 agent,
@@ -398,7 +389,10 @@ pub fn silent_share(
     Ok(())
 }
 
-fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision {
+/// What becomes of a node fenced by us: [`Decision::Fenced`] while it is away,
+/// [`Decision::Unfence`] once back with a new bootID, [`Decision::KeepFenced`] when back
+/// without one.
+pub fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision {
     let back = node.is_ready() && !node.is_silent(policy, now);
     let Some(record) = node.record.as_ref().filter(|_| back) else {
         return Decision::Fenced;
@@ -415,10 +409,27 @@ fn recovery(node: &NodeFacts, policy: &FencerPolicy, now: Timestamp) -> Decision
     }
 }
 
-/// Whether `node` holds one of the `maxFenced` places: fenced by us, or claimed by a proof of
+/// The nodes that hold one of the `maxFenced` places: fenced by us, or claimed by a proof of
 /// this replica's (`claimed`) or, as its mark says, of any replica's.
-fn holds_place(node: &NodeFacts, claimed: &BTreeSet<String>) -> bool {
-    node.fenced_by_us() || node.claim_marked || claimed.contains(&node.name)
+fn holders<'a>(nodes: &'a [NodeFacts], claimed: &BTreeSet<String>) -> Vec<&'a str> {
+    nodes
+        .iter()
+        .filter(|n| n.fenced_by_us() || n.claim_marked || claimed.contains(&n.name))
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
+/// Refuses `node` while `maxFenced` other nodes hold a place. Its own place, left by a proof
+/// that ended without a taint, does not keep it from being proven again.
+fn room_besides(holders: &[&str], node: &str, policy: &FencerPolicy) -> Result<(), Refusal> {
+    let others: Vec<&str> = holders.iter().copied().filter(|h| *h != node).collect();
+    if others.len() >= policy.max_fenced as usize {
+        return Err(Refusal::TooManyFenced {
+            holders: others.into_iter().map(String::from).collect(),
+            max: policy.max_fenced,
+        });
+    }
+    Ok(())
 }
 
 /// Whether `node` may be powered off or tainted now: fewer than `maxFenced` other nodes are
@@ -429,17 +440,7 @@ pub fn cap(
     claimed: &BTreeSet<String>,
     node: &str,
 ) -> Result<(), Refusal> {
-    let fenced = nodes
-        .iter()
-        .filter(|n| n.name != node && holds_place(n, claimed))
-        .count();
-    if fenced >= policy.max_fenced as usize {
-        return Err(Refusal::TooManyFenced {
-            fenced,
-            max: policy.max_fenced,
-        });
-    }
-    Ok(())
+    room_besides(&holders(nodes, claimed), node, policy)
 }
 
 /// The check before powering a suspected node off, and again at every reading of its device:

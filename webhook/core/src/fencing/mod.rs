@@ -15,7 +15,7 @@ pub mod record;
 
 pub use config::{AgentConfig, AgentKind, FencerPolicy};
 pub use decide::{
-    Decision, NodeFacts, Plan, Refusal, RenewalClock, cap, confirm, plan, silent_share,
+    Decision, NodeFacts, Plan, Refusal, RenewalClock, cap, confirm, plan, recovery, silent_share,
     still_leads, still_silent,
 };
 pub use power::PowerState;

@@ -1,8 +1,12 @@
 //! What the fencer writes on a Node it fenced, next to the out-of-service taint. It is the
 //! fencer's whole memory: a restarted or newly elected fencer reads it back from the cluster.
 
+use k8s_openapi::api::core::v1::Taint;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use crate::taints;
 
 /// Node annotation holding a [`FenceRecord`] as JSON.
 pub const FENCED_ANNOTATION: &str = "jellyfin-ha.io/fenced";
@@ -56,6 +60,25 @@ impl FencingMark {
 }
 
 impl FenceRecord {
+    /// The out-of-service taint written with this record, added when it says it fenced.
+    pub fn taint(&self) -> Taint {
+        Taint {
+            time_added: Some(Time(self.fenced_at)),
+            ..taints::out_of_service()
+        }
+    }
+
+    /// Whether `taint` is the one written with this record: a record left behind after
+    /// someone removed it owns no taint added later. The apiserver keeps a taint's time to
+    /// the second.
+    pub fn owns(&self, taint: &Taint) -> bool {
+        let ours = taints::out_of_service();
+        taint.key == ours.key
+            && taint.effect == ours.effect
+            && (taint.time_added.as_ref())
+                .is_some_and(|t| t.0.as_second() == self.fenced_at.as_second())
+    }
+
     pub fn to_annotation(&self) -> String {
         // A struct of strings and a timestamp always serialises.
         serde_json::to_string(self).unwrap_or_default()

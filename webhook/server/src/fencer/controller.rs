@@ -6,13 +6,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use jellyfin_ha_core::annotations::MANAGED;
+use jellyfin_ha_core::annotations;
 use jellyfin_ha_core::extender::snapshot::FENCING_ANNOTATION;
 use jellyfin_ha_core::fencing::config::{AgentConfig, AgentKind};
 use jellyfin_ha_core::fencing::record::FENCED_ANNOTATION;
 use jellyfin_ha_core::fencing::{
     Decision, FenceRecord, FencerPolicy, FencingMark, NodeFacts, PowerOffLeave, Proof, ProofStep,
-    Reading, Refusal, RenewalClock, cap, confirm, plan, silent_share, still_leads, still_silent,
+    Reading, Refusal, RenewalClock, cap, confirm, plan, recovery, silent_share, still_leads,
+    still_silent,
 };
 use jellyfin_ha_core::taints::{self, OUT_OF_SERVICE};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -204,11 +205,21 @@ impl Fencer {
                 }
                 Decision::KeepFenced { boot_id } => {
                     let key = (node.clone(), format!("KeepFenced/{boot_id}"));
+                    let unrecorded = facts.iter().any(|f| {
+                        f.name == node && f.record.as_ref().is_some_and(|r| r.boot_id.is_empty())
+                    });
                     if term.reported.insert(key) {
-                        let note = format!(
-                            "back with the bootID {boot_id:?} it had when fenced: it was never \
-                             power-cycled, so the taint stays until it reboots"
-                        );
+                        let note = match unrecorded {
+                            false => format!(
+                                "back with the bootID {boot_id:?} it had when fenced: it was \
+                                 never power-cycled, so the taint stays until it reboots"
+                            ),
+                            true => format!(
+                                "back with bootID {boot_id:?}, but its fence record holds no \
+                                 bootID to tell a power cycle by: remove {OUT_OF_SERVICE} by \
+                                 hand once you know it power-cycled"
+                            ),
+                        };
                         tracing::warn!(%node, "{note}");
                         self.event(&node, EventType::Warning, "FenceKept", "Unfence", note)
                             .await;
@@ -319,9 +330,10 @@ impl Fencer {
                 reason: refusal.reason().to_string(),
             })
             .inc();
-        // A node this replica powered off keeps its mark, and its place, until it
-        // heartbeats again.
-        if !self.dry_run && !self.claimed().contains(node) {
+        // A node powered off, by this replica or another, keeps its mark, and its place,
+        // until it heartbeats again.
+        let claimed = self.claims(node) || self.facts_of(node).is_some_and(|f| f.claim_marked);
+        if !self.dry_run && !claimed {
             self.mark_fencing(node, None).await;
         }
         self.event(
@@ -343,6 +355,8 @@ impl Fencer {
         let renewed_at_start = facts.as_ref().and_then(|f| f.lease.as_ref()?.renew_time);
         let settled_at = facts.as_ref().and_then(|f| f.settled_at(&self.policy));
         let cordoned = facts.as_ref().is_some_and(|f| f.cordoned);
+        // A place claimed by an earlier power-off, this replica's or another's, stays claimed.
+        let claimed = facts.as_ref().is_some_and(|f| f.claim_marked) || self.claims(node);
         if !facts.is_some_and(|f| f.is_silent(&self.policy, now)) {
             return Err(Refusal::HeartbeatResumed);
         }
@@ -351,7 +365,7 @@ impl Fencer {
             let mark = FencingMark {
                 agent: agent.name.clone(),
                 since: now,
-                claimed: false,
+                claimed,
             };
             self.mark_fencing(node, Some(mark)).await;
         }
@@ -423,7 +437,7 @@ impl Fencer {
                 // A heartbeat may have come while the device answered.
                 self.check_still_silent(node, renewed_at_start)?;
                 self.check_still_leads().await?;
-                self.share_still_sane().and_then(|()| self.claim(node))?;
+                let newly = self.share_still_sane().and_then(|()| self.claim(node))?;
                 // On the Node before the power-off, so that a leader elected after this one
                 // counts it against maxFenced too.
                 let mark = FencingMark {
@@ -432,7 +446,9 @@ impl Fencer {
                     claimed: true,
                 };
                 if !self.mark_fencing(node, Some(mark)).await {
-                    self.claimed().remove(node);
+                    if newly {
+                        self.claimed().remove(node);
+                    }
                     let why = "the claim on one of the maxFenced places could not be written";
                     return Err(Refusal::NotProven(why.into()));
                 }
@@ -478,11 +494,16 @@ impl Fencer {
 
     /// Takes one of the `maxFenced` places for `node` before a power-off or a taint; proofs
     /// run side by side, so the cap is enforced here, under one lock.
-    fn claim(&self, node: &str) -> Result<(), Refusal> {
+    /// True when the place is newly taken, false when this replica held it already.
+    fn claim(&self, node: &str) -> Result<bool, Refusal> {
         let mut claimed = self.claimed();
         cap(&self.facts(), &self.policy, &claimed, node)?;
-        claimed.insert(node.to_string());
-        Ok(())
+        Ok(claimed.insert(node.to_string()))
+    }
+
+    /// Whether this replica holds one of the `maxFenced` places for `node`.
+    fn claims(&self, node: &str) -> bool {
+        self.claimed().contains(node)
     }
 
     /// [`still_leads`] on the leader Lease as the API has it now.
@@ -530,11 +551,7 @@ impl Fencer {
         if taints.iter().any(|t| t.key == OUT_OF_SERVICE) {
             return Ok(false);
         }
-        let mut taint = taints::out_of_service();
-        taint.time_added = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            record.fenced_at,
-        ));
-        taints.push(taint);
+        taints.push(record.taint());
         let patch = json!({
             "metadata": {
                 "resourceVersion": current.resource_version(),
@@ -556,19 +573,23 @@ impl Fencer {
         let api = self.nodes_api();
         let result = async {
             let current = api.get(node).await?;
-            // Read again, right before the write: the taint must still be the one our record
-            // belongs to.
-            let ours = NodeFacts::from_node(&current, None).is_some_and(|f| f.record.is_some());
-            if !ours {
+            // Decided again on the Node as it is right before the write: the taint must still
+            // be the one our record owns, and the node back with a new bootID.
+            let Some(mut fresh) = NodeFacts::from_node(&current, None) else {
                 return Ok(false);
-            }
+            };
+            fresh.lease = self.facts_of(node).and_then(|f| f.lease);
+            let decided = recovery(&fresh, &self.policy, Timestamp::now());
+            let (Decision::Unfence { .. }, Some(record)) = (decided, fresh.record) else {
+                return Ok(false);
+            };
             let taints: Vec<_> = current
                 .spec
                 .as_ref()
                 .and_then(|s| s.taints.clone())
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|t| t.key != OUT_OF_SERVICE)
+                .filter(|t| !record.owns(t))
                 .collect();
             let patch = json!({
                 "metadata": {
@@ -584,7 +605,7 @@ impl Fencer {
         .await;
         match result {
             Ok(false) => {
-                tracing::warn!(%node, "the out-of-service taint is no longer ours; left alone");
+                tracing::warn!(%node, "read again, the node is no longer one to unfence; left alone");
                 false
             }
             Ok(true) => {
@@ -605,7 +626,7 @@ impl Fencer {
     }
 
     /// Force-deletes the pods left on a fenced node: jellyfin-ha's own first, so no Service
-    /// keeps routing to a dead webhook or extender replica, then the managed pods, so their
+    /// keeps routing to a dead webhook or extender replica, then Jellyfin's pods, so their
     /// replacements are created now rather than at PodGC's next pass, then the rest. Pods
     /// that tolerate the out-of-service taint asked to stay. True when every delete went
     /// through.
@@ -633,8 +654,10 @@ impl Fencer {
         });
         pods_on_node.sort_by_key(|pod| {
             let ours = pod.namespace().as_deref() == Some(self.namespace.as_str());
-            let managed = pod.labels().get(MANAGED).map(String::as_str) == Some("true");
-            (!ours, !managed)
+            // Jellyfin, mutated or opted in but admitted unmutated.
+            let jellyfin = annotations::is_managed(Some(pod.labels()))
+                || annotations::opted_in(Some(pod.annotations()));
+            (!ours, !jellyfin)
         });
         let mut all_done = true;
         for pod in pods_on_node {
