@@ -493,8 +493,8 @@ impl Fencer {
     }
 
     /// Takes one of the `maxFenced` places for `node` before a power-off or a taint; proofs
-    /// run side by side, so the cap is enforced here, under one lock.
-    /// True when the place is newly taken, false when this replica held it already.
+    /// run side by side, so the cap is enforced here, under one lock. True when the place is
+    /// newly taken, false when this replica held it already.
     fn claim(&self, node: &str) -> Result<bool, Refusal> {
         let mut claimed = self.claimed();
         cap(&self.facts(), &self.policy, &claimed, node)?;
