@@ -15,17 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use jellyfin_ha_core::fencing::FencingMark;
+use jellyfin_ha_core::fencing::{FenceRecord, FencingMark};
 use jellyfin_ha_e2e::{
     ShippedRbac, TestNamespace, TestNode, client, create_rbd_claim, eventually, kubectl_ok,
     repo_root, service_account_kubeconfig,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret, Taint};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const SELECTOR_LABEL: &str = "jellyfin-ha.io/e2e-fencer";
@@ -514,6 +515,54 @@ async fn a_cordoned_node_is_never_powered_off() {
     kubectl_ok(&["cordon", &node.name]).unwrap();
     node.partition().unwrap();
     scene.assert_left_running(node, "cordoned").await;
+}
+
+/// A fence record owns only the taint written with it. Beside a taint someone added after
+/// ours was removed by hand, it is stale: that taint stays, though the node is back with a
+/// new bootID, and an Event says why. Beside its own taint, the same record lifts it.
+#[tokio::test]
+async fn a_fence_record_left_behind_owns_no_later_taint() {
+    let scene = Scene::new("fence-stale", 3).await;
+    let (theirs, ours) = (&scene.nodes[0], &scene.nodes[1]);
+    let fenced_at = "2026-01-01T00:00:00Z".parse().unwrap();
+    let record = FenceRecord {
+        suspected_at: fenced_at,
+        proven_at: fenced_at,
+        fenced_at,
+        reason: "an earlier fence".into(),
+        agent: "bmc-0".into(),
+        proof: "redfish said Off".into(),
+        boot_id: "a-boot-before-this-one".into(),
+        fenced_by: "fencer-0".into(),
+    };
+    let nodes: Api<Node> = Api::all(scene.client.clone());
+    let someone_elses = Taint {
+        time_added: Some(Time("2026-02-01T00:00:00Z".parse().unwrap())),
+        ..record.taint()
+    };
+    for (node, taint) in [(theirs, someone_elses), (ours, record.taint())] {
+        let patch = json!({
+            "metadata": {"annotations": {FENCED: record.to_annotation()}},
+            "spec": {"taints": [taint]}
+        });
+        nodes
+            .patch(&node.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+    let _fencer = scene.fencer(&scene.config(true, |_, _| {}), "fencer-0");
+    eventually(
+        Duration::from_secs(30),
+        "our taint to be lifted",
+        || async { Ok((!scene.tainted(&ours.name).await).then_some(())) },
+    )
+    .await
+    .unwrap();
+    let note = scene
+        .wait_event(&theirs.name, "StaleRecord", Duration::from_secs(30))
+        .await;
+    assert!(note.contains("someone else's"), "{note}");
+    assert!(scene.tainted(&theirs.name).await);
 }
 
 /// A being-fenced mark left by a leader that died mid-proof is cleared once the node is seen

@@ -45,6 +45,7 @@ fn node(name: &str, silent: i64) -> NodeFacts {
         out_of_service: false,
         record: None,
         record_unreadable: false,
+        record_stale: false,
         cordoned: false,
         fencing_marked: false,
         claim_marked: false,
@@ -555,6 +556,7 @@ fn a_record_belongs_only_to_the_taint_it_was_written_with() {
     };
     let ours = read_back(vec![record.taint()]);
     assert_eq!(ours.record.as_ref(), Some(&record));
+    assert!(!ours.record_stale);
     assert_eq!(decision(&[ours, node("b", 1)], "a"), Decision::Fenced);
     // Beside another out-of-service taint, ours is still found.
     let theirs_first = Taint {
@@ -572,7 +574,7 @@ fn a_record_belongs_only_to_the_taint_it_was_written_with() {
         ..record.taint()
     };
     let theirs = read_back(vec![later]);
-    assert!(theirs.record.is_none() && !theirs.record_unreadable);
+    assert!(theirs.record.is_none() && theirs.record_stale && !theirs.record_unreadable);
     assert_eq!(
         decision(&[theirs, node("b", 1)], "a"),
         Decision::ForeignTaint

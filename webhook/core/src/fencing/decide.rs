@@ -31,6 +31,8 @@ pub struct NodeFacts {
     /// The record annotation is present but cannot be read (edited by hand?): the taint is
     /// then nobody's the fencer can vouch for, and stays.
     pub record_unreadable: bool,
+    /// The record reads but owns none of the node's taints: ours was removed by someone.
+    pub record_stale: bool,
     /// `spec.unschedulable`: someone is working on it ([`super::proof::PowerOffLeave`]).
     pub cordoned: bool,
     /// Carries the being-fenced mark, which keeps the extender from placing pods on it.
@@ -54,9 +56,12 @@ impl NodeFacts {
             .and_then(|a| a.get(FENCING_ANNOTATION));
         let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref());
         let taints = taints.unwrap_or_default();
-        let record = record
-            .and_then(Result::ok)
-            .filter(|record| taints.iter().any(|t| record.owns(t)));
+        let record = record.and_then(Result::ok);
+        let owned = record
+            .as_ref()
+            .is_some_and(|record| taints.iter().any(|t| record.owns(t)));
+        let record_stale = record.is_some() && !owned;
+        let record = record.filter(|_| owned);
         let status = node.status.as_ref();
         Some(Self {
             name: meta.name.clone()?,
@@ -70,6 +75,7 @@ impl NodeFacts {
             out_of_service: taints.iter().any(|t| t.key == OUT_OF_SERVICE),
             record,
             record_unreadable,
+            record_stale,
             cordoned: node
                 .spec
                 .as_ref()

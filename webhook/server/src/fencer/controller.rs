@@ -167,23 +167,29 @@ impl Fencer {
                 }
                 Decision::Proving => {}
                 Decision::ForeignTaint => {
-                    let unreadable = facts.iter().any(|f| f.name == node && f.record_unreadable);
-                    let key = (node.clone(), "UnreadableRecord".to_string());
-                    if unreadable && term.reported.insert(key) {
+                    let Some(facts) = facts.iter().find(|f| f.name == node) else {
+                        continue;
+                    };
+                    let (reason, why) = match (facts.record_unreadable, facts.record_stale) {
+                        (true, _) => (
+                            "UnreadableRecord",
+                            "cannot be read: the taint stays until removed by hand, once the \
+                             node has power-cycled",
+                        ),
+                        (false, true) => (
+                            "StaleRecord",
+                            "belongs to an earlier taint of ours that was removed: this one \
+                             is someone else's, and left to them",
+                        ),
+                        (false, false) => continue,
+                    };
+                    if term.reported.insert((node.clone(), reason.to_string())) {
                         let note = format!(
-                            "tainted {OUT_OF_SERVICE}, but the {FENCED_ANNOTATION} record \
-                             cannot be read: the taint stays until removed by hand, once the \
-                             node has power-cycled"
+                            "tainted {OUT_OF_SERVICE}, but the {FENCED_ANNOTATION} record {why}"
                         );
                         tracing::warn!(%node, "{note}");
-                        self.event(
-                            &node,
-                            EventType::Warning,
-                            "UnreadableRecord",
-                            "Unfence",
-                            note,
-                        )
-                        .await;
+                        self.event(&node, EventType::Warning, reason, "Unfence", note)
+                            .await;
                     }
                 }
                 Decision::Refused(refusal) => {
