@@ -18,11 +18,11 @@ use serde_json::value::RawValue;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 
-/// An AdmissionReview with its `request.object` read as `O`.
+/// An AdmissionReview with its `request.object` read as `O`. A missing `Option` field reads
+/// as `None`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ReviewIn<O> {
-    #[serde(default)]
     api_version: Option<String>,
     request: Option<RequestIn<O>>,
 }
@@ -33,13 +33,9 @@ struct RequestIn<O> {
     uid: String,
     kind: GroupVersionKind,
     operation: String,
-    #[serde(default)]
     sub_resource: Option<String>,
-    #[serde(default)]
     namespace: Option<String>,
-    #[serde(default)]
     name: Option<String>,
-    /// Absent is `None`, as for every `Option` serde reads.
     object: Option<O>,
 }
 
