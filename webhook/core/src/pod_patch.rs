@@ -1,12 +1,13 @@
-//! The mutation of a Pod straight from its JSON text, for the webhook: it reads only the fields
-//! the mutation looks at and writes the JSON patch operations itself, skipping the whole-object
-//! parse, the typed round trip and the diff of [`crate::object`].
+//! The mutation of a Pod straight from the fields it looks at ([`PodFields`], read by the webhook
+//! in the same pass as the review around them), writing the JSON patch as text itself: no
+//! whole-object parse, typed round trip or diff as in [`crate::object`].
 //!
 //! Every decision is the one [`crate::pod_template`] makes, called on the same typed pieces;
 //! only reading and writing differ. [`crate::object::mutate_pod`] stays the reference, and a
 //! differential property test holds the two to the same changes, warnings and patched object.
 //! What this path does not handle (hostPath GPU access, a pod without containers, an override
-//! it cannot honour, a shape it does not read) gets `None`, and the caller asks the reference.
+//! it cannot honour, a shape it does not read, a key that would need JSON string escapes) gets
+//! `None`, and the caller asks the reference.
 //!
 //! It reads the object kube-apiserver has already decoded, so the fields it skips are well
 //! formed; tolerations it rewrites carry only the fields Kubernetes defines for them.

@@ -211,10 +211,11 @@ impl Fencer {
                 }
                 Decision::KeepFenced { boot_id } => {
                     let key = (node.clone(), format!("KeepFenced/{boot_id}"));
-                    let unrecorded = facts.iter().any(|f| {
-                        f.name == node && f.record.as_ref().is_some_and(|r| r.boot_id.is_empty())
-                    });
                     if term.reported.insert(key) {
+                        let unrecorded = facts.iter().any(|f| {
+                            f.name == node
+                                && f.record.as_ref().is_some_and(|r| r.boot_id.is_empty())
+                        });
                         let note = match unrecorded {
                             false => format!(
                                 "back with the bootID {boot_id:?} it had when fenced: it was \
