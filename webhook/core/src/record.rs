@@ -1,10 +1,8 @@
 //! The `jellyfin-ha.io/mutations` annotation: a stable, sorted `key=value; ...` summary of
 //! everything the webhook changed, readable in `kubectl get -o yaml`.
 
-use std::collections::BTreeMap;
-use std::fmt::{self, Write};
-
 use crate::pod_template::Change;
+use std::collections::BTreeMap;
 
 const SEPARATOR: &str = "; ";
 
@@ -18,29 +16,23 @@ pub fn merge(existing: Option<&str>, changes: &[Change]) -> String {
         entries.insert(change.record_key(), Entry::Changed(change));
     }
     let mut record = String::with_capacity(256);
-    // Writing to a String cannot fail.
-    let _ = write_entries(&mut record, &entries);
+    for (i, (key, entry)) in entries.iter().enumerate() {
+        if i > 0 {
+            record.push_str(SEPARATOR);
+        }
+        record.push_str(key);
+        record.push('=');
+        match entry {
+            Entry::Kept(value) => record.push_str(value),
+            Entry::Changed(change) => change.write_record_value(&mut record),
+        }
+    }
     record
 }
 
 enum Entry<'a> {
     Kept(&'a str),
     Changed(&'a Change),
-}
-
-fn write_entries(out: &mut String, entries: &BTreeMap<&str, Entry>) -> fmt::Result {
-    for (i, (key, entry)) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push_str(SEPARATOR);
-        }
-        out.push_str(key);
-        out.push('=');
-        match entry {
-            Entry::Kept(value) => out.write_str(value)?,
-            Entry::Changed(change) => change.write_record_value(out)?,
-        }
-    }
-    Ok(())
 }
 
 /// The entries of a record; those without `=` are ignored.

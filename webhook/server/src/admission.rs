@@ -67,28 +67,64 @@ struct GroupVersionKind {
     kind: String,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug)]
 pub struct ReviewOut {
     api_version: String,
-    kind: &'static str,
     pub response: Response,
 }
 
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default)]
 pub struct Response {
     pub uid: String,
     pub allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// Base64 of the RFC 6902 JSON patch, as a JSON string ([`Decision::new`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<Box<RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The RFC 6902 JSON patch, `None` when nothing changes; sent as base64.
+    pub patch: Option<Vec<u8>>,
     pub warnings: Vec<String>,
+}
+
+impl ReviewOut {
+    /// The review as the JSON text kube-apiserver reads. Written here rather than derived: the
+    /// patch goes out as base64, which serde would either scan for escapes or check again as a
+    /// `RawValue`, on every admitted Pod.
+    pub fn to_json(&self) -> Vec<u8> {
+        let response = &self.response;
+        let patch = response
+            .patch
+            .as_ref()
+            .map(|patch| base64::engine::general_purpose::STANDARD.encode(patch));
+        let patch_len = patch.as_ref().map_or(0, String::len);
+        let mut out = Vec::with_capacity(256 + patch_len);
+        out.extend_from_slice(br#"{"apiVersion":"#);
+        write_json(&mut out, &self.api_version);
+        out.extend_from_slice(br#","kind":"AdmissionReview","response":{"uid":"#);
+        write_json(&mut out, &response.uid);
+        out.extend_from_slice(match response.allowed {
+            true => br#","allowed":true"#,
+            false => br#","allowed":false"#,
+        });
+        if let Some(status) = &response.status {
+            out.extend_from_slice(br#","status":"#);
+            write_json(&mut out, status);
+        }
+        if let Some(patch) = &patch {
+            // The base64 alphabet needs no JSON escapes.
+            out.extend_from_slice(br#","patch":""#);
+            out.extend_from_slice(patch.as_bytes());
+            out.extend_from_slice(br#"","patchType":"JSONPatch""#);
+        }
+        if !response.warnings.is_empty() {
+            out.extend_from_slice(br#","warnings":"#);
+            write_json(&mut out, &response.warnings);
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+/// Strings, numbers and lists of them, which serialise into memory without failing.
+fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 #[derive(Debug, Serialize)]
@@ -147,7 +183,6 @@ fn reply(api_version: Option<String>, response: Response) -> ReviewOut {
         .unwrap_or(API_VERSION.into());
     ReviewOut {
         api_version,
-        kind: "AdmissionReview",
         response,
     }
 }
@@ -204,8 +239,11 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
             ControlFlow::Continue(mut handled) if handled.is_pod() => {
                 let fast = handled.request.object.take();
                 if let Some(fast) = fast.and_then(|pod| patch_pod(pod.0, policy)) {
-                    let json = (!fast.patch.is_empty()).then(|| fast.patch.into_json());
-                    return handled.answer(Decision::new(json, fast.changes, fast.warnings));
+                    return handled.answer(Decision {
+                        patch: (!fast.patch.is_empty()).then(|| fast.patch.into_json()),
+                        changes: fast.changes,
+                        warnings: fast.warnings,
+                    });
                 }
             }
             ControlFlow::Continue(_) => {}
@@ -238,13 +276,21 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
     let kind = &handled.request.kind;
     match mutate_object(&object, &kind.group, &kind.kind, policy) {
         Ok(mutated) => {
-            let json = match mutated.patch.0.is_empty() {
-                true => Ok(None),
-                false => serde_json::to_vec(&mutated.patch).map(Some),
+            let patch = match mutated.patch.0.is_empty() {
+                true => None,
+                false => match serde_json::to_vec(&mutated.patch) {
+                    Ok(json) => Some(json),
+                    Err(e) => {
+                        let message = format!("cannot encode patch: {e}");
+                        return handled.refuse(ReviewOutcome::Invalid, message);
+                    }
+                },
             };
-            let decided =
-                json.and_then(|json| Decision::new(json, mutated.changes, mutated.warnings));
-            handled.answer(decided)
+            handled.answer(Decision {
+                patch,
+                changes: mutated.changes,
+                warnings: mutated.warnings,
+            })
         }
         Err(e) => handled.refuse(ReviewOutcome::Denied, e.to_string()),
     }
@@ -302,7 +348,7 @@ fn triage<O>(parsed: ReviewIn<O>) -> ControlFlow<Reviewed, Handled<O>> {
     };
     match mutates {
         true => ControlFlow::Continue(handled),
-        false => ControlFlow::Break(handled.answer(Ok(Decision::default()))),
+        false => ControlFlow::Break(handled.answer(Decision::default())),
     }
 }
 
@@ -312,14 +358,7 @@ impl<O> Handled<O> {
         kind.group.is_empty() && kind.kind == "Pod"
     }
 
-    fn answer(self, decided: serde_json::Result<Decision>) -> Reviewed {
-        let decision = match decided {
-            Ok(decision) => decision,
-            Err(e) => {
-                let message = format!("cannot encode patch: {e}");
-                return self.refuse(ReviewOutcome::Invalid, message);
-            }
-        };
+    fn answer(self, decision: Decision) -> Reviewed {
         let outcome = match decision.patch {
             Some(_) => ReviewOutcome::Mutated,
             None => ReviewOutcome::Unchanged,
@@ -327,7 +366,6 @@ impl<O> Handled<O> {
         let response = Response {
             uid: self.request.uid,
             allowed: true,
-            patch_type: decision.patch.as_ref().map(|_| "JSONPatch"),
             patch: decision.patch,
             warnings: decision.warnings,
             status: None,
@@ -345,36 +383,10 @@ impl<O> Handled<O> {
         refuse(outcome, self.api_version, uid, message, self.summary)
     }
 }
-/// What either engine decided, the patch ready for the response and `None` when nothing
-/// changes.
+/// What either engine decided, `patch` `None` when nothing changes.
 #[derive(Default)]
 struct Decision {
-    patch: Option<Box<RawValue>>,
+    patch: Option<Vec<u8>>,
     changes: Vec<Change>,
     warnings: Vec<String>,
-}
-
-impl Decision {
-    /// `json` is the JSON patch, `None` when nothing changes.
-    fn new(
-        json: Option<Vec<u8>>,
-        changes: Vec<Change>,
-        warnings: Vec<String>,
-    ) -> serde_json::Result<Self> {
-        // Base64 straight into the JSON string: it needs no escaping, so the response copies
-        // it as is.
-        let patch = json.map(|json| {
-            let base64 = &base64::engine::general_purpose::STANDARD;
-            let mut quoted = String::with_capacity(json.len().div_ceil(3) * 4 + 2);
-            quoted.push('"');
-            base64.encode_string(&json, &mut quoted);
-            quoted.push('"');
-            RawValue::from_string(quoted)
-        });
-        Ok(Self {
-            patch: patch.transpose()?,
-            changes,
-            warnings,
-        })
-    }
 }

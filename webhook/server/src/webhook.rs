@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use axum::Router;
 use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use jellyfin_ha_core::Policy;
 
 use crate::admission::{self, ReviewOutcome};
@@ -85,7 +87,8 @@ async fn mutate(
         .metrics
         .review_seconds
         .observe(started.elapsed().as_secs_f64());
-    Json(reviewed.review).into_response()
+    let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    (json, reviewed.review.to_json()).into_response()
 }
 
 /// A label value from the request body, limited to the values we expect: whoever can reach the
