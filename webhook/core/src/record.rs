@@ -2,19 +2,19 @@
 //! everything the webhook changed, readable in `kubectl get -o yaml`.
 
 use crate::pod_template::Change;
-use std::collections::BTreeMap;
-
 const SEPARATOR: &str = "; ";
 
 /// Merges `changes` into an existing record. Keys keep their latest value, so a second pass
 /// that changes nothing leaves the record as it was.
 pub fn merge(existing: Option<&str>, changes: &[Change]) -> String {
-    let mut entries: BTreeMap<&str, Entry> = parse(existing.unwrap_or_default())
-        .map(|(key, value)| (key, Entry::Kept(value)))
-        .collect();
-    for change in changes {
-        entries.insert(change.record_key(), Entry::Changed(change));
-    }
+    let kept = parse(existing.unwrap_or_default()).map(|(key, value)| (key, Entry::Kept(value)));
+    let changed = changes.iter().map(|c| (c.record_key(), Entry::Changed(c)));
+    // Reversed, so that the stable sort puts the latest entry of each key first and dedup
+    // keeps it. A handful of entries: a sorted Vec costs less than a map.
+    let mut entries: Vec<(&str, Entry)> = kept.chain(changed).collect();
+    entries.reverse();
+    entries.sort_by_key(|(key, _)| *key);
+    entries.dedup_by_key(|(key, _)| *key);
     let mut record = String::with_capacity(256);
     for (i, (key, entry)) in entries.iter().enumerate() {
         if i > 0 {

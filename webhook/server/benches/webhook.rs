@@ -1,8 +1,12 @@
 //! Webhook figures, printed as `BENCH <name> <value> <unit>`:
 //!
 //! - `webhook_throughput_ratio_vs_floor`: reviews/s of the real `jellyfin-ha webhook` binary
-//!   divided by reviews/s of a no-op handler behind the same accept loop and TLS config, same
-//!   run, 4 keep-alive HTTP/1.1 connections;
+//!   divided by reviews/s of a no-op handler behind the same accept loop and TLS config, at 4
+//!   keep-alive HTTP/1.1 connections: the median over rounds that each measure the floor and
+//!   the webhook for a second, in turn first, so that a machine whose speed drifts (a shared VM) moves
+//!   both sides of each ratio alike; `_min` and `_max` give the spread;
+//! - `webhook_server_cpu_us_per_review` and `webhook_floor_server_cpu_us_per_review`: CPU time
+//!   (user and system, from `/proc`) each server spent per review under that load;
 //! - `webhook_p99_ms_c4`: p99 latency of the real webhook at those 4 connections;
 //! - `webhook_first_request_p99_ms`: p99 of handshake + one review on a new TLS connection;
 //! - `webhook_rss_mib`: the real webhook's peak resident memory under that load;
@@ -57,7 +61,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONNECTIONS: usize = 4;
 const WARMUP: Duration = Duration::from_secs(1);
-const MEASURE: Duration = Duration::from_secs(5);
+const ROUNDS: usize = 7;
+const ROUND: Duration = Duration::from_secs(1);
 const NEW_CONNECTION_REQUESTS: usize = 500;
 
 fn main() {
@@ -96,6 +101,18 @@ struct Child {
 }
 
 impl Child {
+    /// User and system CPU the process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.process.id().unwrap())).unwrap();
+        // utime and stime, the 14th and 15th fields; the command before them may hold spaces.
+        let after_command = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_command.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // The kernel's USER_HZ is 100 on every Linux this runs on.
+        ticks / 100.0
+    }
+
     fn peak_rss_mib(&self) -> f64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.process.id().unwrap()))
@@ -200,38 +217,68 @@ async fn one_review(sender: &mut Sender) {
     );
 }
 
+/// Keep-alive connections to one server.
+struct Connections(Vec<Sender>);
+
+impl Connections {
+    async fn open(addr: SocketAddr, tls: &Arc<ClientConfig>) -> Self {
+        let mut senders = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            senders.push(open(addr, tls).await);
+        }
+        Self(senders)
+    }
+
+    /// Every connection sends reviews back to back for `length`; the latency of each.
+    async fn load(&mut self, length: Duration) -> Vec<Duration> {
+        let until = Instant::now() + length;
+        let tasks = self.0.drain(..).map(|mut sender| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    one_review(&mut sender).await;
+                    latencies.push(started.elapsed());
+                }
+                (sender, latencies)
+            })
+        });
+        let mut latencies = Vec::new();
+        for task in tasks.collect::<Vec<_>>() {
+            let (sender, measured) = task.await.unwrap();
+            self.0.push(sender);
+            latencies.extend(measured);
+        }
+        latencies
+    }
+}
+
+/// What one server did over the measured rounds.
+#[derive(Default)]
 struct Load {
-    per_second: f64,
+    reviews: usize,
+    cpu_seconds: f64,
     latencies: Vec<Duration>,
 }
 
-/// `CONNECTIONS` keep-alive connections sending reviews back to back.
-async fn keep_alive_load(addr: SocketAddr, tls: &Arc<ClientConfig>) -> Load {
-    let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let mut sender = open(addr, tls).await;
-        tasks.push(tokio::spawn(async move {
-            let warm_until = Instant::now() + WARMUP;
-            while Instant::now() < warm_until {
-                one_review(&mut sender).await;
-            }
-            let mut latencies = Vec::new();
-            let until = Instant::now() + MEASURE;
-            while Instant::now() < until {
-                let started = Instant::now();
-                one_review(&mut sender).await;
-                latencies.push(started.elapsed());
-            }
-            latencies
-        }));
+impl Load {
+    /// One round: `ROUND` of load, and the server's CPU over it.
+    async fn round(&mut self, server: &Child, connections: &mut Connections) -> f64 {
+        let cpu_before = server.cpu_seconds();
+        let latencies = connections.load(ROUND).await;
+        self.cpu_seconds += server.cpu_seconds() - cpu_before;
+        self.reviews += latencies.len();
+        let per_second = latencies.len() as f64 / ROUND.as_secs_f64();
+        self.latencies.extend(latencies);
+        per_second
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
+
+    fn per_second(&self) -> f64 {
+        self.reviews as f64 / (ROUNDS as f64 * ROUND.as_secs_f64())
     }
-    Load {
-        per_second: latencies.len() as f64 / MEASURE.as_secs_f64(),
-        latencies,
+
+    fn cpu_us_per_review(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.reviews as f64
     }
 }
 
@@ -280,11 +327,26 @@ async fn run() {
     let tls = Arc::new(client_config(&generated.ca_pem, &[b"http/1.1"]).unwrap());
 
     let noop = start_noop(dir.path()).await;
-    let floor = keep_alive_load(noop.addr, &tls).await;
-    drop(noop);
-
     let real = start_real(dir.path()).await;
-    let mut load = keep_alive_load(real.addr, &tls).await;
+    let mut to_noop = Connections::open(noop.addr, &tls).await;
+    let mut to_real = Connections::open(real.addr, &tls).await;
+    to_noop.load(WARMUP).await;
+    to_real.load(WARMUP).await;
+    let (mut floor, mut load) = (Load::default(), Load::default());
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let (floor_per_second, per_second) = if round % 2 == 0 {
+            let floor_per_second = floor.round(&noop, &mut to_noop).await;
+            (floor_per_second, load.round(&real, &mut to_real).await)
+        } else {
+            let per_second = load.round(&real, &mut to_real).await;
+            (floor.round(&noop, &mut to_noop).await, per_second)
+        };
+        ratios.push(per_second / floor_per_second);
+    }
+    ratios.sort_by(f64::total_cmp);
+    drop((to_noop, to_real, noop));
+
     let mut first = Vec::with_capacity(NEW_CONNECTION_REQUESTS);
     for _ in 0..NEW_CONNECTION_REQUESTS {
         let started = Instant::now();
@@ -296,15 +358,29 @@ async fn run() {
 
     println!(
         "BENCH webhook_reviews_per_second_c4 {:.0} reviews/s",
-        load.per_second
+        load.per_second()
     );
     println!(
         "BENCH webhook_floor_reviews_per_second_c4 {:.0} reviews/s",
-        floor.per_second
+        floor.per_second()
+    );
+    let median = ratios[ROUNDS / 2];
+    println!("BENCH webhook_throughput_ratio_vs_floor {median:.3} ratio");
+    println!(
+        "BENCH webhook_throughput_ratio_vs_floor_min {:.3} ratio",
+        ratios[0]
     );
     println!(
-        "BENCH webhook_throughput_ratio_vs_floor {:.3} ratio",
-        load.per_second / floor.per_second
+        "BENCH webhook_throughput_ratio_vs_floor_max {:.3} ratio",
+        ratios[ROUNDS - 1]
+    );
+    println!(
+        "BENCH webhook_server_cpu_us_per_review {:.1} us",
+        load.cpu_us_per_review()
+    );
+    println!(
+        "BENCH webhook_floor_server_cpu_us_per_review {:.1} us",
+        floor.cpu_us_per_review()
     );
     println!(
         "BENCH webhook_p99_ms_c4 {:.3} ms",

@@ -13,8 +13,9 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_LENGTH;
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
+use http_body_util::LengthLimitError;
 
 /// How long the rest of an oversized body is read for before the connection is given up.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
@@ -37,23 +38,16 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for Limited<MAX> {
         if announced.is_some_and(|length| length > MAX as u64) {
             return Err(too_large(body, MAX));
         }
-        let mut collected = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the request body: {e}"),
-                )
-                    .into_response()
-            })?;
-            if let Some(data) = frame.data_ref() {
-                if collected.len() + data.len() > MAX {
-                    return Err(too_large(body, MAX));
-                }
-                collected.extend_from_slice(data);
-            }
+        // Collected frames are copied together only when there is more than one.
+        match http_body_util::Limited::new(&mut body, MAX).collect().await {
+            Ok(collected) => Ok(Self(collected.to_bytes())),
+            Err(e) if e.is::<LengthLimitError>() => Err(too_large(body, MAX)),
+            Err(e) => Err((
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            )
+                .into_response()),
         }
-        Ok(Self(collected.freeze()))
     }
 }
 
