@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks; each prints its figures as `BENCH <name> <value> <unit>`.
-#   hack/bench.sh webhook     the webhook's throughput against a no-op floor, latency and memory
+#   hack/bench.sh webhook     the webhook's throughput against a no-op floor, CPU per review,
+#                             latency and memory
 #                             (JFHA_BENCH_WEBHOOK_BIN=path measures another build, e.g. the image's)
 #   hack/bench.sh apiserver   pod creation latency through kube-apiserver with and without the webhook
 #   hack/bench.sh extender    extender server time, memory and scheduler throughput at 5000 nodes

@@ -2,6 +2,7 @@
 //! everything the webhook changed, readable in `kubectl get -o yaml`.
 
 use crate::pod_template::Change;
+
 const SEPARATOR: &str = "; ";
 
 /// Merges `changes` into an existing record. Keys keep their latest value, so a second pass
@@ -66,5 +67,18 @@ mod tests {
             &[Change::FailoverTolerations(5)],
         );
         assert_eq!(merged, "failover-tolerations=5s; other=kept");
+    }
+
+    #[test]
+    fn the_last_entry_of_a_key_wins() {
+        assert_eq!(merge(Some("a=1; b=2; a=3"), &[]), "a=3; b=2");
+        let both = [
+            Change::DriHostPath,
+            Change::GpuResource("gpu.intel.com/xe".into()),
+        ];
+        assert_eq!(
+            merge(Some("igpu=old; igpu=older"), &both),
+            "igpu=gpu.intel.com/xe"
+        );
     }
 }

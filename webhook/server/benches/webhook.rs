@@ -3,8 +3,9 @@
 //! - `webhook_throughput_ratio_vs_floor`: reviews/s of the real `jellyfin-ha webhook` binary
 //!   divided by reviews/s of a no-op handler behind the same accept loop and TLS config, at 4
 //!   keep-alive HTTP/1.1 connections: the median over rounds that each measure the floor and
-//!   the webhook for a second, in turn first, so that a machine whose speed drifts (a shared VM) moves
-//!   both sides of each ratio alike; `_min` and `_max` give the spread;
+//!   the webhook for a second, in turn first (the floor in four of seven), so that a machine
+//!   whose speed drifts (a shared VM) moves both sides of each ratio alike; `_min` and `_max`
+//!   give the spread;
 //! - `webhook_server_cpu_us_per_review` and `webhook_floor_server_cpu_us_per_review`: CPU time
 //!   (user and system, from `/proc`) each server spent per review under that load;
 //! - `webhook_p99_ms_c4`: p99 latency of the real webhook at those 4 connections;

@@ -122,7 +122,7 @@ impl ReviewOut {
     }
 }
 
-/// Strings, numbers and lists of them, which serialise into memory without failing.
+/// Text, lists of text and [`Status`]: nothing that can fail to serialise into memory.
 fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
     let _ = serde_json::to_writer(out, value);
 }

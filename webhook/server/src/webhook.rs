@@ -39,6 +39,7 @@ async fn mutate(
 ) -> Response {
     let started = Instant::now();
     let reviewed = admission::review(&body, &state.policy.load());
+    let answer = reviewed.review.to_json();
     let summary = &reviewed.summary;
     let span = tracing::info_span!(
         "admission",
@@ -88,7 +89,7 @@ async fn mutate(
         .review_seconds
         .observe(started.elapsed().as_secs_f64());
     let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-    (json, reviewed.review.to_json()).into_response()
+    (json, answer).into_response()
 }
 
 /// A label value from the request body, limited to the values we expect: whoever can reach the
