@@ -35,6 +35,15 @@ pub fn opted_in(annotations: Option<&BTreeMap<String, String>>) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+/// Whether a pod is one of Jellyfin's: mutated by the webhook, or opted in but admitted
+/// unmutated (the webhook was unreachable). Either may hold the library's volume.
+pub fn is_jellyfin_pod(
+    labels: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> bool {
+    is_managed(labels) || opted_in(annotations)
+}
+
 /// Per-pod overrides read from the pod's annotations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {

@@ -141,8 +141,9 @@ pub trait Watched: Resource + Clone + Debug + DeserializeOwned + Send + Sync + '
     /// Removes the object; a no-op when it is unknown or has no name.
     fn remove(snapshot: &mut Snapshot, object: &Self);
     fn replace(snapshot: &mut Snapshot, infos: Vec<Self::Info>);
-    /// An object that no longer projects (it changed so that it is not kept): most kinds
-    /// keep what they had, until it is deleted or relisted.
+    /// An object that no longer projects. Only a Pod can stop projecting while it has a name
+    /// (its opt-in removed); any other kind projects whenever it has one, and without one
+    /// there is nothing to remove.
     fn unprojected(_snapshot: &SharedSnapshot, _object: &Self) {}
 }
 

@@ -359,8 +359,11 @@ pub struct ManagedPodInfo {
 impl ManagedPodInfo {
     /// `None` for a pod that did not opt in.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
-        let mutated = annotations::is_managed(pod.metadata.labels.as_ref());
-        if !mutated && !annotations::opted_in(pod.metadata.annotations.as_ref()) {
+        let (labels, annotations) = (
+            pod.metadata.labels.as_ref(),
+            pod.metadata.annotations.as_ref(),
+        );
+        if !annotations::is_jellyfin_pod(labels, annotations) {
             return None;
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -375,7 +378,7 @@ impl ManagedPodInfo {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             finished: matches!(phase, Some("Succeeded" | "Failed")),
             claims: pod_claim_names(pod),
-            mutated,
+            mutated: annotations::is_managed(labels),
         })
     }
 

@@ -339,8 +339,7 @@ impl Fencer {
             .inc();
         // A node powered off, by this replica or another, keeps its mark, and its place,
         // until it heartbeats again.
-        let claimed = self.claims(node) || self.facts_of(node).is_some_and(|f| f.claim_marked);
-        if !self.dry_run && !claimed {
+        if !self.dry_run && !self.holds_place(node) {
             self.mark_fencing(node, None).await;
         }
         self.event(
@@ -363,7 +362,7 @@ impl Fencer {
         let settled_at = facts.as_ref().and_then(|f| f.settled_at(&self.policy));
         let cordoned = facts.as_ref().is_some_and(|f| f.cordoned);
         // A place claimed by an earlier power-off, this replica's or another's, stays claimed.
-        let claimed = facts.as_ref().is_some_and(|f| f.claim_marked) || self.claims(node);
+        let claimed = self.holds_place(node);
         if !facts.is_some_and(|f| f.is_silent(&self.policy, now)) {
             return Err(Refusal::HeartbeatResumed);
         }
@@ -508,9 +507,10 @@ impl Fencer {
         Ok(claimed.insert(node.to_string()))
     }
 
-    /// Whether this replica holds one of the `maxFenced` places for `node`.
-    fn claims(&self, node: &str) -> bool {
-        self.claimed().contains(node)
+    /// Whether `node` holds one of the `maxFenced` places for a power-off: claimed by this
+    /// replica, or by any replica as its mark says.
+    fn holds_place(&self, node: &str) -> bool {
+        self.claimed().contains(node) || self.facts_of(node).is_some_and(|f| f.claim_marked)
     }
 
     /// [`still_leads`] on the leader Lease as the API has it now.
@@ -661,9 +661,8 @@ impl Fencer {
         });
         pods_on_node.sort_by_key(|pod| {
             let ours = pod.namespace().as_deref() == Some(self.namespace.as_str());
-            // Jellyfin, mutated or opted in but admitted unmutated.
-            let jellyfin = annotations::is_managed(Some(pod.labels()))
-                || annotations::opted_in(Some(pod.annotations()));
+            let jellyfin =
+                annotations::is_jellyfin_pod(Some(pod.labels()), Some(pod.annotations()));
             (!ours, !jellyfin)
         });
         let mut all_done = true;
