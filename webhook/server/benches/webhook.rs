@@ -67,10 +67,15 @@ const ROUND: Duration = Duration::from_secs(1);
 const NEW_CONNECTION_REQUESTS: usize = 500;
 
 fn main() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     if let Ok(dir) = std::env::var("JFHA_BENCH_NOOP") {
+        // The webhook role's runtime (`src/cli.rs`).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         return runtime.block_on(serve_noop(Path::new(&dir)));
     }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     // `cargo bench` passes --bench; any other argument is a filter we do not support.
     runtime.block_on(run());
 }
