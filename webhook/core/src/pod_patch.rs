@@ -43,7 +43,7 @@ pub struct PodPatch {
 pub struct PodFields {
     #[serde(default)]
     metadata: Metadata,
-    spec: Option<Spec>,
+    spec: Option<Box<Spec>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -96,7 +96,7 @@ pub fn patch_pod(pod: PodFields, policy: &Policy) -> Option<PodPatch> {
         tolerations,
         termination_grace_period_seconds: mut grace,
         scheduler_name: mut scheduler,
-    } = pod.spec?;
+    } = *pod.spec?;
     let names = containers.iter().map(|c| c.name.as_str());
     let gpu_index = gpu_container_index(names, overrides.container.as_deref())?;
     let gpu = containers.get(gpu_index)?;

@@ -5,6 +5,7 @@
 //! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
 
 use base64::Engine;
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::ControlFlow;
 
@@ -18,24 +19,32 @@ use serde_json::value::RawValue;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
 
-/// An AdmissionReview with its `request.object` read as `O`. A missing `Option` field reads
-/// as `None`.
+/// An AdmissionReview with its `request.object` read as `O`, its text borrowed from the body
+/// where it has no escapes. A missing `Option` field reads as `None`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn<O> {
-    api_version: Option<String>,
-    request: Option<RequestIn<O>>,
+struct ReviewIn<'a, O> {
+    #[serde(borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a, O>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn<O> {
-    uid: String,
-    kind: GroupVersionKind,
-    operation: String,
-    sub_resource: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
+struct RequestIn<'a, O> {
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow)]
+    operation: Cow<'a, str>,
+    #[serde(borrow)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
     object: Option<O>,
 }
 
@@ -60,22 +69,22 @@ impl<'de> Deserialize<'de> for PodObject {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-struct GroupVersionKind {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    kind: String,
+struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
 }
 
 #[derive(Debug)]
-pub struct ReviewOut {
-    api_version: String,
-    pub response: Response,
+pub struct ReviewOut<'a> {
+    api_version: Cow<'a, str>,
+    pub response: Response<'a>,
 }
 
 #[derive(Debug, Default)]
-pub struct Response {
-    pub uid: String,
+pub struct Response<'a> {
+    pub uid: Cow<'a, str>,
     pub allowed: bool,
     pub status: Option<Status>,
     /// The RFC 6902 JSON patch, `None` when nothing changes; sent as base64.
@@ -83,7 +92,7 @@ pub struct Response {
     pub warnings: Vec<String>,
 }
 
-impl ReviewOut {
+impl ReviewOut<'_> {
     /// The review as the JSON text kube-apiserver reads. Written here rather than derived: the
     /// patch goes out as base64, which serde would either scan for escapes or check again as a
     /// `RawValue`, on every admitted Pod.
@@ -160,27 +169,28 @@ impl ReviewOutcome {
 
 /// Identifies a review in logs.
 #[derive(Debug, Clone, Default)]
-pub struct Summary {
-    pub uid: String,
-    pub kind: String,
-    pub operation: String,
-    pub namespace: String,
-    pub name: String,
+pub struct Summary<'a> {
+    pub uid: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub operation: Cow<'a, str>,
+    pub namespace: Cow<'a, str>,
+    pub name: Cow<'a, str>,
 }
 
-pub struct Reviewed {
-    pub review: ReviewOut,
+/// The answer to one review, borrowing from its body.
+pub struct Reviewed<'a> {
+    pub review: ReviewOut<'a>,
     pub outcome: ReviewOutcome,
-    pub summary: Summary,
+    pub summary: Summary<'a>,
     /// What a mutation changed, as the `jellyfin-ha.io/mutations` annotation keys it.
     pub changes: Vec<&'static str>,
 }
 
-fn reply(api_version: Option<String>, response: Response) -> ReviewOut {
+fn reply<'a>(api_version: Option<Cow<'a, str>>, response: Response<'a>) -> ReviewOut<'a> {
     // Answer in the version asked; the apiserver rejects a mismatch.
     let api_version = api_version
         .filter(|v| v.starts_with("admission.k8s.io/"))
-        .unwrap_or(API_VERSION.into());
+        .unwrap_or(Cow::Borrowed(API_VERSION));
     ReviewOut {
         api_version,
         response,
@@ -189,13 +199,13 @@ fn reply(api_version: Option<String>, response: Response) -> ReviewOut {
 
 /// A refusal: `Denied` for an object the webhook cannot mutate, `Invalid` for a body that is
 /// not a usable review.
-fn refuse(
+fn refuse<'a>(
     outcome: ReviewOutcome,
-    api_version: Option<String>,
-    uid: String,
+    api_version: Option<Cow<'a, str>>,
+    uid: Cow<'a, str>,
     message: String,
-    summary: Summary,
-) -> Reviewed {
+    summary: Summary<'a>,
+) -> Reviewed<'a> {
     let status = Some(Status { code: 400, message });
     let response = Response {
         uid,
@@ -211,23 +221,23 @@ fn refuse(
     }
 }
 
-fn invalid(
-    api_version: Option<String>,
-    uid: String,
+fn invalid<'a>(
+    api_version: Option<Cow<'a, str>>,
+    uid: Cow<'a, str>,
     message: String,
-    summary: Summary,
-) -> Reviewed {
+    summary: Summary<'a>,
+) -> Reviewed<'a> {
     refuse(ReviewOutcome::Invalid, api_version, uid, message, summary)
 }
 
 /// Answers one review body. Every input gets an answer; nothing here panics or does IO.
-pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
+pub fn review<'a>(body: &'a [u8], policy: &Policy) -> Reviewed<'a> {
     // Checked once whole, so that the parser does not check each string again.
     let body = match std::str::from_utf8(body) {
         Ok(body) => body,
         Err(e) => {
             let message = format!("cannot parse AdmissionReview: not UTF-8: {e}");
-            return invalid(None, String::new(), message, Summary::default());
+            return invalid(None, Cow::Borrowed(""), message, Summary::default());
         }
     };
     // Nearly every review is a Pod the fast path answers: read with the review in one pass.
@@ -254,7 +264,7 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
         Err(e) => {
             return invalid(
                 None,
-                String::new(),
+                Cow::Borrowed(""),
                 format!("cannot parse AdmissionReview: {e}"),
                 Summary::default(),
             );
@@ -297,19 +307,19 @@ pub fn review(body: &[u8], policy: &Policy) -> Reviewed {
 }
 
 /// A review whose object must be looked at: a kind and operation the webhook mutates.
-struct Handled<O> {
-    api_version: Option<String>,
-    request: RequestIn<O>,
-    summary: Summary,
+struct Handled<'a, O> {
+    api_version: Option<Cow<'a, str>>,
+    request: RequestIn<'a, O>,
+    summary: Summary<'a>,
 }
 
 /// What every review goes through before its object: it breaks with the answer for one that
 /// has no request, or that the webhook leaves alone.
-fn triage<O>(parsed: ReviewIn<O>) -> ControlFlow<Reviewed, Handled<O>> {
+fn triage<'a, O>(parsed: ReviewIn<'a, O>) -> ControlFlow<Reviewed<'a>, Handled<'a, O>> {
     let Some(request) = parsed.request else {
         return ControlFlow::Break(invalid(
             parsed.api_version,
-            String::new(),
+            Cow::Borrowed(""),
             "AdmissionReview has no request".into(),
             Summary::default(),
         ));
@@ -326,9 +336,9 @@ fn triage<O>(parsed: ReviewIn<O>) -> ControlFlow<Reviewed, Handled<O>> {
         .as_deref()
         .is_some_and(|s| !s.is_empty());
     let kind = (
-        request.kind.group.as_str(),
-        request.kind.kind.as_str(),
-        request.operation.as_str(),
+        request.kind.group.as_ref(),
+        request.kind.kind.as_ref(),
+        request.operation.as_ref(),
     );
     // Pods on CREATE (the safety net for pods made from templates the webhook never saw);
     // the pod templates of the workloads Jellyfin runs as, on CREATE and UPDATE, so that their
@@ -352,13 +362,13 @@ fn triage<O>(parsed: ReviewIn<O>) -> ControlFlow<Reviewed, Handled<O>> {
     }
 }
 
-impl<O> Handled<O> {
+impl<'a, O> Handled<'a, O> {
     fn is_pod(&self) -> bool {
         let kind = &self.request.kind;
         kind.group.is_empty() && kind.kind == "Pod"
     }
 
-    fn answer(self, decision: Decision) -> Reviewed {
+    fn answer(self, decision: Decision) -> Reviewed<'a> {
         let outcome = match decision.patch {
             Some(_) => ReviewOutcome::Mutated,
             None => ReviewOutcome::Unchanged,
@@ -378,7 +388,7 @@ impl<O> Handled<O> {
         }
     }
 
-    fn refuse(self, outcome: ReviewOutcome, message: String) -> Reviewed {
+    fn refuse(self, outcome: ReviewOutcome, message: String) -> Reviewed<'a> {
         let uid = self.request.uid;
         refuse(outcome, self.api_version, uid, message, self.summary)
     }

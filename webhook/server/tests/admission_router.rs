@@ -85,6 +85,29 @@ async fn pod_create_gets_a_base64_json_patch_that_applies() {
     assert_eq!(pod["metadata"]["labels"]["jellyfin-ha.io/managed"], "true");
 }
 
+/// The review's text is read in place where it has no escapes; where it has, it is decoded.
+#[tokio::test]
+async fn escaped_review_fields_are_read_decoded() {
+    let mut input = pod_review();
+    input["request"]["uid"] = json!("uid \"quoted\" \\ é");
+    // serde_json writes `"` and `\` escaped; the rest as \u escapes, as any client may.
+    let body = input
+        .to_string()
+        .replace(r#""operation":"CREATE""#, r#""operation":"CRE\u0041TE""#)
+        .replace(
+            r#""apiVersion":"admission.k8s.io/v1""#,
+            r#""apiVersion":"admission.k8s.io\/v1""#,
+        )
+        .replace("é", r"\u00e9");
+    assert!(body.contains(r"CRE\u0041TE") && body.contains(r"\u00e9"));
+    let answer = review(body).await;
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "uid \"quoted\" \\ é");
+    assert_eq!(response["allowed"], true);
+    assert!(!decoded_patch(response).0.is_empty());
+}
+
 #[tokio::test]
 async fn already_mutated_pod_gets_no_patch() {
     let mut input = pod_review();
