@@ -43,6 +43,7 @@ pub struct PodPatch {
 pub struct PodFields {
     #[serde(default)]
     metadata: Metadata,
+    /// Boxed: serde moves what it reads through every level of the review around it.
     spec: Option<Box<Spec>>,
 }
 
