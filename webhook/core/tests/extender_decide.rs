@@ -12,7 +12,7 @@ use jellyfin_ha_core::extender::snapshot::{
     AccessModes, AgentInfo, ClaimInfo, ConditionStatus, CsiNodeInfo, LeaseInfo, ManagedPodInfo,
     NodeInfo, PvInfo, ReadyCondition, VolumeAttachmentInfo,
 };
-use jellyfin_ha_core::extender::wire::{ExtenderArgs, ExtenderFilterResult, host_priorities};
+use jellyfin_ha_core::extender::wire::{ExtenderArgs, ExtenderFilterResult, host_priorities_json};
 use jellyfin_ha_core::extender::{ExtenderPolicy, Snapshot, explain, filter, prioritize};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -1073,9 +1073,9 @@ fn a_scheduler_call_with_node_objects_end_to_end() {
     // qs-1's agent reports 37 % busy at 20:00:30, fresh at 20:01:00: it scores below idle
     // qs-2. The fixture's retired gpu-busy annotation on qs-1 counts for nothing.
     snapshot.upsert_agent_report(report("qs-1", Some(37), 30));
-    let scores = host_priorities(prioritize(&pod, candidates, &snapshot, &policy, now()));
+    let scores = prioritize(&pod, candidates, &snapshot, &policy, now());
     assert_eq!(
-        serde_json::to_value(&scores).unwrap(),
+        serde_json::from_slice::<serde_json::Value>(&host_priorities_json(&scores)).unwrap(),
         json!([
             {"Host": "qs-1", "Score": 7},
             {"Host": "qs-2", "Score": 8},

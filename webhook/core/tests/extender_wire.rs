@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use jellyfin_ha_core::extender::wire::{
-    ExtenderArgs, ExtenderFilterResult, host_priorities, node_name,
+    ExtenderArgs, ExtenderFilterResult, host_priorities_json, node_name,
 };
 use jellyfin_ha_core::extender::{FilterDecision, RejectedNodes, Rejection};
 use serde_json::{Value, json};
@@ -150,11 +150,27 @@ fn an_error_result_says_only_the_error() {
     assert_eq!(written, value(RESULT_ERROR));
 }
 
+fn priorities(scores: &[(&str, i64)]) -> Value {
+    serde_json::from_slice(&host_priorities_json(scores)).unwrap()
+}
+
 #[test]
 fn priorities_are_written_with_go_field_names() {
-    let scores = vec![("qs-1", 7), ("qs-2", 10), ("plain-1", 0)];
-    let written = serde_json::to_value(host_priorities(scores)).unwrap();
-    assert_eq!(written, value(PRIORITIES));
+    let scores = [("qs-1", 7), ("qs-2", 10), ("plain-1", 0)];
+    assert_eq!(priorities(&scores), value(PRIORITIES));
+}
+
+#[test]
+fn priorities_are_a_json_list_whatever_the_names() {
+    let scores = [("a \"quoted\" \\ name\n", 0), ("é", 5)];
+    assert_eq!(
+        priorities(&scores),
+        json!([
+            {"Host": "a \"quoted\" \\ name\n", "Score": 0},
+            {"Host": "é", "Score": 5}
+        ])
+    );
+    assert_eq!(host_priorities_json(&[] as &[(&str, i64)]), b"[]");
 }
 
 #[test]

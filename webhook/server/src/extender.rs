@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use jellyfin_ha_core::extender::wire::{ExtenderArgs, ExtenderFilterResult, host_priorities};
+use jellyfin_ha_core::extender::wire::{ExtenderArgs, ExtenderFilterResult, host_priorities_json};
 use jellyfin_ha_core::extender::{self, ExtenderPolicy, Staleness};
 use k8s_openapi::jiff::Timestamp;
 
@@ -180,7 +181,8 @@ async fn prioritize(
             "prioritize"
         );
         // Serialised here, while the names it borrows from the body are alive.
-        axum::Json(host_priorities(scores)).into_response()
+        let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        (json, host_priorities_json(&scores)).into_response()
     })
     .await;
     let response = match result {

@@ -82,19 +82,6 @@ pub struct ExtenderFilterResult<N> {
     error: String,
 }
 
-/// One node's score from a prioritize call; the name may borrow from the call's body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostPriority<'a> {
-    #[serde(rename = "Host")]
-    pub host: Cow<'a, str>,
-    /// From [`MIN_EXTENDER_PRIORITY`] to [`MAX_EXTENDER_PRIORITY`].
-    #[serde(rename = "Score")]
-    pub score: i64,
-}
-
-/// The answer to a prioritize call: a JSON array of [`HostPriority`].
-pub type HostPriorityList<'a> = Vec<HostPriority<'a>>;
-
 impl<'a> ExtenderArgs<'a> {
     /// How many candidates the scheduler sent, in whichever form.
     pub fn candidate_count(&self) -> usize {
@@ -136,15 +123,29 @@ impl NodeList {
     }
 }
 
-/// The wire form of prioritize scores.
-pub fn host_priorities<'a>(scores: Vec<(impl Into<Cow<'a, str>>, i64)>) -> HostPriorityList<'a> {
-    scores
-        .into_iter()
-        .map(|(host, score)| HostPriority {
-            host: host.into(),
-            score,
-        })
-        .collect()
+/// The answer to a prioritize call, a `HostPriorityList` of each node's score from
+/// [`MIN_EXTENDER_PRIORITY`] to [`MAX_EXTENDER_PRIORITY`]: `[{"Host":"qs-1","Score":7},...]`.
+/// Written as text into a buffer sized for it once: through serde, into a buffer that grew as
+/// it was written, a call over 5000 nodes took a fifth longer.
+pub fn host_priorities_json(scores: &[(impl AsRef<str>, i64)]) -> Vec<u8> {
+    const PER_HOST: usize = r#"{"Host":"","Score":10},"#.len();
+    let names: usize = scores.iter().map(|(host, _)| host.as_ref().len()).sum();
+    let mut json = Vec::with_capacity(2 + names + PER_HOST * scores.len());
+    json.push(b'[');
+    for (host, score) in scores {
+        json.extend_from_slice(br#"{"Host":"#);
+        // A string into memory cannot fail to serialise.
+        let _ = serde_json::to_writer(&mut json, host.as_ref());
+        json.extend_from_slice(br#","Score":"#);
+        json.extend_from_slice(itoa::Buffer::new().format(*score).as_bytes());
+        json.extend_from_slice(b"},");
+    }
+    // The last comma becomes the closing bracket.
+    match json.last_mut() {
+        Some(last) if *last == b',' => *last = b']',
+        _ => json.push(b']'),
+    }
+    json
 }
 
 /// `metadata.name` of a node object kept as raw JSON.
