@@ -25,7 +25,7 @@ const API_VERSION: &str = "admission.k8s.io/v1";
 #[serde(rename_all = "camelCase")]
 struct ReviewIn<'a, O> {
     #[serde(borrow)]
-    api_version: Option<Cow<'a, str>>,
+    api_version: Option<Text<'a>>,
     #[serde(borrow)]
     request: Option<RequestIn<'a, O>>,
 }
@@ -40,12 +40,22 @@ struct RequestIn<'a, O> {
     #[serde(borrow)]
     operation: Cow<'a, str>,
     #[serde(borrow)]
-    sub_resource: Option<Cow<'a, str>>,
+    sub_resource: Option<Text<'a>>,
     #[serde(borrow)]
-    namespace: Option<Cow<'a, str>>,
+    namespace: Option<Text<'a>>,
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Text<'a>>,
     object: Option<O>,
+}
+
+/// Text read in place unless it carries JSON escapes. serde borrows into a `Cow` only when the
+/// field is one, not into a `Cow` inside an `Option`; optional text goes through this.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn text(field: Option<Text<'_>>) -> Option<Cow<'_, str>> {
+    field.map(|text| text.0)
 }
 
 /// The fields [`patch_pod`] reads, from a JSON object only (serde would take an array for a
@@ -316,9 +326,9 @@ struct Handled<'a, O> {
 /// What every review goes through before its object: it breaks with the answer for one that
 /// has no request, or that the webhook leaves alone.
 fn triage<'a, O>(parsed: ReviewIn<'a, O>) -> ControlFlow<Reviewed<'a>, Handled<'a, O>> {
-    let Some(request) = parsed.request else {
+    let Some(mut request) = parsed.request else {
         return ControlFlow::Break(invalid(
-            parsed.api_version,
+            text(parsed.api_version),
             Cow::Borrowed(""),
             "AdmissionReview has no request".into(),
             Summary::default(),
@@ -328,13 +338,13 @@ fn triage<'a, O>(parsed: ReviewIn<'a, O>) -> ControlFlow<Reviewed<'a>, Handled<'
         uid: request.uid.clone(),
         kind: request.kind.kind.clone(),
         operation: request.operation.clone(),
-        namespace: request.namespace.clone().unwrap_or_default(),
-        name: request.name.clone().unwrap_or_default(),
+        namespace: text(request.namespace.take()).unwrap_or_default(),
+        name: text(request.name.take()).unwrap_or_default(),
     };
     let subresource = request
         .sub_resource
-        .as_deref()
-        .is_some_and(|s| !s.is_empty());
+        .as_ref()
+        .is_some_and(|s| !s.0.is_empty());
     let kind = (
         request.kind.group.as_ref(),
         request.kind.kind.as_ref(),
@@ -352,7 +362,7 @@ fn triage<'a, O>(parsed: ReviewIn<'a, O>) -> ControlFlow<Reviewed<'a>, Handled<'
         _ => false,
     };
     let handled = Handled {
-        api_version: parsed.api_version,
+        api_version: text(parsed.api_version),
         request,
         summary,
     };

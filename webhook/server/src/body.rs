@@ -1,4 +1,5 @@
-//! Request bodies with a size limit that the client is told about.
+//! Request bodies with a size limit that the client is told about, and answers written as JSON
+//! text.
 //!
 //! axum's own limit answers 413 without reading the rest of the body, and the connection is
 //! then closed with the client's data unread in the socket: the kernel resets it, and a client
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -22,6 +23,12 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// How much of it is read, in multiples of the limit: an honest client that sent somewhat too
 /// much is answered properly, one that streams without end is cut off.
 const DRAIN_FACTOR: usize = 4;
+
+/// A 200 carrying `json`, JSON text the handler wrote itself.
+pub fn json_text(json: Vec<u8>) -> Response {
+    let content_type = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    (content_type, json).into_response()
+}
 
 /// A whole request body of at most `MAX` bytes; a larger one is answered with 413.
 pub struct Limited<const MAX: usize>(pub Bytes);

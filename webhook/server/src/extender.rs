@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use jellyfin_ha_core::extender::{self, ExtenderPolicy, Staleness};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::admin::ReadyCheck;
-use crate::body::Limited;
+use crate::body::{Limited, json_text};
 use crate::metrics::{ExtenderCallLabels, Metrics, ReasonLabels, VerbLabels};
 use crate::reflect::{SharedSnapshot, SyncState};
 
@@ -181,8 +180,7 @@ async fn prioritize(
             "prioritize"
         );
         // Serialised here, while the names it borrows from the body are alive.
-        let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-        (json, host_priorities_json(&scores)).into_response()
+        json_text(host_priorities_json(&scores))
     })
     .await;
     let response = match result {

@@ -6,14 +6,13 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::State;
-use axum::http::HeaderValue;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use jellyfin_ha_core::Policy;
 
 use crate::admission::{self, ReviewOutcome};
-use crate::body::Limited;
+use crate::body::{Limited, json_text};
 use crate::metrics::{ChangeLabels, Metrics, ReviewLabels};
 
 /// Larger than any review kube-apiserver sends (objects are capped at 1.5 MiB by etcd, and a
@@ -33,12 +32,35 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
+/// Reviews larger than this are answered on the blocking pool. The role runs on one thread,
+/// and reading a workload of megabytes takes milliseconds that every other review, handshake
+/// and probe would wait for; a Pod's review is a few kilobytes.
+const INLINE_REVIEW_BYTES: usize = 64 * 1024;
+
 async fn mutate(
     State(state): State<WebhookState>,
     Limited(body): Limited<MAX_REVIEW_BYTES>,
 ) -> Response {
+    let answer = if body.len() <= INLINE_REVIEW_BYTES {
+        answer(&state, &body)
+    } else {
+        match tokio::task::spawn_blocking(move || answer(&state, &body)).await {
+            Ok(answer) => answer,
+            // Only a panic, which the lints rule out, or a runtime shutting down before the
+            // task ran ends here. The apiserver then applies the webhook's failurePolicy.
+            Err(e) => {
+                tracing::error!(error = %e, "the review was not answered");
+                return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+            }
+        }
+    };
+    json_text(answer)
+}
+
+/// Answers one review: the AdmissionReview as JSON text, logged and counted.
+fn answer(state: &WebhookState, body: &[u8]) -> Vec<u8> {
     let started = Instant::now();
-    let reviewed = admission::review(&body, &state.policy.load());
+    let reviewed = admission::review(body, &state.policy.load());
     let answer = reviewed.review.to_json();
     let summary = &reviewed.summary;
     let span = tracing::info_span!(
@@ -88,8 +110,7 @@ async fn mutate(
         .metrics
         .review_seconds
         .observe(started.elapsed().as_secs_f64());
-    let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-    (json, answer).into_response()
+    answer
 }
 
 /// A label value from the request body, limited to the values we expect: whoever can reach the

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-// Keyed by names the API server vouches for, looked up once per candidate node per call:
+// Keyed by names from the API server, and the nodes looked up once per candidate per call:
 // foldhash's randomly seeded hash instead of SipHash took a tenth off a call over 5000 nodes.
 use foldhash::HashMap;
 use k8s_openapi::api::coordination::v1::Lease;
