@@ -68,11 +68,8 @@ const NEW_CONNECTION_REQUESTS: usize = 500;
 
 fn main() {
     if let Ok(dir) = std::env::var("JFHA_BENCH_NOOP") {
-        // The webhook role's runtime (`src/cli.rs`).
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        // The webhook role's own runtime, so that the ratio is the handler's cost alone.
+        let runtime = jellyfin_ha::webhook::runtime().unwrap();
         return runtime.block_on(serve_noop(Path::new(&dir)));
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -204,12 +204,7 @@ pub fn main() -> ExitCode {
     let cli = parse_command_line();
     init_tracing(cli.log_format);
     let result = match cli.command {
-        // One thread: a review is microseconds of work over a few apiserver connections, and
-        // the multi-thread runtime's wake-ups between workers cost more per review than the
-        // review does (README, Speed).
-        Command::Webhook(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        Command::Webhook(args) => webhook::runtime()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run_webhook(args))),
         Command::Extender(args) => tokio::runtime::Runtime::new()

@@ -26,6 +26,15 @@ pub struct WebhookState {
     pub metrics: Arc<Metrics>,
 }
 
+/// The webhook role's runtime: one thread. A review is microseconds of work over a few
+/// apiserver connections, and the multi-thread runtime's wake-ups between workers cost more
+/// per review than the review does (README, Speed).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
