@@ -10,6 +10,7 @@ pub mod config;
 pub mod doctor;
 pub mod extender;
 pub mod fencing;
+pub mod json_text;
 pub mod object;
 pub mod pod_patch;
 pub mod pod_template;

@@ -4,13 +4,13 @@
 //! The response is written by hand rather than with kube-core's type because kube-core
 //! serialises `patch` as an array of numbers; kube-apiserver expects base64 of the JSON patch.
 
-use base64::Engine;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::ControlFlow;
 
+use base64::Engine;
 use jellyfin_ha_core::pod_patch::{PodFields, patch_pod};
-use jellyfin_ha_core::{Change, Policy, mutate_object};
+use jellyfin_ha_core::{Change, Policy, json_text, mutate_object};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -115,16 +115,16 @@ impl ReviewOut<'_> {
         let patch_len = patch.as_ref().map_or(0, String::len);
         let mut out = Vec::with_capacity(256 + patch_len);
         out.extend_from_slice(br#"{"apiVersion":"#);
-        write_json(&mut out, &self.api_version);
+        json_text::write(&mut out, &self.api_version);
         out.extend_from_slice(br#","kind":"AdmissionReview","response":{"uid":"#);
-        write_json(&mut out, &response.uid);
+        json_text::write(&mut out, &response.uid);
         out.extend_from_slice(match response.allowed {
             true => br#","allowed":true"#,
             false => br#","allowed":false"#,
         });
         if let Some(status) = &response.status {
             out.extend_from_slice(br#","status":"#);
-            write_json(&mut out, status);
+            json_text::write(&mut out, status);
         }
         if let Some(patch) = &patch {
             // The base64 alphabet needs no JSON escapes.
@@ -134,16 +134,11 @@ impl ReviewOut<'_> {
         }
         if !response.warnings.is_empty() {
             out.extend_from_slice(br#","warnings":"#);
-            write_json(&mut out, &response.warnings);
+            json_text::write(&mut out, &response.warnings);
         }
         out.extend_from_slice(b"}}");
         out
     }
-}
-
-/// Text, lists of text and [`Status`]: nothing that can fail to serialise into memory.
-fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
-    let _ = serde_json::to_writer(out, value);
 }
 
 #[derive(Debug, Serialize)]

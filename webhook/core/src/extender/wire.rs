@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use super::decide::FilterDecision;
+use crate::json_text;
 
 /// The lowest score an extender may return.
 pub const MIN_EXTENDER_PRIORITY: i64 = 0;
@@ -134,8 +135,7 @@ pub fn host_priorities_json(scores: &[(impl AsRef<str>, i64)]) -> Vec<u8> {
     json.push(b'[');
     for (host, score) in scores {
         json.extend_from_slice(br#"{"Host":"#);
-        // A string into memory cannot fail to serialise.
-        let _ = serde_json::to_writer(&mut json, host.as_ref());
+        json_text::write(&mut json, host.as_ref());
         json.extend_from_slice(br#","Score":"#);
         json.extend_from_slice(itoa::Buffer::new().format(*score).as_bytes());
         json.extend_from_slice(b"},");
