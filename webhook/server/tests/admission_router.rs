@@ -110,7 +110,7 @@ async fn escaped_review_fields_are_read_decoded() {
     assert!(!decoded_patch(response).0.is_empty());
 }
 
-/// A review of megabytes is answered off the role's one thread, the same as a small one.
+/// A review of megabytes, over the limit for answering inline, gets a small one's answer.
 #[tokio::test]
 async fn large_reviews_get_the_same_answer() {
     let small = pod_review();
